@@ -1,0 +1,28 @@
+"""bqq: Binary Quadratic Quantization and first-order baselines.
+
+    import bqq
+    q = bqq.compress(w, bits=2)            # w: (m, n) torch tensor or numpy array
+    w_hat = q.dequantize()                 # torch tensor, original shape and dtype
+    bqq.save(q, "w.safetensors"); q2 = bqq.load("w.safetensors")
+
+Methods are registered by name ("bqq", "uq", "bcq", "svd"); see ``bqq.available_methods()``.
+"""
+
+from .api import compress
+from .format import FormatError
+from .io import load, save
+from .methods import available_methods, get_method, register_method
+from .quantized import QuantizedMatrix
+from .version import __version__
+
+__all__ = [
+    "FormatError",
+    "QuantizedMatrix",
+    "__version__",
+    "available_methods",
+    "compress",
+    "get_method",
+    "load",
+    "register_method",
+    "save",
+]

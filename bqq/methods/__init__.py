@@ -1,0 +1,40 @@
+"""The methods registry: every compression method is a `QuantizedMatrix` subclass registered by name.
+
+Benchmarks and the model pass swap methods by name (``bqq.compress(w, method="bcq")``). A new method
+subclasses :class:`bqq.quantized.QuantizedMatrix` and decorates itself with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+from ..quantized import QuantizedMatrix
+
+_METHODS: dict[str, type[QuantizedMatrix]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make ``cls`` available as ``bqq.compress(..., method=name)``."""
+
+    def decorate(cls: type[QuantizedMatrix]) -> type[QuantizedMatrix]:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered by {_METHODS[name].__name__}")
+        cls.method = name
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_method(name: str) -> type[QuantizedMatrix]:
+    """The class registered under ``name``; ValueError listing the known names otherwise."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available: {available_methods()}") from None
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+# Built-in methods register themselves on import.
+from . import bcq, bqq, svd, uniform  # noqa: E402, F401
