@@ -32,6 +32,7 @@ class BQQConfig:
         sweeps: annealing sweeps per stack; None picks ``auto_sweeps(l)`` (more for small groups).
         t_start, t_end: annealing temperatures as fractions of the critical temperature.
         alpha_scale: fixed ±1 scale during annealing, in units of rms(residual)/sqrt(l).
+        aspect_exponent: per-side temperature split for non-square groups (see bqq.solver).
         polish_rounds: maximum rounds of exact bit-flip descent after annealing.
         restarts: independent anneals per group and stack; the best is kept.
         batch_groups: groups of one shape solved together (bounds memory: ~5 m n · 4 bytes each).
@@ -42,6 +43,7 @@ class BQQConfig:
     t_start: float = 0.95
     t_end: float = 0.18
     alpha_scale: float = 0.9
+    aspect_exponent: float = 0.7
     polish_rounds: int = 50
     restarts: int = 1
     batch_groups: int = 64
@@ -53,6 +55,7 @@ class BQQConfig:
             "t_start": _is_number(self.t_start) and self.t_start > 0,
             "t_end": _is_number(self.t_end) and 0 < self.t_end <= self.t_start,
             "alpha_scale": _is_number(self.alpha_scale) and self.alpha_scale > 0,
+            "aspect_exponent": _is_number(self.aspect_exponent) and 0 <= self.aspect_exponent <= 2,
             "polish_rounds": _is_int(self.polish_rounds) and self.polish_rounds >= 0,
             "restarts": _is_int(self.restarts) and 1 <= self.restarts <= 64,
             "batch_groups": _is_int(self.batch_groups) and self.batch_groups >= 1,
@@ -174,7 +177,7 @@ class BQQMatrix(QuantizedMatrix):
         seeds = [(self.seed, stack, g, r) for g in groups for r in range(restarts)]
         u, v = solver.solve_sign_factors(
             x, rank, seeds, sweeps=cfg.sweeps or auto_sweeps(rank), t_start=cfg.t_start, t_end=cfg.t_end,
-            alpha_scale=cfg.alpha_scale, polish_rounds=cfg.polish_rounds)
+            alpha_scale=cfg.alpha_scale, polish_rounds=cfg.polish_rounds, aspect_exponent=cfg.aspect_exponent)
         best = solver.sign_fit_error(x, u, v).reshape(len(groups), restarts).argmin(axis=1)
         pick = np.arange(len(groups)) * restarts + best
         ys = [(u[k] > 0).astype(np.uint8) for k in pick]
