@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .grouping import GroupGrid, parse_group_shape
 from .methods import get_method
@@ -55,8 +56,11 @@ def compress(
         raise ValueError(f"rank_scale applies to method='bqq' only, not {method!r}")
     config = make_config(cls, opts)
     grid = GroupGrid.build(array.shape, parse_group_shape(group_size, array.shape))
-    q = cls.quantize(array, grid, bits, seed, config, progress=progress)
+    # numba's worker threads stay hot between sweeps; BLAS threads beside them ran up to ~60x slower.
+    with threadpool_limits(limits=1, user_api="blas"):
+        q = cls.quantize(array, grid, bits, seed, config, progress=progress)
     q.dtype = dtype
+    q._source = array  # kept for continuation (BQQ extend); release_source() drops it
     return q
 
 

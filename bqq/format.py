@@ -77,6 +77,13 @@ def pad_bits_are_zero(packed: np.ndarray, count: int) -> bool:
     return not np.any(packed[..., -1] & mask)
 
 
+def checked_planes(packed: np.ndarray, count: int, label: str) -> np.ndarray:
+    """A private copy of packed planes read from a file, after checking their pad bits are zero."""
+    if not pad_bits_are_zero(packed, count):
+        raise ValueError(f"{label} has nonzero pad bits")
+    return packed.copy()
+
+
 def content_digest(manifest: str, tensors: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over the manifest text and every tensor's name, dtype, shape and bytes (sorted by name)."""
     h = hashlib.sha256(manifest.encode())

@@ -16,10 +16,12 @@ from .quantized import _TORCH_DTYPES, QuantizedMatrix
 SINGLE_NAME = "matrix"
 
 
-def save(obj: QuantizedMatrix | Mapping[str, QuantizedMatrix], path: str | os.PathLike) -> None:
+def save(obj: QuantizedMatrix | Mapping[str, QuantizedMatrix], path: str | os.PathLike, *,
+         metadata: Mapping[str, str] | None = None) -> None:
     """Write one quantized matrix, or a name -> matrix mapping, to ``path`` (safetensors).
 
     Tensor ``"{name}.{field}"`` holds field ``field`` of matrix ``name`` (``"matrix"`` for a single one).
+    ``metadata`` (str -> str) is stored in the manifest under "user"; read it with :func:`read_metadata`.
     The write is atomic: an existing file is replaced only once the new one is complete.
     """
     if isinstance(obj, QuantizedMatrix):
@@ -35,7 +37,10 @@ def save(obj: QuantizedMatrix | Mapping[str, QuantizedMatrix], path: str | os.Pa
     for name, q in objects.items():
         for field, arr in q.fields().items():
             tensors[f"{name}.{field}"] = arr
-    manifest = {"container": container, "objects": {name: q.info() for name, q in objects.items()}}
+    user = dict(metadata or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in user.items()):
+        raise TypeError("metadata must map str to str")
+    manifest = {"container": container, "objects": {name: q.info() for name, q in objects.items()}, "user": user}
     write_file(path, tensors, manifest, extra_metadata=_summary(objects.values()))
 
 
@@ -77,6 +82,15 @@ def load(path: str | os.PathLike) -> QuantizedMatrix | dict[str, QuantizedMatrix
     return result[SINGLE_NAME] if container == "single" else result
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata`` given to :func:`save`, from a verified file (checksum included)."""
+    _, manifest, _ = read_file(path)
+    user = manifest.get("user", {})
+    if not isinstance(user, dict) or not all(isinstance(v, str) for v in user.values()):
+        raise FormatError(f"{path}: invalid user metadata")
+    return user
+
+
 def _summary(objects) -> dict[str, str]:
     """Top-level metadata for generic safetensors viewers: shared value, or 'mixed'."""
     out = {}
@@ -104,8 +118,9 @@ def _parse_info(name: str, info: Any, path) -> tuple[type[QuantizedMatrix], Grou
         if list(grid.group_shape) != info["group_shape"]:
             raise ValueError(f"group_shape {info['group_shape']} disagrees with the group sizes")
         bits = info["bits"]
-        if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not cls.min_bits <= bits <= cls.max_bits:
-            raise ValueError(f"bits {bits!r} out of range for method {cls.method!r}")
+        kinds = (int,) if cls.integer_bits else (int, float)
+        if isinstance(bits, bool) or not isinstance(bits, kinds) or not cls.min_bits <= bits <= cls.max_bits:
+            raise ValueError(f"bits {bits!r} is not valid for method {cls.method!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{path}: matrix {name!r}: invalid manifest entry ({exc})") from exc
     return cls, grid

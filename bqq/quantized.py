@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .grouping import GroupGrid
 
@@ -31,6 +32,19 @@ def dtype_name(dtype: torch.dtype | np.dtype) -> str:
     if name not in _TORCH_DTYPES:
         raise ValueError(f"unsupported dtype {dtype}; expected one of {sorted(_TORCH_DTYPES)}")
     return name
+
+
+def progress_bar(iterable=None, *, progress: bool | None, **kwargs: Any) -> tqdm:
+    """tqdm bar; ``progress`` None shows it only on a terminal, True/False force it on/off."""
+    return tqdm(iterable, disable=None if progress is None else not progress, **kwargs)
+
+
+def grid_ints(values: Any, grid: GroupGrid, name: str) -> list[int]:
+    """A per-group manifest entry given as an (R, C) nested list of positive ints, flattened row-major."""
+    arr = np.asarray(values)
+    if arr.shape != grid.grid_shape or arr.dtype.kind != "i" or (arr < 1).any():
+        raise ValueError(f"{name} must be a {grid.grid_shape} grid of positive integers")
+    return [int(v) for v in arr.reshape(-1)]
 
 
 class QuantizedMatrix(abc.ABC):

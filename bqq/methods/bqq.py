@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import solver
-from ..format import pack_bits, packed_length, pad_bits_are_zero, unpack_bits
+from ..format import checked_planes, pack_bits, packed_length, unpack_bits
 from ..grouping import GroupGrid
-from ..quantized import FieldSpec, QuantizedMatrix
+from ..quantized import FieldSpec, QuantizedMatrix, grid_ints, progress_bar
 from . import register_method
 
 
@@ -116,7 +115,6 @@ class BQQMatrix(QuantizedMatrix):
                     [np.zeros((0, m, packed_length(r)), np.uint8) for (m, _), r in zip(shapes, ranks, strict=True)],
                     [np.zeros((0, r, packed_length(n)), np.uint8) for (_, n), r in zip(shapes, ranks, strict=True)],
                     np.zeros((len(grid), 0, 3), np.float32), np.zeros(len(grid), np.float32))
-        empty._source = w
         empty._add_stacks(w, int(bits), progress)
         return empty
 
@@ -156,8 +154,8 @@ class BQQMatrix(QuantizedMatrix):
             by_shape[(*shape, rank)].append(g)
         batches = [(key[2], idx[i:i + self.config.batch_groups]) for key, idx in by_shape.items()
                    for i in range(0, len(idx), self.config.batch_groups)]
-        with tqdm(total=count * len(self.grid), desc=f"bqq {self.shape[0]}x{self.shape[1]}",
-                  unit="group", disable=(not progress) if progress is not None else None) as bar:
+        with progress_bar(total=count * len(self.grid), progress=progress, unit="group",
+                          desc=f"bqq {self.shape[0]}x{self.shape[1]}") as bar:
             for _ in range(count):
                 stack = self.stacks
                 residuals = [t - self.dequantize_group(g) for g, t in enumerate(targets)]
@@ -234,7 +232,7 @@ class BQQMatrix(QuantizedMatrix):
     @classmethod
     def field_specs(cls, info, grid) -> dict[str, FieldSpec]:
         p = info["bits"]
-        ranks = _ranks_from_info(info, grid)
+        ranks = grid_ints(info["ranks"], grid, "ranks")
         rows, cols = grid.grid_shape
         specs: dict[str, FieldSpec] = {"scales": ("float32", (rows, cols, p, 3)),
                                         "offset": ("float32", (rows, cols))}
@@ -246,29 +244,18 @@ class BQQMatrix(QuantizedMatrix):
 
     @classmethod
     def from_fields(cls, info, grid, fields) -> BQQMatrix:
-        ranks = _ranks_from_info(info, grid)
+        ranks = grid_ints(info["ranks"], grid, "ranks")
         scales = fields["scales"].reshape(len(grid), info["bits"], 3)
         offset = fields["offset"].reshape(len(grid))
         if not (np.isfinite(scales).all() and np.isfinite(offset).all()):
             raise ValueError("scalars contain NaN or Inf")
-        ys, zs = [], []
-        for g, (a, b, _, cs) in enumerate(grid.blocks()):
-            y, z = fields[f"y.{a}.{b}"], fields[f"z.{a}.{b}"]
-            if not (pad_bits_are_zero(y, ranks[g]) and pad_bits_are_zero(z, cs.stop - cs.start)):
-                raise ValueError(f"group ({a}, {b}) has nonzero pad bits")
-            ys.append(y.copy())
-            zs.append(z.copy())
-        config = BQQConfig(**info["config"])
-        q = cls(tuple(info["shape"]), info["dtype"], grid, info["seed"], config, ranks, ys, zs,
-                scales.copy(), offset.copy())
-        return q
-
-
-def _ranks_from_info(info: dict[str, Any], grid: GroupGrid) -> list[int]:
-    ranks = np.asarray(info["ranks"])
-    if ranks.shape != grid.grid_shape or ranks.dtype.kind != "i" or (ranks < 1).any():
-        raise ValueError(f"ranks must be a {grid.grid_shape} grid of positive integers")
-    return [int(r) for r in ranks.reshape(-1)]
+        blocks = list(grid.blocks())
+        ys = [checked_planes(fields[f"y.{a}.{b}"], r, f"y of group ({a}, {b})")
+              for (a, b, _, _), r in zip(blocks, ranks, strict=True)]
+        zs = [checked_planes(fields[f"z.{a}.{b}"], cs.stop - cs.start, f"z of group ({a}, {b})")
+              for a, b, _, cs in blocks]
+        return cls(tuple(info["shape"]), info["dtype"], grid, info["seed"], BQQConfig(**info["config"]), ranks,
+                   ys, zs, scales.copy(), offset.copy())
 
 
 def _is_number(v: Any) -> bool:

@@ -1,0 +1,184 @@
+"""BQQ method: accounting, quality, determinism, extend, grouping."""
+
+import itertools
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+import bqq
+from bqq.methods.bqq import auto_sweeps, inner_dim
+from bqq.solver import refit_scalars
+
+FAST = {"sweeps": 150}
+
+
+def mse(q, w):
+    return float(((q.dequantize().double().numpy() - w) ** 2).mean())
+
+
+def fields_equal(a, b):
+    fa, fb = a.fields(), b.fields()
+    return fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_dequantize_keeps_shape_and_dtype(dtype):
+    w = torch.randn(40, 24, generator=torch.Generator().manual_seed(0)).to(dtype)
+    q = bqq.compress(w, bits=1, **FAST)
+    out = q.dequantize()
+    assert out.shape == (40, 24) and out.dtype == dtype
+
+
+def test_numpy_input_comes_back_in_its_dtype(gaussian):
+    q = bqq.compress(gaussian.astype(np.float32), bits=1, **FAST)
+    assert q.dequantize().dtype == torch.float32
+
+
+def test_inner_dimension_follows_rank_scale():
+    assert inner_dim((384, 384), 1.0) == 192
+    assert inner_dim((128, 128), 1.0) == 64
+    assert inner_dim((384, 384), 1.5) == 288
+    assert inner_dim((100, 96), 1.0) == 49  # round(48.98)
+    assert inner_dim((1, 1), 1.0) == 1  # never 0
+    q = bqq.compress(np.random.default_rng(0).standard_normal((30, 50)), bits=1, rank_scale=0.5, **FAST)
+    assert q.ranks == [round(0.5 * 30 * 50 / 80)]
+
+
+def test_bits_per_weight_counts_binaries_and_every_scalar():
+    w = np.random.default_rng(0).standard_normal((70, 45))
+    q = bqq.compress(w, bits=3, group_size=(32, 20), **FAST)
+    # balanced splits: rows 70 -> 24, 23, 23; cols 45 -> 15, 15, 15
+    assert q.grid.row_sizes == (24, 23, 23) and q.grid.col_sizes == (15, 15, 15)
+    expected = 0
+    for m in (24, 23, 23):
+        for n in (15, 15, 15):
+            rank = round(m * n / (m + n))
+            expected += 3 * rank * (m + n) + 32 * (3 * 3 + 1)
+    assert q.total_bits == expected
+    assert q.bits_per_weight == pytest.approx(expected / (70 * 45), rel=0, abs=1e-12)
+    assert q.nbytes >= expected / 8  # packing pads rows to whole bytes
+
+
+def test_error_decreases_with_stacks(gaussian):
+    q = bqq.compress(gaussian, bits=1, **FAST)
+    errors = [mse(q, gaussian)]
+    for _ in range(3):
+        errors.append(mse(q.extend(1), gaussian))
+    assert all(b < 0.6 * a for a, b in itertools.pairwise(errors)), errors
+
+
+def test_one_stack_beats_the_best_scalar_one_bit_quantizer(gaussian):
+    # The optimal 1-bit scalar quantizer of a Gaussian has MSE 1 - 2/pi = 0.363.
+    assert mse(bqq.compress(gaussian, bits=1), gaussian) < 0.345
+
+
+@pytest.mark.parametrize("fixture", ["gaussian", "low_rank_noise"])
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_bqq_beats_first_order_codes_at_equal_bits(fixture, bits, request):
+    w = request.getfixturevalue(fixture)
+    q = bqq.compress(w, bits=bits)
+    err = mse(q, w)
+    for method in ("uq", "bcq"):
+        other = bqq.compress(w, bits=bits, method=method)
+        assert q.bits_per_weight <= other.bits_per_weight + 0.1  # 3p+1 FP32 scalars on 64x64
+        assert err < mse(other, w), (method, err, mse(other, w))
+
+
+def test_same_seed_identical_bits_different_seed_different_bits(gaussian):
+    a = bqq.compress(gaussian, bits=2, seed=3, **FAST)
+    b = bqq.compress(gaussian, bits=2, seed=3, **FAST)
+    c = bqq.compress(gaussian, bits=2, seed=4, **FAST)
+    assert fields_equal(a, b)
+    assert torch.equal(a.dequantize(), b.dequantize())
+    assert not np.array_equal(a.y[0], c.y[0])
+
+
+def test_results_do_not_depend_on_thread_count_or_batching():
+    w = np.random.default_rng(2).standard_normal((96, 64))
+    reference = bqq.compress(w, bits=2, group_size=32, **FAST)
+    unbatched = bqq.compress(w, bits=2, group_size=32, batch_groups=1, **FAST)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single_thread = bqq.compress(w, bits=2, group_size=32, **FAST)
+    finally:
+        numba.set_num_threads(threads)
+    assert fields_equal(reference, unbatched)
+    assert fields_equal(reference, single_thread)
+
+
+def test_extend_equals_compressing_with_more_bits(gaussian):
+    full = bqq.compress(gaussian, bits=3, group_size=(32, 64), **FAST)
+    step = bqq.compress(gaussian, bits=1, group_size=(32, 64), **FAST).extend(2)
+    assert step.stacks == step.bits == 3
+    assert fields_equal(full, step)
+
+
+def test_extend_keeps_earlier_binaries(gaussian):
+    q = bqq.compress(gaussian, bits=2, **FAST)
+    y_before, z_before = q.y[0].copy(), q.z[0].copy()
+    q.extend(1)
+    assert np.array_equal(q.y[0][:2], y_before) and np.array_equal(q.z[0][:2], z_before)
+
+
+def test_extend_after_load_needs_the_original(tmp_path, gaussian):
+    q = bqq.compress(gaussian, bits=1, **FAST)
+    bqq.save(q, tmp_path / "q.safetensors")
+    loaded = bqq.load(tmp_path / "q.safetensors")
+    with pytest.raises(ValueError, match="original matrix"):
+        loaded.extend(1)
+    with pytest.raises(ValueError, match="shape"):
+        loaded.extend(1, w=gaussian[:10])
+    assert fields_equal(loaded.extend(1, w=gaussian), q.extend(1))
+
+
+def test_extend_rejects_bad_counts(gaussian):
+    q = bqq.compress(gaussian, bits=1, **FAST)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError):
+            q.extend(bad)
+    with pytest.raises(ValueError, match="maximum"):
+        q.extend(16)
+
+
+def test_uneven_groups_reconstruct_every_group(gaussian):
+    w = np.random.default_rng(5).standard_normal((67, 53))
+    q = bqq.compress(w, bits=3, group_size=(30, 25), **FAST)
+    assert q.grid.grid_shape == (3, 3)
+    err = (q.dequantize().double().numpy() - w) ** 2
+    for _, _, rs, cs in q.grid.blocks():  # no group left unfitted
+        assert err[rs, cs].mean() < 0.1 * (w[rs, cs] ** 2).mean()
+
+
+@pytest.mark.parametrize("value", [0.0, 3.25, -7.0])
+def test_constant_matrix_is_exact(value):
+    w = np.full((20, 30), value)
+    q = bqq.compress(w, bits=2, **FAST)
+    assert np.allclose(q.dequantize().double().numpy(), w, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 17), (17, 1), (2, 3)])
+def test_tiny_shapes(shape):
+    w = np.random.default_rng(0).standard_normal(shape)
+    q = bqq.compress(w, bits=2, **FAST)
+    assert q.dequantize().shape == shape
+    assert mse(q, w) <= float(((w - w.mean()) ** 2).mean()) + 1e-9
+
+
+def test_refit_recovers_exact_scalars():
+    rng = np.random.default_rng(0)
+    ys = rng.integers(0, 2, (2, 12, 5))
+    zs = rng.integers(0, 2, (2, 5, 9))
+    truth = np.array([[1.5, -0.25, 0.75], [-0.5, 0.125, 2.0]])
+    w = np.full((12, 9), 0.3)
+    for (r, s, t), y, z in zip(truth, ys, zs, strict=True):
+        w += r * (y @ z) + s * y.sum(1, keepdims=True) + t * z.sum(0, keepdims=True)
+    scales, offset = refit_scalars(w, ys, zs)
+    assert np.allclose(scales, truth, atol=1e-9) and offset == pytest.approx(0.3, abs=1e-9)
+
+
+def test_auto_sweeps_range():
+    assert auto_sweeps(192) == 500 and auto_sweeps(64) == 1500
+    assert auto_sweeps(1) == 2000 and auto_sweeps(10_000) == 300
