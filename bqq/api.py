@@ -46,7 +46,7 @@ def compress(
     """
     cls = get_method(method)
     array, dtype = as_float_matrix(w)
-    _check_bits(cls, bits)
+    check_bits(cls, bits)
     _check_seed(seed)
     if not (isinstance(rank_scale, (int, float)) and math.isfinite(rank_scale) and rank_scale > 0):
         raise ValueError(f"rank_scale must be a finite number > 0, got {rank_scale!r}")
@@ -100,12 +100,15 @@ def as_float_matrix(w: torch.Tensor | np.ndarray) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(arr), dtype
 
 
-def _check_bits(cls: type[QuantizedMatrix], bits: Any) -> None:
+def check_bits(cls: type[QuantizedMatrix], bits: Any) -> None:
+    """ValueError unless ``bits`` is a valid bit count for method class ``cls``."""
     if isinstance(bits, bool) or not isinstance(bits, (int, float, np.integer, np.floating)):
         raise ValueError(f"bits must be a number, got {bits!r}")
+    if not math.isfinite(bits):
+        raise ValueError(f"bits must be finite, got {bits!r}")
     if cls.integer_bits and int(bits) != bits:
         raise ValueError(f"method {cls.method!r} needs an integer bits, got {bits!r}")
-    if not (math.isfinite(bits) and cls.min_bits <= bits <= cls.max_bits):
+    if not cls.min_bits <= bits <= cls.max_bits:
         raise ValueError(f"bits={bits!r} out of range for method {cls.method!r}: "
                          f"expected {cls.min_bits} <= bits <= {cls.max_bits}")
 

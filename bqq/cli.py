@@ -13,7 +13,7 @@ import torch
 
 from . import api, io
 from .format import FormatError, read_file
-from .methods import available_methods
+from .methods import available_methods, get_method
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +95,7 @@ def _compress(args: argparse.Namespace) -> int:
     if args.method != "bqq" and opts:
         raise ValueError("--sweeps applies to --method bqq only")
     bits = int(args.bits) if float(args.bits).is_integer() else args.bits
+    api.check_bits(get_method(args.method), bits)
     settings = dict(method=args.method, group_size=args.group_size, rank_scale=args.rank_scale, seed=args.seed,
                     **opts)
     job = {"source_sha256": source_sha, "settings": repr(sorted(settings.items()))}
