@@ -75,7 +75,7 @@ def speed_rows(repeats: int) -> list[dict]:
             start = time.perf_counter()
             q = bqq.compress(w, bits=1)
             times.append(time.perf_counter() - start)
-        rows.append({"shape": list(shape), "rank": q.ranks[0], "sweeps": bqq.methods.bqq.auto_sweeps(q.ranks[0]),
+        rows.append({"shape": list(shape), "rank": q.ranks[0], "sweeps": bqq.methods.bqq.auto_sweeps(shape, q.ranks[0]),
                      "seconds": statistics.median(times), "all_seconds": times, "mse": mse(q, w)})
     return rows
 

@@ -179,6 +179,7 @@ def test_refit_recovers_exact_scalars():
     assert np.allclose(scales, truth, atol=1e-9) and offset == pytest.approx(0.3, abs=1e-9)
 
 
-def test_auto_sweeps_range():
-    assert auto_sweeps(192) == 500 and auto_sweeps(64) == 1500
-    assert auto_sweeps(1) == 2000 and auto_sweeps(10_000) == 300
+def test_auto_sweeps_spends_equal_work_within_bounds():
+    assert auto_sweeps((384, 384), 192) == round(1.4e10 / (768 * 192**2))  # 495
+    assert auto_sweeps((128, 128), 64) == 6000 and auto_sweeps((1, 1), 1) == 6000
+    assert auto_sweeps((384, 1536), 307) == 300

@@ -28,7 +28,7 @@ class BQQConfig:
 
     Attributes:
         rank_scale: l = round(rank_scale · m n / (m + n)) per group (the paper's l_scale).
-        sweeps: annealing sweeps per stack; None picks ``auto_sweeps(l)`` (more for small groups).
+        sweeps: annealing sweeps per stack; None picks ``auto_sweeps`` (more for small groups).
         t_start, t_end: annealing temperatures as fractions of the critical temperature.
         alpha_scale: fixed ±1 scale during annealing, in units of rms(residual)/sqrt(l).
         aspect_exponent: per-side temperature split for non-square groups (see bqq.solver).
@@ -64,13 +64,18 @@ class BQQConfig:
             raise ValueError(f"invalid BQQ settings: {', '.join(bad)} (see bqq.methods.bqq.BQQConfig)")
 
 
-def auto_sweeps(rank: int) -> int:
-    """Default annealing length: about 96k/l sweeps, clipped to [300, 2000].
+SWEEP_BUDGET = 1.4e10  # (m + n) · l² · sweeps: about 500 sweeps for a 384×384 group
 
-    Larger problems self-average and need fewer sweeps; this keeps 384×384 groups near 2 s a stack
-    on two cores while small groups get the longer schedules they need.
+
+def auto_sweeps(shape: tuple[int, int], rank: int) -> int:
+    """Default annealing length: the same work per stack for every group shape, within [300, 6000].
+
+    A sweep costs about (m + n)·l² multiply-adds. Small groups are cheap and need long schedules to
+    reach their best error; large ones self-average. The budget keeps a 384×384 stack near 2-3 s on
+    two cores and gives a 128×128 stack 6000 sweeps (about 2 s).
     """
-    return int(min(2000, max(300, round(96_000 / rank))))
+    work = (shape[0] + shape[1]) * rank * rank
+    return int(min(6000, max(300, round(SWEEP_BUDGET / work))))
 
 
 def inner_dim(shape: tuple[int, int], rank_scale: float) -> int:
@@ -174,7 +179,7 @@ class BQQMatrix(QuantizedMatrix):
         x = np.repeat(np.stack(residuals), restarts, axis=0)
         seeds = [(self.seed, stack, g, r) for g in groups for r in range(restarts)]
         u, v = solver.solve_sign_factors(
-            x, rank, seeds, sweeps=cfg.sweeps or auto_sweeps(rank), t_start=cfg.t_start, t_end=cfg.t_end,
+            x, rank, seeds, sweeps=cfg.sweeps or auto_sweeps(x.shape[1:], rank), t_start=cfg.t_start, t_end=cfg.t_end,
             alpha_scale=cfg.alpha_scale, polish_rounds=cfg.polish_rounds, aspect_exponent=cfg.aspect_exponent)
         best = solver.sign_fit_error(x, u, v).reshape(len(groups), restarts).argmin(axis=1)
         pick = np.arange(len(groups)) * restarts + best
