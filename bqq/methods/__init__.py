@@ -37,4 +37,4 @@ def available_methods() -> list[str]:
 
 
 # Built-in methods register themselves on import.
-from . import bcq, bqq, svd, uniform  # noqa: E402, F401
+from . import bcq, bqq, lattice, svd, svdq, uniform, vq  # noqa: E402, F401
