@@ -5,6 +5,9 @@
     w_hat = q.dequantize()                 # torch tensor, original shape and dtype
     bqq.save(q, "w.safetensors"); q2 = bqq.load("w.safetensors")
 
+    model = bqq.quantize(model, bits=2)   # Linear/Conv2d layers of any nn.Module, e.g. a timm ViT
+    bqq.save_quantized(model, "m.safetensors"); bqq.load_quantized("m.safetensors", fresh_model)
+
 Methods are registered by name ("bqq", "uq", "bcq", "svd"); see ``bqq.available_methods()``.
 """
 
@@ -12,10 +15,12 @@ from .api import compress
 from .format import FormatError
 from .io import load, save
 from .methods import available_methods, get_method, register_method
+from .ptq import Calibration, load_quantized, quantize, save_quantized
 from .quantized import QuantizedMatrix
 from .version import __version__
 
 __all__ = [
+    "Calibration",
     "FormatError",
     "QuantizedMatrix",
     "__version__",
@@ -23,6 +28,9 @@ __all__ = [
     "compress",
     "get_method",
     "load",
+    "load_quantized",
+    "quantize",
     "register_method",
     "save",
+    "save_quantized",
 ]

@@ -1,12 +1,19 @@
-"""`bqq.save` / `bqq.load`: quantized matrices to and from the packed safetensors format."""
+"""`bqq.save` / `bqq.load`: quantized matrices (and plain tensors) to and from the packed format.
+
+A file holds named :class:`~bqq.quantized.QuantizedMatrix` objects, tensor ``"{name}.{field}"`` per
+stored field, and optionally plain (unquantized) tensors under ``"plain:{name}"``, e.g. the biases and
+norms of a quantized model. See ``docs/format.md``.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from .format import FormatError, read_file, write_file
 from .grouping import GroupGrid
@@ -14,72 +21,46 @@ from .methods import get_method
 from .quantized import _TORCH_DTYPES, QuantizedMatrix
 
 SINGLE_NAME = "matrix"
+PLAIN_PREFIX = "plain:"
+# Plain tensors are stored through numpy; bfloat16 has no numpy dtype and is stored as float32 (exact).
+_PLAIN_STORAGE = {torch.bfloat16: torch.float32}
+
+
+@dataclass
+class Bundle:
+    """Everything in one file: quantized matrices, plain tensors and user metadata."""
+
+    objects: dict[str, QuantizedMatrix]
+    plain: dict[str, torch.Tensor] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    container: str = "mapping"
 
 
 def save(obj: QuantizedMatrix | Mapping[str, QuantizedMatrix], path: str | os.PathLike, *,
          metadata: Mapping[str, str] | None = None) -> None:
     """Write one quantized matrix, or a name -> matrix mapping, to ``path`` (safetensors).
 
-    Tensor ``"{name}.{field}"`` holds field ``field`` of matrix ``name`` (``"matrix"`` for a single one).
     ``metadata`` (str -> str) is stored in the manifest under "user"; read it with :func:`read_metadata`.
     The write is atomic: an existing file is replaced only once the new one is complete.
     """
     if isinstance(obj, QuantizedMatrix):
-        objects, container = {SINGLE_NAME: obj}, "single"
+        bundle = Bundle({SINGLE_NAME: obj}, container="single")
     elif isinstance(obj, Mapping) and obj and all(isinstance(v, QuantizedMatrix) for v in obj.values()):
-        objects, container = dict(obj), "mapping"
-        for name in objects:
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"matrix names must be non-empty strings, got {name!r}")
+        bundle = Bundle(dict(obj))
     else:
         raise TypeError("save() takes a QuantizedMatrix or a non-empty mapping of name -> QuantizedMatrix")
-    tensors: dict[str, np.ndarray] = {}
-    for name, q in objects.items():
-        for field, arr in q.fields().items():
-            tensors[f"{name}.{field}"] = arr
-    user = dict(metadata or {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in user.items()):
-        raise TypeError("metadata must map str to str")
-    manifest = {"container": container, "objects": {name: q.info() for name, q in objects.items()}, "user": user}
-    write_file(path, tensors, manifest, extra_metadata=_summary(objects.values()))
+    bundle.metadata = dict(metadata or {})
+    save_bundle(bundle, path)
 
 
 def load(path: str | os.PathLike) -> QuantizedMatrix | dict[str, QuantizedMatrix]:
-    """Read a file written by :func:`save`, validating every tensor against the manifest.
+    """Read a file written by :func:`save`: a QuantizedMatrix, or a dict for a mapping file.
 
     Raises FormatError (a ValueError) naming the problem for truncated, tampered, inconsistent or
     newer-version files. Nothing in the file is executed.
     """
-    tensors, manifest, metadata = read_file(path)
-    container = manifest.get("container")
-    objects = manifest.get("objects")
-    if container not in ("single", "mapping") or not isinstance(objects, dict) or not objects:
-        raise FormatError(f"{path}: manifest needs 'container' (single|mapping) and a non-empty 'objects'")
-    if container == "single" and list(objects) != [SINGLE_NAME]:
-        raise FormatError(f"{path}: a single-matrix file must hold exactly one object named {SINGLE_NAME!r}")
-    expected: dict[str, tuple[str, str, tuple[str, tuple[int, ...]]]] = {}
-    plans = {}
-    for name, info in objects.items():
-        cls, grid = _parse_info(name, info, path)
-        try:
-            specs = cls.field_specs(info, grid)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"{path}: matrix {name!r}: invalid manifest entry ({exc})") from exc
-        for field, spec in specs.items():
-            expected[f"{name}.{field}"] = (name, field, spec)
-        plans[name] = (cls, grid, info)
-    _check_tensors(tensors, expected, path)
-    result = {}
-    for name, (cls, grid, info) in plans.items():
-        fields = {field: tensors[key] for key, (owner, field, _) in expected.items() if owner == name}
-        try:
-            q = cls.from_fields(info, grid, fields)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"{path}: matrix {name!r}: inconsistent content ({exc})") from exc
-        result[name] = q
-    if _summary(result.values()) != {k: metadata.get(k) for k in ("method", "bits", "group_shape")}:
-        raise FormatError(f"{path}: header summary (method/bits/group_shape) disagrees with the manifest")
-    return result[SINGLE_NAME] if container == "single" else result
+    bundle = load_bundle(path)
+    return bundle.objects[SINGLE_NAME] if bundle.container == "single" else bundle.objects
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -91,15 +72,90 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return user
 
 
-def _summary(objects) -> dict[str, str]:
-    """Top-level metadata for generic safetensors viewers: shared value, or 'mixed'."""
+def save_bundle(bundle: Bundle, path: str | os.PathLike) -> None:
+    """Write a :class:`Bundle` atomically."""
+    for name in bundle.objects:
+        if not isinstance(name, str) or not name or name.startswith(PLAIN_PREFIX):
+            raise ValueError(f"matrix names must be non-empty strings not starting with {PLAIN_PREFIX!r}: {name!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in bundle.metadata.items()):
+        raise TypeError("metadata must map str to str")
+    tensors: dict[str, np.ndarray] = {}
+    for name, q in bundle.objects.items():
+        for fname, arr in q.fields().items():
+            tensors[f"{name}.{fname}"] = arr
+    plain_info = {}
+    for name, t in bundle.plain.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"plain tensor {name!r} must be a torch.Tensor, got {type(t).__name__}")
+        t = t.detach().cpu()
+        plain_info[name] = str(t.dtype).removeprefix("torch.")
+        tensors[PLAIN_PREFIX + name] = t.to(_PLAIN_STORAGE.get(t.dtype, t.dtype)).contiguous().numpy()
+    manifest = {"container": bundle.container, "user": dict(bundle.metadata), "plain": plain_info,
+                "objects": {name: q.info() for name, q in bundle.objects.items()}}
+    write_file(path, tensors, manifest, extra_metadata=_summary(bundle.objects.values()))
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and validate every part of a file written by :func:`save` or :func:`save_bundle`."""
+    tensors, manifest, metadata = read_file(path)
+    container = manifest.get("container")
+    objects = manifest.get("objects")
+    plain_info = manifest.get("plain", {})
+    user = manifest.get("user", {})
+    if container not in ("single", "mapping") or not isinstance(objects, dict):
+        raise FormatError(f"{path}: manifest needs 'container' (single|mapping) and 'objects'")
+    if container == "single" and list(objects) != [SINGLE_NAME]:
+        raise FormatError(f"{path}: a single-matrix file must hold exactly one object named {SINGLE_NAME!r}")
+    if not isinstance(plain_info, dict) or not isinstance(user, dict):
+        raise FormatError(f"{path}: manifest 'plain' and 'user' must be objects")
+    expected: dict[str, tuple[str, str, tuple[str, tuple[int, ...]]]] = {}
+    plans = {}
+    for name, info in objects.items():
+        cls, grid = _parse_info(name, info, path)
+        try:
+            specs = cls.field_specs(info, grid)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{path}: matrix {name!r}: invalid manifest entry ({exc})") from exc
+        for fname, spec in specs.items():
+            expected[f"{name}.{fname}"] = (name, fname, spec)
+        plans[name] = (cls, grid, info)
+    plain = _read_plain(tensors, plain_info, path)
+    _check_tensors({k: v for k, v in tensors.items() if not k.startswith(PLAIN_PREFIX)}, expected, path)
+    result = {}
+    for name, (cls, grid, info) in plans.items():
+        fields = {fname: tensors[key] for key, (owner, fname, _) in expected.items() if owner == name}
+        try:
+            result[name] = cls.from_fields(info, grid, fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{path}: matrix {name!r}: inconsistent content ({exc})") from exc
+    if _summary(result.values()) != {k: metadata.get(k) for k in ("method", "bits", "group_shape")}:
+        raise FormatError(f"{path}: header summary (method/bits/group_shape) disagrees with the manifest")
+    return Bundle(result, plain, user, container)
+
+
+def _read_plain(tensors: Mapping[str, np.ndarray], plain_info: Mapping[str, Any], path) -> dict[str, torch.Tensor]:
+    stored = {k[len(PLAIN_PREFIX):] for k in tensors if k.startswith(PLAIN_PREFIX)}
+    if stored != set(plain_info):
+        raise FormatError(f"{path}: plain tensors {sorted(stored ^ set(plain_info))[:5]} are missing or undeclared")
     out = {}
-    for key in ("method", "bits", "group_shape"):
-        values = {str(q.info()[key]) for q in objects}
-        out[key] = values.pop() if len(values) == 1 else "mixed"
+    for name, dtype_name in plain_info.items():
+        dtype = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
+        if not isinstance(dtype, torch.dtype):
+            raise FormatError(f"{path}: plain tensor {name!r} has unknown dtype {dtype_name!r}")
+        t = torch.from_numpy(np.array(tensors[PLAIN_PREFIX + name]))
+        if t.dtype != _PLAIN_STORAGE.get(dtype, dtype):
+            raise FormatError(f"{path}: plain tensor {name!r} is stored as {t.dtype}, expected {dtype}")
+        out[name] = t.to(dtype)
     return out
 
 
+def _summary(objects) -> dict[str, str]:
+    """Top-level metadata for generic safetensors viewers: shared value, or 'mixed' ('none' if empty)."""
+    out = {}
+    for key in ("method", "bits", "group_shape"):
+        values = {str(q.info()[key]) for q in objects}
+        out[key] = values.pop() if len(values) == 1 else ("mixed" if values else "none")
+    return out
 def _parse_info(name: str, info: Any, path) -> tuple[type[QuantizedMatrix], GroupGrid]:
     if not isinstance(info, dict):
         raise FormatError(f"{path}: matrix {name!r}: manifest entry must be an object")

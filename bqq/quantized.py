@@ -136,6 +136,19 @@ class QuantizedMatrix(abc.ABC):
     def group_shape(self) -> tuple[int, int]:
         return self.grid.group_shape
 
+    def scalars(self) -> np.ndarray:
+        """The FP32 scalars that the rebuilt matrix is affine in, given the stored codes (float64 vector).
+
+        Methods whose codes are binary (BQQ, BCQ) expose them so calibration can refit them with the
+        binaries fixed; the default is none.
+        """
+        return np.zeros(0)
+
+    def set_scalars(self, values: np.ndarray) -> None:
+        """Replace the scalars returned by :meth:`scalars` (same order and size)."""
+        if np.asarray(values).size:
+            raise ValueError(f"method {self.method!r} has no refittable scalars")
+
     def release_source(self) -> None:
         """Drop the reference to the original matrix kept for :meth:`extend`-style continuation."""
         self._source = None

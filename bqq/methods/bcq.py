@@ -123,6 +123,16 @@ class BCQMatrix(QuantizedMatrix):
             out += np.where(plane, a, -a)
         return out
 
+    def scalars(self) -> np.ndarray:
+        """α of every group and bit."""
+        return self.alpha.ravel().astype(np.float64)
+
+    def set_scalars(self, values: np.ndarray) -> None:
+        values = np.asarray(values, np.float64)
+        if values.shape != (self.alpha.size,) or not np.isfinite(values).all():
+            raise ValueError(f"expected {self.alpha.size} finite scalars, got {values.shape}")
+        self.alpha = values.reshape(self.alpha.shape).astype(np.float32)
+
     def group_bits(self, index: int) -> int:
         m, n = self.grid.group_shapes()[index]
         return self.bits * (m * n + 32)

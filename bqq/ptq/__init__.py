@@ -1,0 +1,19 @@
+"""Model PTQ: `quantize` a model's layers, calibrate, save and load (see bqq.ptq.quantize)."""
+
+from .calibrate import Calibration, calibrate
+from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, cached_weights, quantized_layers
+from .quantize import quantize
+from .serialize import load_quantized, save_quantized
+
+__all__ = [
+    "Calibration",
+    "QuantizedConv2d",
+    "QuantizedLinear",
+    "QuantizedWeight",
+    "cached_weights",
+    "calibrate",
+    "load_quantized",
+    "quantize",
+    "quantized_layers",
+    "save_quantized",
+]

@@ -1,0 +1,222 @@
+"""Modules whose weight is stored quantized: `QuantizedLinear`, `QuantizedConv2d`.
+
+A layer's weight (out, in) — for a convolution (out, in·kh·kw) — is a :class:`QuantizedWeight`: a
+group grid and one :class:`~bqq.quantized.QuantizedMatrix` per group. No dense floating-point copy
+is kept: the weight is rebuilt at each forward (the reference path; faster kernels can replace
+:meth:`QuantizedLinear.forward` behind the same module), unless :func:`cached_weights` is active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..grouping import GroupGrid
+from ..quantized import QuantizedMatrix
+
+
+@dataclass
+class QuantizedWeight:
+    """A weight matrix as a grid of independently quantized groups (row-major, one per group)."""
+
+    grid: GroupGrid
+    groups: list[QuantizedMatrix]
+
+    def __post_init__(self) -> None:
+        if len(self.groups) != len(self.grid):
+            raise ValueError(f"{len(self.groups)} groups for a grid of {len(self.grid)}")
+        for q, shape in zip(self.groups, self.grid.group_shapes(), strict=True):
+            if q.shape != shape:
+                raise ValueError(f"group of shape {q.shape} where the grid has {shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.grid.shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """The (out, in) weight, rebuilt from the packed groups."""
+        out = torch.empty(self.shape, dtype=dtype)
+        for q, (_, _, rs, cs) in zip(self.groups, self.grid.blocks(), strict=True):
+            out[rs, cs] = q.dequantize().to(dtype)
+        return out if device is None else out.to(device)
+
+    @property
+    def total_bits(self) -> int:
+        return sum(q.total_bits for q in self.groups)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.total_bits / (self.shape[0] * self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(q.nbytes for q in self.groups)
+
+
+class _QuantizedLayer(nn.Module):
+    """Shared parts: the quantized weight, an optional FP bias, and the optional weight cache."""
+
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.qweight = weight
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self._cache: torch.Tensor | None = None
+        self._affine: list[_AffineGroup] | None = None
+
+    def weight_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The dequantized (out, in) weight, from the cache when :func:`cached_weights` is active."""
+        if self._affine is not None:
+            return self._affine_weight().to(dtype=dtype, device=device)
+        if self._cache is not None:
+            if self._cache.dtype != dtype or self._cache.device != device:
+                self._cache = self._cache.to(dtype=dtype, device=device)
+            return self._cache
+        return self.qweight.dequantize(dtype, device)
+
+    def _affine_weight(self) -> torch.Tensor:
+        w = (self._cache if self._cache is not None else self.qweight.dequantize(torch.float32)).clone()
+        for g in self._affine or ():
+            theta = g.theta0 * (1 + g.delta)
+            w[g.rows, g.cols] = g.basis[0] + torch.tensordot(theta, g.basis[1:], dims=1)
+        return w
+
+    @property
+    def method(self) -> str:
+        methods = {q.method for q in self.qweight.groups}
+        return methods.pop() if len(methods) == 1 else "mixed"
+
+
+class QuantizedLinear(_QuantizedLayer):
+    """Drop-in for ``nn.Linear``: y = x Wᵀ + b with W rebuilt from packed groups."""
+
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None) -> None:
+        super().__init__(weight, bias)
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight_matrix(x.dtype, x.device), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"method={self.method}, bits_per_weight={self.qweight.bits_per_weight:.4f}")
+
+
+class QuantizedConv2d(_QuantizedLayer):
+    """Drop-in for a ``groups=1`` ``nn.Conv2d``; the (out, in, kh, kw) kernel is quantized as (out, in·kh·kw)."""
+
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None, *, in_channels: int,
+                 kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int] | str,
+                 dilation: tuple[int, int], padding_mode: str = "zeros") -> None:
+        super().__init__(weight, bias)
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode {padding_mode!r} is not supported; only 'zeros'")
+        self.out_channels = weight.shape[0]
+        self.in_channels = in_channels
+        self.kernel_size = tuple(kernel_size)
+        if weight.shape[1] != in_channels * self.kernel_size[0] * self.kernel_size[1]:
+            raise ValueError(f"weight of shape {weight.shape} does not fit {in_channels} channels x {kernel_size}")
+        self.stride, self.padding, self.dilation = tuple(stride), padding, tuple(dilation)
+
+    @classmethod
+    def conv_args(cls, conv: nn.Conv2d) -> dict:
+        """The constructor arguments that describe ``conv``'s geometry."""
+        if conv.groups != 1:
+            raise ValueError("grouped/depthwise convolutions are not supported")
+        return {"in_channels": conv.in_channels, "kernel_size": tuple(conv.kernel_size), "stride": tuple(conv.stride),
+                "padding": conv.padding if isinstance(conv.padding, str) else tuple(conv.padding),
+                "dilation": tuple(conv.dilation), "padding_mode": conv.padding_mode}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_matrix(x.dtype, x.device).reshape(self.out_channels, self.in_channels, *self.kernel_size)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"method={self.method}, bits_per_weight={self.qweight.bits_per_weight:.4f}")
+
+
+@dataclass
+class _AffineGroup:
+    """One group as W = basis[0] + Σ_j θ_j basis[j+1], θ = θ0 (1 + δ) with δ trainable."""
+
+    group: QuantizedMatrix
+    rows: slice
+    cols: slice
+    basis: torch.Tensor  # (K + 1, m_g, n_g)
+    theta0: torch.Tensor  # (K,)
+    delta: nn.Parameter  # (K,), starts at 0
+
+
+def _affine_basis(q: QuantizedMatrix, theta: np.ndarray) -> torch.Tensor:
+    """The exact affine decomposition of q's rebuilt matrix in its scalars (the codes fixed)."""
+    try:
+        q.set_scalars(np.zeros_like(theta))
+        base = q._dequantize64()
+        parts = [base]
+        for j in range(theta.size):
+            unit = np.zeros_like(theta)
+            unit[j] = 1.0
+            q.set_scalars(unit)
+            parts.append(q._dequantize64() - base)
+    finally:
+        q.set_scalars(theta)
+    return torch.from_numpy(np.stack(parts)).float()
+
+
+@contextlib.contextmanager
+def trainable_scalars(model: nn.Module) -> Iterator[list[nn.Parameter]]:
+    """Within the block the FP32 scalars of every group with binary codes (BQQ, BCQ) are trainable.
+
+    Yields the parameters: relative changes δ, one per scalar, θ = θ0 (1 + δ), so a single learning
+    rate suits scalars of any magnitude. The weight is rebuilt from an exact affine basis per group
+    (K + 1 dense copies of the group while active). On exit the trained scalars are written back.
+    """
+    layers = [m for _, m in quantized_layers(model)]
+    params: list[nn.Parameter] = []
+    try:
+        for layer in layers:
+            layer._affine = []
+            for q, (_, _, rs, cs) in zip(layer.qweight.groups, layer.qweight.grid.blocks(), strict=True):
+                theta = q.scalars()
+                if theta.size == 0:
+                    continue
+                delta = nn.Parameter(torch.zeros(theta.size))
+                layer._affine.append(_AffineGroup(q, rs, cs, _affine_basis(q, theta),
+                                                  torch.from_numpy(theta).float(), delta))
+                params.append(delta)
+        yield params
+    finally:
+        for layer in layers:
+            for g in layer._affine or ():
+                g.group.set_scalars((g.theta0 * (1 + g.delta.detach())).double().numpy())
+            layer._affine = None
+
+
+def quantized_layers(model: nn.Module) -> Iterator[tuple[str, _QuantizedLayer]]:
+    """(name, module) of every quantized layer in ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, _QuantizedLayer):
+            yield name, module
+
+
+@contextlib.contextmanager
+def cached_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, quantized layers keep their dequantized weight instead of rebuilding it.
+
+    Speeds up repeated forwards (calibration, evaluation) at the cost of one dense copy per layer,
+    which is freed on exit. The weights are constants here: no gradient reaches them.
+    """
+    layers = [m for _, m in quantized_layers(model)]
+    try:
+        for m in layers:
+            m._cache = m.qweight.dequantize(torch.float32)
+        yield model
+    finally:
+        for m in layers:
+            m._cache = None

@@ -1,0 +1,126 @@
+"""Which layers to quantize, and with which settings.
+
+Candidates are ``nn.Linear`` and ``groups=1`` ``nn.Conv2d`` layers (the ViT patch embedding is one).
+``include`` / ``exclude`` are fnmatch patterns over module names; ``overrides`` maps a pattern to
+settings (``bits``, ``method``, ``group_size``, ``rank_scale`` or method options) applied, in order,
+to the layers it matches. Norms, biases, class/position tokens are never quantized.
+
+Default groups follow the paper: square groups of the model width (``embed_dim``: 384 for DeiT-S,
+768 for DeiT-B, 96 for Swin-T), 100×96 groups for the classification head, and 384×384 when the
+model has no ``embed_dim``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+from ..grouping import parse_group_shape
+
+HEAD_GROUP = (100, 96)
+FALLBACK_GROUP = (384, 384)
+_SETTING_KEYS = ("bits", "method", "group_size", "rank_scale")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one layer is quantized."""
+
+    name: str
+    kind: str  # "linear" | "conv2d"
+    shape: tuple[int, int]  # the weight as a matrix (out, in[·kh·kw])
+    method: str
+    bits: float
+    group_shape: tuple[int, int]
+    rank_scale: float = 1.0
+    opts: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_layers(model: nn.Module, *, bits: float, method: str, group_size, rank_scale: float,
+                include: Sequence[str] | str | None, exclude: Sequence[str] | str | None,
+                overrides: Mapping[str, Mapping[str, Any]] | None, opts: Mapping[str, Any]) -> list[LayerPlan]:
+    """The layers of ``model`` to quantize, in module order."""
+    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    overrides = dict(overrides or {})
+    for pattern, settings in overrides.items():
+        if not isinstance(pattern, str) or not isinstance(settings, Mapping):
+            raise ValueError(f"overrides must map fnmatch patterns to dicts of settings, got {pattern!r}")
+    plans, matched = [], set()
+    for name, module in model.named_modules():
+        kind = _kind(module)
+        if not name:  # the root: a bare layer cannot replace itself
+            if kind is not None:
+                raise ValueError("quantize() replaces submodules; wrap a bare layer, e.g. nn.Sequential(layer)")
+            continue
+        if kind is None or (include and not _matches(name, include)) or _matches(name, exclude):
+            continue
+        shape = (module.weight.shape[0], module.weight[0].numel())
+        plan = LayerPlan(name, kind, shape, method, bits, _default_group(model, name, shape, group_size),
+                         rank_scale, dict(opts))
+        for pattern, settings in overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                matched.add(pattern)
+                plan = _apply(plan, settings)
+        plans.append(plan)
+    unused = sorted(set(overrides) - matched)
+    if unused:
+        raise ValueError(f"overrides {unused} match no quantizable layer")
+    if not plans:
+        raise ValueError("no nn.Linear or nn.Conv2d layer matches include/exclude; nothing to quantize")
+    return plans
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The head's module name from a timm-style config (``pretrained_cfg['classifier']``), if any."""
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        if isinstance(cfg, Mapping) and isinstance(cfg.get("classifier"), str):
+            return cfg["classifier"]
+    return None
+
+
+def _kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d) and module.groups == 1:
+        return "conv2d"
+    return None
+
+
+def _default_group(model: nn.Module, name: str, shape: tuple[int, int], group_size) -> tuple[int, int]:
+    if group_size is not None:
+        return parse_group_shape(group_size, shape)
+    if name == classifier_name(model):
+        return parse_group_shape(HEAD_GROUP, shape)
+    width = getattr(model, "embed_dim", None)
+    if isinstance(width, int) and width > 0:
+        return parse_group_shape(width, shape)
+    return parse_group_shape(FALLBACK_GROUP, shape)
+
+
+def _apply(plan: LayerPlan, settings: Mapping[str, Any]) -> LayerPlan:
+    changes = {k: v for k, v in settings.items() if k in _SETTING_KEYS and k != "group_size"}
+    if "group_size" in settings:
+        changes["group_shape"] = parse_group_shape(settings["group_size"], plan.shape)
+    opts = {**plan.opts, **{k: v for k, v in settings.items() if k not in _SETTING_KEYS}}
+    if "method" in changes and changes["method"] != plan.method:
+        opts = {k: v for k, v in settings.items() if k not in _SETTING_KEYS}  # options are per method
+    return replace(plan, opts=opts, **changes)
+
+
+def _patterns(value, label: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"{label} must be a pattern or a list of fnmatch patterns, got {value!r}")
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -1,0 +1,119 @@
+"""`bqq.quantize(model, bits=2)`: replace a model's Linear/Conv2d layers with quantized ones."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import check_bits, make_config
+from ..grouping import GroupGrid
+from ..methods import get_method
+from .calibrate import Calibration, calibrate
+from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight
+from .plan import LayerPlan, plan_layers
+from .runner import GroupJob, group_seed, run_jobs
+
+
+def quantize(
+    model: nn.Module,
+    bits: float = 2,
+    *,
+    method: str = "bqq",
+    group_size: int | Sequence[int] | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    calibration: Calibration | Iterable[Any] | None = None,
+    workers: int | cf.Executor | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    rank_scale: float = 1.0,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool | None = None,
+    **opts: Any,
+) -> nn.Module:
+    """Quantize ``model``'s weights in place (weight-only PTQ) and return it.
+
+    Every ``nn.Linear`` and ``groups=1`` ``nn.Conv2d`` (the ViT patch embedding) whose name passes
+    ``include``/``exclude`` (fnmatch patterns) becomes a :class:`QuantizedLinear` /
+    :class:`QuantizedConv2d`; biases, norms and tokens stay in floating point.
+
+    Args:
+        bits, method, rank_scale, **opts: as in :func:`bqq.compress`, for every layer.
+        group_size: None: the paper's grouping (``embed_dim`` squares, 100×96 for the head).
+        overrides: fnmatch pattern -> settings for the layers it matches, e.g. ``{"head": {"bits": 4}}``.
+        calibration: None for data-free PTQ; a DataLoader (or :class:`Calibration`) for calibrated PTQ
+            (c-BQQ): biases and norms are then tuned to match the original model's outputs.
+        workers: None (this process), a number of local processes, or a ``concurrent.futures.Executor``.
+        cache_dir: persist each finished group; a rerun with the same arguments resumes.
+        seed: the seed of every group derives from it, the layer name and the group index.
+        progress: tqdm bar over groups (None: only on a terminal).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if calibration is not None and not isinstance(calibration, Calibration):
+        calibration = Calibration(calibration)
+    plans = plan_layers(model, bits=bits, method=method, group_size=group_size, rank_scale=rank_scale,
+                        include=include, exclude=exclude, overrides=overrides, opts=opts)
+    for plan in plans:
+        _validate(plan)
+    teacher = copy.deepcopy(model) if calibration is not None else None
+    modules = dict(model.named_modules())
+    jobs, grids = [], {}
+    for plan in plans:
+        grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
+        jobs += _group_jobs(plan, modules[plan.name].weight, grid, seed)
+    results = iter(run_jobs(jobs, workers=workers, cache_dir=cache_dir, progress=progress))
+    for plan in plans:
+        grid = grids[plan.name]
+        weight = QuantizedWeight(grid, [next(results) for _ in range(len(grid))])
+        _replace(model, plan.name, _quantized_module(modules[plan.name], weight))
+    if teacher is not None:
+        calibrate(model, teacher, calibration, progress=progress)
+    return model
+
+
+def _validate(plan: LayerPlan) -> None:
+    """Fail before any work starts, naming the layer."""
+    try:
+        cls = get_method(plan.method)
+        check_bits(cls, plan.bits)
+        opts = {**plan.opts, "rank_scale": plan.rank_scale} if plan.method == "bqq" else plan.opts
+        if plan.method != "bqq" and plan.rank_scale != 1.0:
+            raise ValueError(f"rank_scale applies to method='bqq' only, not {plan.method!r}")
+        make_config(cls, dict(opts))
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"layer {plan.name!r}: {exc}") from exc
+
+
+def _group_jobs(plan: LayerPlan, weight: torch.Tensor, grid: GroupGrid, seed: int) -> list[GroupJob]:
+    w = weight.detach().reshape(plan.shape[0], -1).cpu()
+    if not w.is_floating_point() or not torch.isfinite(w).all():
+        raise ValueError(f"layer {plan.name!r}: weight must be floating point and finite")
+    dtype = str(w.dtype).removeprefix("torch.")
+    if w.dtype in (torch.float16, torch.bfloat16):
+        w = w.float()  # exact; numpy has no bfloat16
+    array = w.numpy()
+    return [GroupJob(plan.name, i, array[rs, cs].copy(), dtype, plan.method, plan.bits, plan.rank_scale,
+                     group_seed(seed, plan.name, i), dict(plan.opts))
+            for i, (_, _, rs, cs) in enumerate(grid.blocks())]
+
+
+def _quantized_module(module: nn.Module, weight: QuantizedWeight) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return QuantizedLinear(weight, module.bias)
+    return QuantizedConv2d(weight, module.bias, **QuantizedConv2d.conv_args(module))
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    new.train(old.training)
+    param = next(old.parameters())
+    setattr(parent, child, new.to(param.device))

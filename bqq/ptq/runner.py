@@ -1,0 +1,165 @@
+"""Solving the groups of many layers: in-process, in local processes, or on any Executor; resumable.
+
+Every group of every layer is one job. Jobs are independent (each has its own seed, derived from the
+run seed, the layer name and the group index), so they can run anywhere and in any order with
+identical results. With a cache folder each finished group is written atomically as its own packed
+file named by a hash of everything that determines it; a rerun loads those and solves the rest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..api import compress
+from ..format import FormatError
+from ..io import load, save
+from ..quantized import QuantizedMatrix, progress_bar
+from ..version import __version__
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """One group of one layer: the data and every setting that determines its codes."""
+
+    layer: str
+    index: int
+    matrix: np.ndarray  # (m_g, n_g) in the weight's own dtype (float16 is upcast to float32)
+    dtype: str
+    method: str
+    bits: float
+    rank_scale: float
+    seed: int
+    opts: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """Hash of the group's values and settings: the cache file name."""
+        h = hashlib.sha256()
+        settings = [__version__, self.layer, self.index, self.dtype, self.method, self.bits, self.rank_scale,
+                    self.seed, sorted(self.opts.items()), self.matrix.shape, self.matrix.dtype.str]
+        h.update(json.dumps(settings, default=str).encode())
+        h.update(np.ascontiguousarray(self.matrix).tobytes())
+        return h.hexdigest()
+
+
+def group_seed(seed: int, layer: str, index: int) -> int:
+    """A 63-bit seed for one group, independent of scheduling and of the other layers."""
+    digest = hashlib.sha256(f"{seed}/{layer}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def solve_group(job: GroupJob) -> QuantizedMatrix:
+    """Compress one group (runs in workers; module-level so every executor can pickle it)."""
+    extra = {"rank_scale": job.rank_scale} if job.method == "bqq" else {}
+    q = compress(job.matrix, job.bits, method=job.method, seed=job.seed, progress=False, **extra, **job.opts)
+    q.release_source()
+    q.dtype = job.dtype
+    return q
+
+
+def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
+             cache_dir: str | os.PathLike | None = None, progress: bool | None = None,
+             max_in_flight: int | None = None) -> list[QuantizedMatrix]:
+    """Solve every job (cached ones are loaded) and return the results in job order.
+
+    Args:
+        workers: None or 1: in this process (numba uses all cores per group); an int n > 1: n local
+            processes, each with cores/n numba threads; or any ``concurrent.futures.Executor``
+            (e.g. ``distributed.Client(...).get_executor()`` to spread groups over a Dask cluster).
+        cache_dir: folder for finished groups; an interrupted run (Ctrl-C, kill -9) resumes from it.
+        max_in_flight: jobs submitted ahead to an executor (default 2 per local worker, 64 otherwise),
+            bounding the memory held by queued group data.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    results: list[QuantizedMatrix | None] = [None] * len(jobs)
+    todo = []
+    for i, job in enumerate(jobs):
+        cached = _load_cached(cache, job) if cache is not None else None
+        if cached is not None:
+            results[i] = cached
+        else:
+            todo.append(i)
+    with progress_bar(total=len(jobs), initial=len(jobs) - len(todo), progress=progress, unit="group",
+                      desc="quantize") as bar:
+
+        def finish(i: int, q: QuantizedMatrix) -> None:
+            results[i] = q
+            if cache is not None:
+                save(q, _cache_path(cache, jobs[i]))
+            bar.update(1)
+
+        if workers is None or workers == 1:
+            for i in todo:
+                finish(i, solve_group(jobs[i]))
+        elif isinstance(workers, cf.Executor):
+            _run_on(workers, jobs, todo, finish, max_in_flight or 64)
+        elif isinstance(workers, int) and not isinstance(workers, bool) and workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_init_worker, initargs=(threads,))
+            try:
+                _run_on(pool, jobs, todo, finish, max_in_flight or 2 * workers)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            raise ValueError(f"workers must be None, an int >= 1 or a concurrent.futures.Executor, got {workers!r}")
+    return results  # type: ignore[return-value]
+
+
+def _run_on(executor: cf.Executor, jobs: list[GroupJob], todo: Iterable[int],
+            finish: Callable[[int, QuantizedMatrix], None], max_in_flight: int) -> None:
+    pending: dict[cf.Future, int] = {}
+    queue = iter(todo)
+    try:
+        while True:
+            for i in queue:
+                pending[executor.submit(solve_group, jobs[i])] = i
+                if len(pending) >= max_in_flight:
+                    break
+            if not pending:
+                return
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                finish(pending.pop(fut), fut.result())
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
+
+
+def _init_worker(threads: int) -> None:
+    import numba
+
+    numba.set_num_threads(threads)
+
+
+def _cache_path(cache: Path, job: GroupJob) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in job.layer)
+    return cache / f"{safe}.g{job.index}.{job.key()[:24]}.safetensors"
+
+
+def _load_cached(cache: Path, job: GroupJob) -> QuantizedMatrix | None:
+    path = _cache_path(cache, job)
+    if not path.exists():
+        return None
+    try:
+        q = load(path)
+    except (FormatError, OSError) as exc:
+        warnings.warn(f"ignoring unreadable cache file {path} ({exc}); solving the group again", stacklevel=3)
+        return None
+    if not isinstance(q, QuantizedMatrix) or q.shape != job.matrix.shape or q.method != job.method:
+        warnings.warn(f"ignoring cache file {path}: it does not match its group", stacklevel=3)
+        return None
+    return q

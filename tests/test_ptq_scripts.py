@@ -1,0 +1,86 @@
+"""The PTQ scripts on real (small) data: the Fashion-MNIST ViT and an ImageNet-style imagefolder."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import bqq
+from benchmarks import ptq_fashion_mnist as fm
+from benchmarks import ptq_vit
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    if not (fm.DATA_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"Fashion-MNIST is not installed in {fm.DATA_DIR} (apt-get install dataset-fashion-mnist)")
+    x, y = fm.load_fashion_mnist("t10k")
+    return x[:1000], y[:1000]
+
+
+def test_fashion_checkpoint_is_accurate_and_survives_4_bit_bqq(fashion, tmp_path):
+    x, y = fashion
+    assert fm.CHECKPOINT.exists(), "missing checkpoint: run python -m benchmarks.ptq_fashion_mnist"
+    model = fm.trained_model()
+    fp = fm.accuracy(model, x, y)
+    assert fp > 85.0  # the committed checkpoint is a real trained model
+    q = bqq.quantize(model, bits=4, sweeps=300)
+    acc = fm.accuracy(q, x, y)
+    assert acc > fp - 3.0, (fp, acc)
+    bqq.save_quantized(q, tmp_path / "fashion.safetensors")
+    restored = bqq.load_quantized(tmp_path / "fashion.safetensors", fm.make_vit())
+    assert fm.accuracy(restored, x, y) == acc
+
+
+def test_fashion_loader_fails_fast_with_a_hint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fm.load_fashion_mnist("t10k", root=tmp_path)
+
+
+@pytest.fixture
+def tiny_imagefolder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["n001_cat", "n002_dog", "n003_fox"]):
+        folder = tmp_path / "val" / name
+        folder.mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+            pixels[..., label] = 255  # a class-specific colour
+            Image.fromarray(pixels).save(folder / f"img{i}.png")
+    return tmp_path / "val"
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from bqq.compat import import_timm
+
+    torch.manual_seed(0)
+    model = import_timm().create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3)
+    path = tmp_path / "deit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def test_ptq_vit_runs_end_to_end_on_an_imagefolder(tiny_imagefolder, tiny_weights, tmp_path):
+    out = tmp_path / "result.json"
+    result = ptq_vit.main(["--model", "deit_tiny_patch16_224", "--weights", str(tiny_weights), "--num-classes", "3",
+                           "--data", str(tiny_imagefolder), "--calib", str(tiny_imagefolder), "--calib-size", "4",
+                           "--calib-epochs", "1", "--bits", "2", "--include", "blocks.0.attn.*", "head",
+                           "--sweeps", "30", "--batch-size", "4", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == result and saved["images"] == 6 and saved["calibrated"]
+    assert 0 <= saved["quantized_top1"] <= 100 and 0 <= saved["fp_top1"] <= 100
+
+
+def test_ptq_vit_fails_fast_without_data_or_weights(tmp_path, tiny_weights, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match="--weights"):
+        ptq_vit.main(["--model", "deit_tiny_patch16_224", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="imagefolder layout"):
+        ptq_vit.main(["--model", "deit_tiny_patch16_224", "--weights", str(tiny_weights), "--num-classes", "3",
+                      "--data", str(tmp_path / "missing")])
