@@ -18,6 +18,7 @@ import copy
 import gzip
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retrain", action="store_true", help="train again instead of using the checkpoint")
     parser.add_argument("--calib-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=15, help="calibration epochs")
+    parser.add_argument("--sweeps", type=int, help="BQQ annealing sweeps per stack (default: auto, 6000 for 96x96)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     start = time.perf_counter()
@@ -144,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     for bits in args.bits:
         for method in args.methods:
             t0 = time.perf_counter()
-            q = bqq.quantize(copy.deepcopy(fp), bits=bits, method=method, cache_dir=args.out / "cache", progress=False)
+            opts = {"sweeps": args.sweeps} if method == "bqq" and args.sweeps else {}
+            q = bqq.quantize(copy.deepcopy(fp), bits=bits, method=method, cache_dir=args.out / "cache", progress=False,
+                             **opts)
             t_quant = time.perf_counter() - t0
             free = accuracy(q, x_test, y_test)
             t0 = time.perf_counter()
@@ -160,12 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     print(f"wall time {wall:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ptq_fashion_mnist.md").write_text(table + f"\nWall time: {wall:.0f} s on {torch.get_num_threads()} "
-                                                   "threads.\n")
+    command = " ".join(["python -m benchmarks.ptq_fashion_mnist", *(sys.argv[1:] if argv is None else argv)])
+    settings = (f"\nCommand: `{command}`\n"
+                f"Calibration: {args.calib_size} training images, {args.epochs} epochs; BQQ sweeps: "
+                f"{args.sweeps or 'auto'}. Wall time: {wall:.0f} s on {torch.get_num_threads()} threads.\n")
+    (args.out / "ptq_fashion_mnist.md").write_text(table + "\n" + settings)
     env = {"bqq": bqq.__version__, "torch": torch.__version__, "python": platform.python_version()}
     (args.out / "ptq_fashion_mnist.json").write_text(json.dumps(
         {"env": env, "fp_top1": fp_acc, "rows": rows, "wall_s": wall, "calib_size": args.calib_size,
-         "calib_epochs": args.epochs, "seed": 0}, indent=2))
+         "calib_epochs": args.epochs, "bqq_sweeps": args.sweeps or "auto", "seed": 0}, indent=2))
 
 
 def _bits_per_weight(model: torch.nn.Module) -> float:

@@ -264,19 +264,26 @@ def test_svdq_8_bit_factors_are_close_to_the_truncated_svd(low_rank_noise):
     assert tail <= mse(q, w) < 1.05 * tail
 
 
-def test_svdq_refit_beats_plain_rounding():
-    """The least-squares refit of the right factor is no worse than quantizing the SVD's right factor."""
+@pytest.mark.parametrize(("shape", "outlier"), [((96, 96), False), ((128, 512), True)])
+def test_svdq_is_no_worse_than_plain_rounding(shape, outlier):
+    """SVDQ keeps the better right factor: refitted (wins on a Gaussian) or the SVD's own (wins with an outlier)."""
     from bqq.methods.codes import dequantize_codes, uniform_codes
     from bqq.methods.svd import truncated_svd
 
-    w = gaussian((96, 96), seed=9)
+    w = gaussian(shape, seed=9)
+    if outlier:  # one weight of 150 standard deviations, like MiniLM's FFN output matrix
+        rng = np.random.default_rng(1)
+        w[rng.integers(shape[0]), rng.integers(shape[1])] = 150.0
     q = bqq.compress(w, bits=2, method="svdq", factor_bits=4)
     r = q.ranks[0]
     us, vt = truncated_svd(w, r)
     root = np.sqrt(np.linalg.norm(us, axis=0))
     lq = dequantize_codes(*uniform_codes(us / root, 4, 100))
-    rq = dequantize_codes(*uniform_codes(vt * root[:, None], 4, 100))
-    assert mse(q, w) < ((lq @ rq - w) ** 2).mean()
+    plain = ((lq @ dequantize_codes(*uniform_codes(vt * root[:, None], 4, 100)) - w) ** 2).mean()
+    refit = np.linalg.lstsq(lq, w, rcond=None)[0]
+    refitted = ((lq @ dequantize_codes(*uniform_codes(refit, 4, 100)) - w) ** 2).mean()
+    assert mse(q, w) == pytest.approx(min(plain, refitted), rel=1e-6)
+    assert (refitted < plain) != outlier  # each candidate wins one of the two cases
 
 
 # --- validation behind the checksum -----------------------------------------------------------------
