@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retrain", action="store_true", help="train again instead of using the checkpoint")
     parser.add_argument("--calib-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=15, help="calibration epochs")
+    parser.add_argument("--workers", type=int, help="local processes for the group solves (same results)")
     parser.add_argument("--sweeps", type=int, help="BQQ annealing sweeps per stack (default: auto, 6000 for 96x96)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             opts = {"sweeps": args.sweeps} if method == "bqq" and args.sweeps else {}
             q = bqq.quantize(copy.deepcopy(fp), bits=bits, method=method, cache_dir=args.out / "cache", progress=False,
-                             **opts)
+                             workers=args.workers, **opts)
             t_quant = time.perf_counter() - t0
             free = accuracy(q, x_test, y_test)
             t0 = time.perf_counter()
