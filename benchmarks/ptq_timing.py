@@ -5,8 +5,8 @@
 Random initialization is enough for timing (the solver's work does not depend on the values). For
 DeiT-S at 2* this is 146 groups of 384×384 (blocks and patch embedding) and 40 head groups of 100×96.
 The official algorithm needs about 177 s per 384×384 stack on a 2-core CPU (292 stacks: ~14 h).
-Peak memory is reported as the main process's peak RSS plus each worker's peak (an upper bound of
-the simultaneous peak).
+Peak memory is reported as the main process's peak RSS plus the number of workers times the largest
+worker peak (the workers are reaped before measuring): an upper bound of the simultaneous peak.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     kib = 1024 if platform.system() != "Darwin" else 1
     main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 2**20
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib / 2**20
+    if args.workers > 1 and worker_mb == 0:
+        raise RuntimeError("worker peak RSS was not captured (workers not reaped)")
     peak_mb = main_mb + (args.workers if args.workers > 1 else 0) * worker_mb
     result = {
         "model": args.model, "method": args.method, "bits": args.bits, "workers": args.workers,

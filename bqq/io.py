@@ -83,13 +83,8 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> None:
     for name, q in bundle.objects.items():
         for fname, arr in q.fields().items():
             tensors[f"{name}.{fname}"] = arr
-    plain_info = {}
-    for name, t in bundle.plain.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"plain tensor {name!r} must be a torch.Tensor, got {type(t).__name__}")
-        t = t.detach().cpu()
-        plain_info[name] = str(t.dtype).removeprefix("torch.")
-        tensors[PLAIN_PREFIX + name] = t.to(_PLAIN_STORAGE.get(t.dtype, t.dtype)).contiguous().numpy()
+    plain_tensors, plain_info = plain_arrays(bundle.plain)
+    tensors.update(plain_tensors)
     manifest = {"container": bundle.container, "user": dict(bundle.metadata), "plain": plain_info,
                 "objects": {name: q.info() for name, q in bundle.objects.items()}}
     write_file(path, tensors, manifest, extra_metadata=_summary(bundle.objects.values()))
@@ -102,6 +97,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     objects = manifest.get("objects")
     plain_info = manifest.get("plain", {})
     user = manifest.get("user", {})
+    if container == "slt":
+        raise FormatError(f"{path}: this file holds a strong lottery ticket; load it with bqq.slt.load(path, model)")
     if container not in ("single", "mapping") or not isinstance(objects, dict):
         raise FormatError(f"{path}: manifest needs 'container' (single|mapping) and 'objects'")
     if container == "single" and list(objects) != [SINGLE_NAME]:
@@ -119,7 +116,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         for fname, spec in specs.items():
             expected[f"{name}.{fname}"] = (name, fname, spec)
         plans[name] = (cls, grid, info)
-    plain = _read_plain(tensors, plain_info, path)
+    plain = read_plain(tensors, plain_info, path)
     _check_tensors({k: v for k, v in tensors.items() if not k.startswith(PLAIN_PREFIX)}, expected, path)
     result = {}
     for name, (cls, grid, info) in plans.items():
@@ -133,7 +130,22 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle(result, plain, user, container)
 
 
-def _read_plain(tensors: Mapping[str, np.ndarray], plain_info: Mapping[str, Any], path) -> dict[str, torch.Tensor]:
+def plain_arrays(plain: Mapping[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Unquantized tensors as file arrays named ``"plain:{name}"`` plus their manifest entry (name -> dtype)."""
+    arrays, info = {}, {}
+    for name, t in plain.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"plain tensor {name!r} must be a torch.Tensor, got {type(t).__name__}")
+        t = t.detach().cpu()
+        info[name] = str(t.dtype).removeprefix("torch.")
+        arrays[PLAIN_PREFIX + name] = t.to(_PLAIN_STORAGE.get(t.dtype, t.dtype)).contiguous().numpy()
+    return arrays, info
+
+
+def read_plain(tensors: Mapping[str, np.ndarray], plain_info: Any, path) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`plain_arrays` on a verified file's tensors; FormatError if anything is off."""
+    if not isinstance(plain_info, dict):
+        raise FormatError(f"{path}: manifest 'plain' must be an object")
     stored = {k[len(PLAIN_PREFIX):] for k in tensors if k.startswith(PLAIN_PREFIX)}
     if stored != set(plain_info):
         raise FormatError(f"{path}: plain tensors {sorted(stored ^ set(plain_info))[:5]} are missing or undeclared")

@@ -9,13 +9,14 @@ import torch
 import bqq
 from benchmarks import ptq_fashion_mnist as fm
 from benchmarks import ptq_vit
+from bqq.datasets import FASHION_MNIST_DIR, load_fashion_mnist
 
 
 @pytest.fixture(scope="module")
 def fashion():
-    if not (fm.DATA_DIR / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"Fashion-MNIST is not installed in {fm.DATA_DIR} (apt-get install dataset-fashion-mnist)")
-    x, y = fm.load_fashion_mnist("t10k")
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
+    x, y = load_fashion_mnist("t10k")
     return x[:1000], y[:1000]
 
 
@@ -35,7 +36,7 @@ def test_fashion_checkpoint_is_accurate_and_survives_4_bit_bqq(fashion, tmp_path
 
 def test_fashion_loader_fails_fast_with_a_hint(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        fm.load_fashion_mnist("t10k", root=tmp_path)
+        load_fashion_mnist("t10k", root=tmp_path)
 
 
 @pytest.fixture

@@ -220,3 +220,13 @@ def cached_weights(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m in layers:
             m._cache = None
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at the qualified ``name`` inside ``model`` (same training mode); returns the old module."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    new.train(old.training)
+    setattr(parent, child, new)
+    return old

@@ -44,7 +44,7 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size, rank_
                 include: Sequence[str] | str | None, exclude: Sequence[str] | str | None,
                 overrides: Mapping[str, Mapping[str, Any]] | None, opts: Mapping[str, Any]) -> list[LayerPlan]:
     """The layers of ``model`` to quantize, in module order."""
-    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     overrides = dict(overrides or {})
     for pattern, settings in overrides.items():
         if not isinstance(pattern, str) or not isinstance(settings, Mapping):
@@ -56,7 +56,7 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size, rank_
             if kind is not None:
                 raise ValueError("quantize() replaces submodules; wrap a bare layer, e.g. nn.Sequential(layer)")
             continue
-        if kind is None or (include and not _matches(name, include)) or _matches(name, exclude):
+        if kind is None or (include and not matches_any(name, include)) or matches_any(name, exclude):
             continue
         shape = (module.weight.shape[0], module.weight[0].numel())
         plan = LayerPlan(name, kind, shape, method, bits, _default_group(model, name, shape, group_size),
@@ -112,7 +112,7 @@ def _apply(plan: LayerPlan, settings: Mapping[str, Any]) -> LayerPlan:
     return replace(plan, opts=opts, **changes)
 
 
-def _patterns(value, label: str) -> tuple[str, ...]:
+def as_patterns(value, label: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
@@ -122,5 +122,5 @@ def _patterns(value, label: str) -> tuple[str, ...]:
     raise ValueError(f"{label} must be a pattern or a list of fnmatch patterns, got {value!r}")
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+def matches_any(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -15,7 +15,7 @@ from ..api import check_bits, make_config
 from ..grouping import GroupGrid
 from ..methods import get_method
 from .calibrate import Calibration, calibrate
-from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight
+from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, replace_module
 from .plan import LayerPlan, plan_layers
 from .runner import GroupJob, group_seed, run_jobs
 
@@ -111,9 +111,5 @@ def _quantized_module(module: nn.Module, weight: QuantizedWeight) -> nn.Module:
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    new.train(old.training)
-    param = next(old.parameters())
-    setattr(parent, child, new.to(param.device))
+    device = next(model.get_submodule(name).parameters()).device
+    replace_module(model, name, new.to(device))

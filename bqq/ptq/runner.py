@@ -111,8 +111,10 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
                                           initializer=_init_worker, initargs=(threads,))
             try:
                 _run_on(pool, jobs, todo, finish, max_in_flight or 2 * workers)
-            finally:
+            except BaseException:  # Ctrl-C or a failed group: leave at once, finished groups are cached
                 pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)  # reap the workers (and account their resource use to this process)
         else:
             raise ValueError(f"workers must be None, an int >= 1 or a concurrent.futures.Executor, got {workers!r}")
     return results  # type: ignore[return-value]

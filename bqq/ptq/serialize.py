@@ -20,7 +20,7 @@ from ..format import FormatError
 from ..grouping import GroupGrid
 from ..io import Bundle, load_bundle, save_bundle
 from ..version import __version__
-from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, quantized_layers
+from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, quantized_layers, replace_module
 from .plan import classifier_name
 
 CONFIG_KEY = "bqq_model_config"
@@ -90,7 +90,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         bias = torch.zeros(weight.shape[0]) if layer["bias"] else None
         new = (QuantizedConv2d(weight, bias, **_conv_args(layer["conv"])) if layer["kind"] == "conv2d"
                else QuantizedLinear(weight, bias))
-        _swap(model, name, new)
+        replace_module(model, name, new)
     extra = sorted(set(bundle.objects) - used)
     if extra:
         raise FormatError(f"{path}: matrices {extra[:5]} belong to no layer in the config")
@@ -146,8 +146,3 @@ def _model_name(model: nn.Module) -> str:
         return cfg["architecture"]
     return type(model).__name__
 
-
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
