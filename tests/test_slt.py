@@ -395,3 +395,16 @@ def test_config_round_trip_and_include_exclude():
     assert [name for name, _ in slt.masked_layers(m)] == ["0", "2"] and isinstance(m[4], nn.Linear)
     with pytest.raises(ValueError, match="no Linear/Conv2d layer matches"):
         slt.convert(mlp(), include="nothing*")
+
+
+def test_shared_weight_key_shares_weights_not_scores(tmp_path):
+    dense = nn.Sequential(nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False))
+    for layer in dense:
+        layer.slt_weight_key = "shared"
+    m = slt.convert(dense, seed=3)
+    assert torch.equal(m[0].signs, m[1].signs) and not torch.equal(m[0].scores, m[1].scores)
+    x = torch.randn(2, 8)
+    slt.export(m, tmp_path / "t.safetensors")
+    plain = nn.Sequential(nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False))
+    fresh = slt.load(tmp_path / "t.safetensors", plain)
+    assert torch.equal(fresh(x), m(x)) and fresh[0].weight_key == "shared"

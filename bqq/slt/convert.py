@@ -124,7 +124,9 @@ def convert(model: nn.Module, config: SLTConfig | None = None, **settings: Any) 
 def build_layer(module: nn.Module, name: str, config: SLTConfig, freeze: tuple[float, float] | None,
                 group: ThresholdGroup | None) -> MaskedLayer:
     """A masked layer with the geometry of ``module`` (an nn.Linear or nn.Conv2d), keyed by ``name``."""
-    common = dict(seed=config.seed, key=name, sparsity=config.sparsities, scale=config.scale, freeze=freeze,
+    # A module may name the random weight it shares with others (folded blocks with unshared masks).
+    common = dict(seed=config.seed, key=name, weight_key=getattr(module, "slt_weight_key", None),
+                  sparsity=config.sparsities, scale=config.scale, freeze=freeze,
                   use_abs=config.use_abs, group=group)
     has_bias = module.bias is not None
     if isinstance(module, nn.Linear):

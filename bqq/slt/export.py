@@ -139,7 +139,8 @@ def _layer_spec(layer: MaskedLayer) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "kind": "conv2d" if isinstance(layer, MaskedConv2d) else "linear",
         "weight_shape": list(layer.weight_shape), "bias": layer.bias is not None,
-        "seed": layer.seed, "key": layer.key, "sparsities": list(layer.sparsities), "scale": layer.scale,
+        "seed": layer.seed, "key": layer.key, "weight_key": layer.weight_key,
+        "sparsities": list(layer.sparsities), "scale": layer.scale,
         "use_abs": layer.use_abs, "freeze": list(layer.freeze_ratios) if layer.freeze_ratios else None,
         "digest": weight_digest(layer),
     }
@@ -151,8 +152,9 @@ def _layer_spec(layer: MaskedLayer) -> dict[str, Any]:
 
 def _build(spec: Mapping[str, Any], name: str, module: nn.Module | None, group: ThresholdGroup) -> MaskedLayer:
     shape = tuple(spec["weight_shape"])
-    common = dict(seed=spec["seed"], key=spec["key"], sparsity=spec["sparsities"], scale=spec["scale"],
-                  freeze=tuple(spec["freeze"]) if spec["freeze"] else None, use_abs=spec["use_abs"], group=group)
+    common = dict(seed=spec["seed"], key=spec["key"], weight_key=spec["weight_key"], sparsity=spec["sparsities"],
+                  scale=spec["scale"], freeze=tuple(spec["freeze"]) if spec["freeze"] else None,
+                  use_abs=spec["use_abs"], group=group)
     if spec["kind"] == "linear":
         _check_module(module, name, (nn.Linear, MaskedLinear), shape)
         layer = MaskedLinear(shape[1], shape[0], bias=spec["bias"], **common)

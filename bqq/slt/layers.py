@@ -87,11 +87,14 @@ class MaskedLayer(nn.Module):
     pattern: torch.Tensor | None
 
     def _init_mask(self, weight_shape: tuple[int, ...], fan_in: int, *, seed: int, key: str,
-                   sparsity: float | Sequence[float], coats: int | None, scale: str,
+                   weight_key: str | None, sparsity: float | Sequence[float], coats: int | None, scale: str,
                    freeze: tuple[float, float] | None, use_abs: bool, group: ThresholdGroup | None) -> None:
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         self.seed, self.key, self.scale, self.use_abs = int(seed), str(key), scale, bool(use_abs)
+        # Layers with one weight_key share their random weights (and freezing pattern), e.g. the
+        # iterations of a folded block with unshared masks; scores are always keyed by ``key``.
+        self.weight_key = str(weight_key) if weight_key is not None else self.key
         self.weight_shape = tuple(weight_shape)
         self.numel = math.prod(weight_shape)
         self.fan_in = fan_in
@@ -99,14 +102,14 @@ class MaskedLayer(nn.Module):
         self.coats = len(self.sparsities)
         density = 1.0 - self.sparsities[0] if scale == "density" else 1.0
         self.sigma = RELU_GAIN / math.sqrt(fan_in * density)
-        self.register_buffer("signs", random_signs(layer_seed(self.seed, "weight", self.key), self.weight_shape),
-                             persistent=False)
+        signs = random_signs(layer_seed(self.seed, "weight", self.weight_key), self.weight_shape)
+        self.register_buffer("signs", signs, persistent=False)
         self.freeze_ratios = freeze if freeze is not None and any(freeze) else None
         pattern = None
         if self.freeze_ratios is not None:
             if self.coats > 1:
                 raise ValueError("freezing composes with single-coat (Edge-Popup) masks only, not coats > 1")
-            pattern = frozen_pattern(self.seed, self.key, self.numel, *self.freeze_ratios)
+            pattern = frozen_pattern(self.seed, self.weight_key, self.numel, *self.freeze_ratios)
         self.register_buffer("pattern", pattern, persistent=False)
         self.n_pruned = int((pattern == PRUNED).sum()) if pattern is not None else 0
         self.n_locked = int((pattern == LOCKED).sum()) if pattern is not None else 0
@@ -196,17 +199,17 @@ class MaskedLinear(MaskedLayer):
     """A Linear layer whose weight is a seeded random signed constant times a learned supermask.
 
     Input (..., in_features) -> output (..., out_features). Only ``scores`` (and ``bias``, if any)
-    are parameters; the weight is regenerated from ``(seed, key)``.
+    are parameters; the weight is regenerated from ``(seed, weight_key or key)``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, seed: int = 0, key: str = "",
-                 sparsity: float | Sequence[float] = 0.5, coats: int | None = None, scale: str = "density",
-                 freeze: tuple[float, float] | None = None, use_abs: bool = True,
+                 weight_key: str | None = None, sparsity: float | Sequence[float] = 0.5, coats: int | None = None,
+                 scale: str = "density", freeze: tuple[float, float] | None = None, use_abs: bool = True,
                  group: ThresholdGroup | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._init_mask((out_features, in_features), in_features, seed=seed, key=key, sparsity=sparsity,
-                        coats=coats, scale=scale, freeze=freeze, use_abs=use_abs, group=group)
+        self._init_mask((out_features, in_features), in_features, seed=seed, key=key, weight_key=weight_key,
+                        sparsity=sparsity, coats=coats, scale=scale, freeze=freeze, use_abs=use_abs, group=group)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,8 +228,8 @@ class MaskedConv2d(MaskedLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = False, *, seed: int = 0, key: str = "",
-                 sparsity: float | Sequence[float] = 0.5, coats: int | None = None, scale: str = "density",
-                 freeze: tuple[float, float] | None = None, use_abs: bool = True,
+                 weight_key: str | None = None, sparsity: float | Sequence[float] = 0.5, coats: int | None = None,
+                 scale: str = "density", freeze: tuple[float, float] | None = None, use_abs: bool = True,
                  group: ThresholdGroup | None = None) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
@@ -235,8 +238,8 @@ class MaskedConv2d(MaskedLayer):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         shape = (out_channels, in_channels // groups, kh, kw)
-        self._init_mask(shape, shape[1] * kh * kw, seed=seed, key=key, sparsity=sparsity, coats=coats,
-                        scale=scale, freeze=freeze, use_abs=use_abs, group=group)
+        self._init_mask(shape, shape[1] * kh * kw, seed=seed, key=key, weight_key=weight_key,
+                        sparsity=sparsity, coats=coats, scale=scale, freeze=freeze, use_abs=use_abs, group=group)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
