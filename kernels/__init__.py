@@ -1,6 +1,26 @@
 """Compiled compute kernels used by :mod:`bqq`.
 
-``kernels.cpu`` holds numba kernels (multithreaded, deterministic: every output row is computed by one
-thread in a fixed order, so results do not depend on the thread count). GPU kernels (Triton) will live
-in ``kernels.gpu`` and are imported lazily.
+* ``kernels.cpu``: numba kernels: the solver's Gauss-Seidel sweep and the packed BQQ matmul
+  (multithreaded, deterministic: every output element is computed by one thread in a fixed order, so
+  results do not depend on the thread count).
+* ``kernels.gpu``: Triton kernels, imported lazily (triton is optional).
+* :func:`bqq_linear`: the BQQ layer op x·Ŵᵀ + b straight from packed bits, dispatched by device
+  (:mod:`kernels.dispatch`), on the layout of :mod:`kernels.layout`; :mod:`kernels.reference` is
+  the dense fallback and ground truth.
 """
+
+from .dispatch import backends, bqq_linear, default_backend, register_backend, set_default_backend
+from .layout import BQQGroupFactors, BQQLayout, build_layout
+from .reference import dequantize_layout
+
+__all__ = [
+    "BQQGroupFactors",
+    "BQQLayout",
+    "backends",
+    "bqq_linear",
+    "build_layout",
+    "default_backend",
+    "dequantize_layout",
+    "register_backend",
+    "set_default_backend",
+]

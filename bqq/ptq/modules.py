@@ -2,8 +2,10 @@
 
 A layer's weight (out, in) — for a convolution (out, in·kh·kw) — is a :class:`QuantizedWeight`: a
 group grid and one :class:`~bqq.quantized.QuantizedMatrix` per group. No dense floating-point copy
-is kept: the weight is rebuilt at each forward (the reference path; faster kernels can replace
-:meth:`QuantizedLinear.forward` behind the same module), unless :func:`cached_weights` is active.
+is kept. Layers whose groups are all BQQ compute x·Ŵᵀ straight from the packed bits with the kernel
+for the input's device (:func:`kernels.bqq_linear`: numba on the CPU, Triton on CUDA); other methods,
+and any layer whose ``backend`` is ``"reference"``, rebuild the weight at each forward. Within
+:func:`cached_weights` every layer uses a dense cached weight instead.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
+
 from ..grouping import GroupGrid
+from ..methods.bqq import BQQMatrix
 from ..quantized import QuantizedMatrix
 
 
@@ -58,6 +63,13 @@ class QuantizedWeight:
     def nbytes(self) -> int:
         return sum(q.nbytes for q in self.groups)
 
+    def kernel_layout(self) -> kernels.BQQLayout | None:
+        """The packed factors laid out for :func:`kernels.bqq_linear`; None unless every group is BQQ."""
+        if not all(isinstance(q, BQQMatrix) and len(q.grid) == 1 for q in self.groups):
+            return None
+        factors = [kernels.BQQGroupFactors(q.y[0], q.z[0], q.scales[0], float(q.offset[0])) for q in self.groups]
+        return kernels.build_layout(factors, self.grid.row_sizes, self.grid.col_sizes)
+
 
 class _QuantizedLayer(nn.Module):
     """Shared parts: the quantized weight, an optional FP bias, and the optional weight cache."""
@@ -66,8 +78,27 @@ class _QuantizedLayer(nn.Module):
         super().__init__()
         self.qweight = weight
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.backend: str | None = None  # kernel backend (None: the device's default; "reference": dense)
         self._cache: torch.Tensor | None = None
         self._affine: list[_AffineGroup] | None = None
+        self._layout: kernels.BQQLayout | bool | None = False  # False: not built yet
+
+    def invalidate_kernel_layout(self) -> None:
+        """Rebuild the kernel layout at the next forward (call after changing ``qweight``'s groups)."""
+        self._layout = False
+
+    def kernel_layout(self) -> kernels.BQQLayout | None:
+        if self._layout is False:
+            self._layout = self.qweight.kernel_layout()
+        return self._layout
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> x Ŵᵀ + b (..., out): the packed kernel when possible, else the dense weight."""
+        if self._affine is None and self._cache is None and self.backend != "reference":
+            layout = self.kernel_layout()
+            if layout is not None:
+                return kernels.bqq_linear(x, layout, self.bias, backend=self.backend)
+        return F.linear(x, self.weight_matrix(x.dtype, x.device), self.bias)
 
     def weight_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The dequantized (out, in) weight, from the cache when :func:`cached_weights` is active."""
@@ -100,7 +131,7 @@ class QuantizedLinear(_QuantizedLayer):
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight_matrix(x.dtype, x.device), self.bias)
+        return self.matmul(x)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -133,8 +164,18 @@ class QuantizedConv2d(_QuantizedLayer):
                 "dilation": tuple(conv.dilation), "padding_mode": conv.padding_mode}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight_matrix(x.dtype, x.device).reshape(self.out_channels, self.in_channels, *self.kernel_size)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
+        if isinstance(self.padding, str) or x.dim() != 4:  # "same"/"valid" or unbatched: the dense path
+            w = self.weight_matrix(x.dtype, x.device).reshape(self.out_channels, self.in_channels, *self.kernel_size)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
+        # im2col: each output position is a row (in·kh·kw features, the weight's column order).
+        batch, _, height, width = x.shape
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        out = self.matmul(cols.transpose(1, 2))  # (B, positions, out)
+        h_out, w_out = (
+            (size + 2 * pad - dil * (k - 1) - 1) // st + 1
+            for size, pad, dil, k, st in zip((height, width), self.padding, self.dilation, self.kernel_size,
+                                             self.stride, strict=True))
+        return out.transpose(1, 2).reshape(batch, self.out_channels, h_out, w_out)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -196,6 +237,7 @@ def trainable_scalars(model: nn.Module) -> Iterator[list[nn.Parameter]]:
             for g in layer._affine or ():
                 g.group.set_scalars((g.theta0 * (1 + g.delta.detach())).double().numpy())
             layer._affine = None
+            layer.invalidate_kernel_layout()
 
 
 def quantized_layers(model: nn.Module) -> Iterator[tuple[str, _QuantizedLayer]]:

@@ -1,0 +1,205 @@
+"""Kernels: x·Ŵᵀ from packed BQQ factors (numba CPU, Triton GPU / interpreter) against the dense reference."""
+
+import importlib.util
+
+import numba
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bqq
+import kernels
+from bqq.format import pack_bits
+from bqq.grouping import GroupGrid
+from bqq.methods.bqq import BQQConfig, BQQMatrix, inner_dim
+from bqq.ptq import QuantizedConv2d, QuantizedLinear, QuantizedWeight, quantized_layers
+from bqq.ptq.modules import trainable_scalars
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+def random_weight(m: int, n: int, group: tuple[int, int], stacks: int, seed: int = 0) -> QuantizedWeight:
+    """A layer weight of single-group BQQ matrices with random bits and scalars (no solver: fast)."""
+    rng = np.random.default_rng(seed)
+    grid = GroupGrid.build((m, n), group)
+    groups = []
+    for gm, gn in grid.group_shapes():
+        rank = inner_dim((gm, gn), 1.0)
+        y = pack_bits(rng.integers(0, 2, (stacks, gm, rank)))
+        z = pack_bits(rng.integers(0, 2, (stacks, rank, gn)))
+        scales = (rng.standard_normal((1, stacks, 3)) * [1.0, 0.3, 0.3]).astype(np.float32)
+        offset = rng.standard_normal(1).astype(np.float32)
+        groups.append(BQQMatrix((gm, gn), "float32", GroupGrid.build((gm, gn), (gm, gn)), 0, BQQConfig(), [rank],
+                                [y], [z], scales, offset))
+    return QuantizedWeight(grid, groups)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def kernel_fns(device: str):
+    fns = {}
+    if device == "cpu":
+        fns["numba"] = lambda x, lay: kernels.bqq_linear(x, lay, backend="numba")
+        if HAS_TRITON:  # Triton's interpreter (TRITON_INTERPRET=1, set in conftest) runs the GPU kernel on the CPU
+            from kernels.gpu import bqq_linear_triton
+            fns["triton-interpreter"] = bqq_linear_triton
+    else:
+        fns["triton"] = lambda x, lay: kernels.bqq_linear(x, lay, backend="triton")
+    return fns
+
+
+CASES = [  # (m, n, group, stacks, token shapes): uneven grids, several stacks, odd widths
+    (70, 45, (32, 20), 3, [(1, 45), (5, 45), (2, 19, 45)]),
+    (96, 96, (96, 96), 2, [(1, 96), (16, 96), (37, 96)]),
+    (40, 130, (40, 64), 1, [(3, 130)]),
+    (9, 7, (9, 7), 4, [(1, 7), (2, 7)]),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}g{c[2][0]}x{c[2][1]}p{c[3]}")
+def test_kernels_equal_dequantized_reference(device, case):
+    m, n, group, stacks, token_shapes = case
+    qw = random_weight(m, n, group, stacks)
+    w = qw.dequantize(torch.float32)  # bqq's own per-group dequantize, independent of the kernel layout
+    layout = qw.kernel_layout()
+    torch.testing.assert_close(kernels.dequantize_layout(layout), w, rtol=0, atol=1e-5)
+    gen = torch.Generator().manual_seed(1)
+    for name, fn in kernel_fns(device).items():
+        for shape in token_shapes:
+            x = torch.randn(*shape, generator=gen).to(device)
+            out = fn(x, layout)
+            assert out.shape == (*shape[:-1], m) and out.dtype == torch.float32
+            ref = x.cpu() @ w.T
+            assert rel_err(out.cpu(), ref) < 1e-5, (name, shape)
+
+
+def test_real_bqq_layer_through_the_kernel():
+    torch.manual_seed(0)
+    w = torch.randn(50, 40)
+    q = bqq.compress(w, bits=2, sweeps=40)
+    qw = QuantizedWeight(q.grid, [q])
+    x = torch.randn(11, 40)
+    assert rel_err(kernels.bqq_linear(x, qw.kernel_layout()), x @ q.dequantize().T) < 1e-5
+
+
+def test_numba_kernel_is_deterministic_across_threads_and_batching():
+    layout = random_weight(300, 200, (96, 96), 2).kernel_layout()
+    x = torch.randn(37, 200, generator=torch.Generator().manual_seed(2))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = kernels.bqq_linear(x, layout, backend="numba")
+        numba.set_num_threads(max(2, before))
+        many = kernels.bqq_linear(x, layout, backend="numba")
+    finally:
+        numba.set_num_threads(before)
+    assert torch.equal(one, many)
+    single = kernels.bqq_linear(x[5:6], layout, backend="numba")  # another token tile and task split
+    assert torch.equal(single[0], one[5])
+
+
+def test_gradient_reaches_the_input_through_the_dense_weight():
+    qw = random_weight(30, 20, (16, 20), 2)
+    w = qw.dequantize(torch.float32)
+    x = torch.randn(4, 20, requires_grad=True)
+    bias = torch.randn(30, requires_grad=True)
+    out = kernels.bqq_linear(x, qw.kernel_layout(), bias)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    torch.testing.assert_close(x.grad, grad @ w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bias.grad, grad.sum(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_input_dtypes(dtype):
+    qw = random_weight(24, 16, (24, 16), 2)
+    x = torch.randn(3, 16).to(dtype)
+    out = kernels.bqq_linear(x, qw.kernel_layout())
+    assert out.dtype == dtype
+    ref = x.double() @ qw.dequantize(torch.float64).T
+    # fp64 runs the reference in fp64 (only the layout's fp32 per-row constants round); half types in fp32
+    assert rel_err(out, ref) < (1e-6 if dtype == torch.float64 else 1e-2)
+
+
+def test_dispatch_errors_name_the_problem():
+    layout = random_weight(8, 8, (8, 8), 1).kernel_layout()
+    with pytest.raises(ValueError, match="expects 8"):
+        kernels.bqq_linear(torch.randn(2, 9), layout)
+    with pytest.raises(ValueError, match="not available"):
+        kernels.bqq_linear(torch.randn(2, 8), layout, backend="cuda-magic")
+    assert kernels.backends("cpu")[0] == "numba" and kernels.backends("cpu")[-1] == "reference"
+    with pytest.raises(ValueError, match="not available"):
+        kernels.set_default_backend("cpu", "triton")
+
+
+def test_quantized_modules_use_the_packed_kernel_by_default(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=1), nn.Flatten(1),
+                          nn.Linear(8 * 4 * 4, 10)).eval()
+    bqq.quantize(model, bits=2, group_size=32, sweeps=40)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.backend = "reference"
+        ref = model(x)
+        for layer in (model[0], model[2]):
+            layer.backend = None
+
+        def no_dense(*args, **kwargs):
+            raise AssertionError("the fast path must not rebuild the dense weight")
+
+        monkeypatch.setattr(QuantizedWeight, "dequantize", no_dense)
+        out = model(x)
+    assert isinstance(model[0], QuantizedConv2d) and isinstance(model[2], QuantizedLinear)
+    assert kernels.default_backend("cpu") == "numba"
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_conv_kernel_path_with_stride_padding_dilation():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1))
+    model = nn.Sequential(conv).eval()
+    bqq.quantize(model, bits=1, sweeps=30)
+    layer = model[0]
+    x = torch.randn(3, 4, 9, 7)
+    with torch.no_grad():
+        out = layer(x)
+        layer.backend = "reference"
+        ref = layer(x)
+    assert out.shape == ref.shape == conv(x).shape
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_reloaded_model_gives_identical_kernel_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5)).eval()
+    bqq.quantize(model, bits=2, group_size=16, sweeps=40)
+    bqq.save_quantized(model, tmp_path / "m.safetensors")
+    torch.manual_seed(1)
+    fresh = bqq.load_quantized(tmp_path / "m.safetensors", nn.Sequential(nn.Linear(20, 30), nn.ReLU(),
+                                                                          nn.Linear(30, 5)).eval())
+    x = torch.randn(7, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
+    assert all(layer.kernel_layout() is not None for _, layer in quantized_layers(fresh))
+
+
+def test_calibration_refit_invalidates_the_layout():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 12)).eval()
+    bqq.quantize(model, bits=2, sweeps=30)
+    layer = model[0]
+    x = torch.randn(5, 16)
+    before = layer(x).detach()
+    with trainable_scalars(model) as params:
+        with torch.no_grad():
+            params[0].add_(0.5)  # change the scalars
+    after = layer(x).detach()
+    layer.backend = "reference"
+    assert not torch.equal(before, after)
+    assert rel_err(after, layer(x).detach()) < 1e-5
