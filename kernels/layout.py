@@ -45,7 +45,8 @@ class BQQGroupFactors:
 class BQQLayout:
     """Padded, kernel-ready arrays of one layer (all torch tensors on ``device``).
 
-    z: uint8 (R, C, P, Lmax, ceil(Nmax/8)); y: uint8 (R, C, P, Mmax, ceil(Lmax/8));
+    z: uint8 (R, C, P, Lmax, NB); y: uint8 (R, C, P, Mmax, LB), where NB and LB are ceil(Nmax/8) and
+    ceil(Lmax/8) rounded up to even numbers (zero pad bytes);
     r, t: float32 (R, C, P); rowterm: float32 (R, C, Mmax);
     row_start, row_size: int32 (R,); col_start, col_size: int32 (C,); rank: int32 (R, C).
     """
@@ -89,6 +90,10 @@ class BQQLayout:
         return self._on_device[key]
 
 
+def _even(k: int) -> int:
+    return k + (k % 2)
+
+
 _TENSORS = ("z", "y", "r", "s", "t", "rowterm", "row_start", "row_size", "col_start", "col_size", "rank")
 
 
@@ -101,8 +106,9 @@ def build_layout(groups: Sequence[BQQGroupFactors], row_sizes: Sequence[int], co
     ranks = np.array([g.z.shape[1] for g in groups], np.int32).reshape(rows, cols)
     stacks = max(g.scales.shape[0] for g in groups)
     m_max, n_max, l_max = max(row_sizes), max(col_sizes), int(ranks.max())
-    z = np.zeros((rows, cols, stacks, l_max, -(-n_max // 8)), np.uint8)
-    y = np.zeros((rows, cols, stacks, m_max, -(-l_max // 8)), np.uint8)
+    # Byte counts rounded up to even: the CPU kernel reads code bytes in pairs (zero bytes add nothing).
+    z = np.zeros((rows, cols, stacks, l_max, _even(-(-n_max // 8))), np.uint8)
+    y = np.zeros((rows, cols, stacks, m_max, _even(-(-l_max // 8))), np.uint8)
     scal = np.zeros((rows, cols, stacks, 3), np.float32)
     rowterm = np.zeros((rows, cols, m_max), np.float32)
     for index, g in enumerate(groups):
