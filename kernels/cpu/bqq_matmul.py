@@ -30,7 +30,7 @@ from .simd import BYTE_ROWS, NIBBLE_ROWS, lut_accumulate, vadd
 
 WIDE = 16  # tokens per table row for batches (two AVX2 / one AVX-512 register of fp32)
 NARROW_BELOW = 8  # fewer tokens than this: one token per row (no wasted lanes)
-BLOCK_BYTES = 8  # code bytes per pass: 8 · 32 rows · 16 lanes · 4 B = 16 KB of table, half an L1 cache
+BLOCK_TABLE_BYTES = 16384  # table bytes one pass over a block of code bytes reads: half an L1 data cache
 LOWEST_BIT = np.array([0] + [(e & -e).bit_length() - 1 for e in range(1, NIBBLE_ROWS)], np.int64)
 
 
@@ -47,21 +47,26 @@ def _nibble_tables(src, n_chunks, tag, tables, lowest_bit):
                  (4 * chunk + lowest_bit[e]) * lanes, tag)
 
 
-def _tasks(x_t, out_t, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_size, col_start, col_size, rank,
+def _tasks(x, out, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_size, col_start, col_size, rank,
            lowest_bit):
     lanes = len(tag)  # tokens per table row: a compile-time constant (the tuple's length is in its type)
     n_rows, n_cols, stacks, l_max, nb_max = z.shape
     m_max, lb_max = y.shape[3], y.shape[4]
-    tokens = x_t.shape[1]
-    z_flat, y_flat, out_flat = z.reshape(-1), y.reshape(-1), out_t.reshape(-1)
-    n_tiles = tokens // lanes
+    tokens = x.shape[0]
+    z_flat, y_flat = z.reshape(-1), y.reshape(-1)
+    n_tiles = (tokens + lanes - 1) // lanes
+    block_bytes = max(2, BLOCK_TABLE_BYTES // (BYTE_ROWS * lanes * 4) // 2 * 2)  # code bytes per pass (even)
     row_blocks = (n_rows + rows_per_task - 1) // rows_per_task
     for task in nb.prange(n_tiles * row_blocks):
         tile = task // row_blocks
         block = task - tile * row_blocks
         t0 = tile * lanes
+        tn = min(lanes, tokens - t0)  # the last tile's missing tokens are zeros in xb
         a0 = block * rows_per_task
         a1 = min(n_rows, a0 + rows_per_task)
+        r0 = row_start[a0]
+        n_out = row_start[a1 - 1] + row_size[a1 - 1] - r0
+        acc = np.zeros(n_out * lanes, np.float32)  # this task's outputs, [row][lane]
         xb = np.zeros(8 * nb_max * lanes, np.float32)  # the column block, [column][lane]
         ctab = np.empty(nb_max * BYTE_ROWS * lanes, np.float32)
         v = np.zeros(stacks * 8 * lb_max * lanes, np.float32)  # (Z_i x)_k, then r_i times it, [i][k][lane]
@@ -75,8 +80,8 @@ def _tasks(x_t, out_t, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_s
             for q in range(lanes):
                 colsum[q] = 0.0
             for col in range(nc):  # columns past nc keep stale values: only zero bits ever select them
-                for q in range(lanes):
-                    value = x_t[c0 + col, t0 + q]
+                for q in range(tn):
+                    value = x[t0 + q, c0 + col]
                     xb[col * lanes + q] = value
                     colsum[q] += value
             _nibble_tables(xb, 2 * nbytes, tag, ctab, lowest_bit)
@@ -90,8 +95,8 @@ def _tasks(x_t, out_t, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_s
                     for k in range(i * vstride, i * vstride + 8 * kbytes * lanes):
                         v[k] = 0.0
                 # Phase 1, v_ik = (Z_i x)_k, in blocks of code bytes whose tables stay in L1.
-                for cb in range(0, nbytes, BLOCK_BYTES):
-                    count = min(BLOCK_BYTES, nbytes - cb)
+                for cb in range(0, nbytes, block_bytes):
+                    count = min(block_bytes, nbytes - cb)
                     for i in range(stacks):
                         zrow = (g * stacks + i) * l_max * nb_max + cb
                         for k in range(rk):
@@ -110,14 +115,17 @@ def _tasks(x_t, out_t, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_s
                 for j in range(m):
                     rj = rowterm[a, b, j]
                     for q in range(lanes):
-                        out_t[m0 + j, t0 + q] += rj * colsum[q] + tsum[q]
-                for kb in range(0, kbytes, BLOCK_BYTES):
-                    count = min(BLOCK_BYTES, kbytes - kb)
+                        acc[(m0 - r0 + j) * lanes + q] += rj * colsum[q] + tsum[q]
+                for kb in range(0, kbytes, block_bytes):
+                    count = min(block_bytes, kbytes - kb)
                     for i in range(stacks):
                         tbase = (i * lb_max + kb) * BYTE_ROWS * lanes
                         for j in range(m):
                             lut_accumulate(ytab, tbase, y_flat, ((g * stacks + i) * m_max + j) * lb_max + kb, count,
-                                           out_flat, (m0 + j) * tokens + t0, tag)
+                                           acc, (m0 - r0 + j) * lanes, tag)
+        for j in range(n_out):
+            for q in range(tn):
+                out[t0 + q, r0 + j] = acc[j * lanes + q]
 
 
 _tasks_parallel = nb.njit(parallel=True, cache=True)(_tasks)
@@ -128,25 +136,22 @@ def bqq_linear_cpu(x: torch.Tensor, layout: BQQLayout) -> torch.Tensor:
     """x (..., N) float32 on the CPU -> x Ŵᵀ (..., M) float32, from the packed bits only."""
     m, n = layout.shape
     lead = x.shape[:-1]
-    x2 = x.detach().reshape(-1, n)
+    x2 = x.detach().reshape(-1, n).contiguous()
     tokens = x2.shape[0]
+    out = torch.empty(tokens, m, dtype=torch.float32)
     if tokens == 0:
-        return x.new_zeros(*lead, m)
+        return out.reshape(*lead, m)
     lanes = 1 if tokens < NARROW_BELOW else WIDE
-    padded = -(-tokens // lanes) * lanes
-    x_t = np.zeros((n, padded), np.float32)  # (N, T): tokens innermost, zero tokens pad the last tile
-    x_t[:, :tokens] = x2.numpy().T
-    out_t = np.zeros((m, padded), np.float32)
     rows = layout.rank.shape[0]
-    tiles = padded // lanes
+    tiles = -(-tokens // lanes)
     threads = nb.get_num_threads()
     # Enough token tiles: each task takes all group rows and builds each column table once.
     # Few tokens: split the group rows instead, so that a single token still uses every thread.
     rows_per_task = rows if tiles >= threads else max(1, -(-rows // threads))
     tasks = tiles * -(-rows // rows_per_task)
     run = _tasks_parallel if tasks > 1 and threads > 1 else _tasks_serial
-    run(x_t, out_t, (0,) * lanes, rows_per_task, *_arrays(layout), LOWEST_BIT)
-    return torch.from_numpy(np.ascontiguousarray(out_t[:, :tokens].T)).reshape(*lead, m)
+    run(x2.numpy(), out.numpy(), (0,) * lanes, rows_per_task, *_arrays(layout), LOWEST_BIT)
+    return out.reshape(*lead, m)
 
 
 def _arrays(layout: BQQLayout) -> tuple[np.ndarray, ...]:
