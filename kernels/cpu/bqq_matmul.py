@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..layout import BQQLayout
-from .simd import BYTE_ROWS, NIBBLE_ROWS, lut_accumulate, vadd
+from .simd import BYTE_ROWS, NIBBLE_ROWS, SUM_BLOCK, lut_accumulate, vadd
 
 WIDE = 16  # tokens per table row for batches (two AVX2 / one AVX-512 register of fp32)
 NARROW_BELOW = 8  # fewer tokens than this: one token per row (no wasted lanes)
@@ -55,7 +55,8 @@ def _tasks(x, out, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_size,
     tokens = x.shape[0]
     z_flat, y_flat = z.reshape(-1), y.reshape(-1)
     n_tiles = (tokens + lanes - 1) // lanes
-    block_bytes = max(2, BLOCK_TABLE_BYTES // (BYTE_ROWS * lanes * 4) // 2 * 2)  # code bytes per pass (even)
+    # Code bytes per pass, a multiple of SUM_BLOCK: every width sums in the same order (batch invariance).
+    block_bytes = max(1, BLOCK_TABLE_BYTES // (BYTE_ROWS * lanes * 4) // SUM_BLOCK) * SUM_BLOCK
     row_blocks = (n_rows + rows_per_task - 1) // rows_per_task
     for task in nb.prange(n_tiles * row_blocks):
         tile = task // row_blocks

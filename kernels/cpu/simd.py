@@ -4,8 +4,8 @@ numba's loop vectorizer leaves short token loops scalar (its vector body needs 3
 and the accumulator may alias the table), so the two hot operations are written here as LLVM IR with
 ``<lanes x float>`` values, which LLVM lowers to AVX2/AVX-512/NEON/SSE as the CPU allows:
 
-* :func:`lut_sum` / :func:`lut_accumulate`: out (+)= Σ over ``nbytes`` code bytes of two table rows
-  each (the low and the high nibble's sum of activations), in four independent vector registers;
+* :func:`lut_accumulate`: out += Σ over ``nbytes`` code bytes of two table rows each (the low and the
+  high nibble's sum of activations), in four independent vector registers;
 * :func:`vadd`: dst = a + b over one row of ``lanes`` floats (table construction).
 
 The row width is a compile-time constant taken from the *type* of the last argument, a tuple of
@@ -21,6 +21,7 @@ from numba.extending import intrinsic
 
 NIBBLE_ROWS = 16  # table rows per nibble: every subset of 4 columns
 BYTE_ROWS = 2 * NIBBLE_ROWS  # rows per code byte: low nibble's 16, then high nibble's 16
+SUM_BLOCK = 8  # code bytes summed before adding to the output (fixes the summation order)
 
 
 def _width(tag) -> int:
@@ -37,7 +38,7 @@ def _row_ptr(builder, base, offset, vec):
     return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
 
 
-def _lut_codegen(width: int, accumulate: bool):
+def _lut_codegen(width: int):
     def codegen(context, builder, signature, args):
         tables_v, tbase, codes_v, cbase, count, out_v, obase, _ = args
         tab = _data(context, builder, signature.args[0], tables_v)
@@ -56,61 +57,69 @@ def _lut_codegen(width: int, accumulate: bool):
             return builder.load(_row_ptr(builder, tab, builder.add(tbase, builder.mul(index, const(width))), vec),
                                 align=4)
 
-        pre = builder.block
-        loop = builder.append_basic_block("lut.loop")
+        target = _row_ptr(builder, dst, obase, vec)
+        start = builder.load(target, align=4)
+        entry = builder.block
+        outer = builder.append_basic_block("lut.block")
+        inner = builder.append_basic_block("lut.pairs")
+        block_done = builder.append_basic_block("lut.block_done")
         done = builder.append_basic_block("lut.done")
-        builder.cbranch(builder.icmp_signed(">", count, const(0)), loop, done)
-        builder.position_at_end(loop)
+        builder.cbranch(builder.icmp_signed(">", count, const(0)), outer, done)
+
+        builder.position_at_end(outer)  # one block of SUM_BLOCK bytes
+        blk = builder.phi(i64)
+        total = builder.phi(vec)
+        end = builder.add(blk, const(SUM_BLOCK))
+        end = builder.select(builder.icmp_signed("<", end, count), end, count)
+        builder.branch(inner)
+
+        builder.position_at_end(inner)  # two bytes per iteration into four independent accumulators
         c = builder.phi(i64)
         accs = [builder.phi(vec) for _ in range(4)]
-        # Two bytes per iteration into four independent accumulators: the adds overlap in the pipeline.
         c1 = builder.add(c, const(1))
         code0 = builder.zext(builder.load(builder.gep(cod, [builder.add(cbase, c)])), i64)
         code1 = builder.zext(builder.load(builder.gep(cod, [builder.add(cbase, c1)])), i64)
         new = [builder.fadd(accs[0], row(c, code0, False)), builder.fadd(accs[1], row(c, code0, True)),
                builder.fadd(accs[2], row(c1, code1, False)), builder.fadd(accs[3], row(c1, code1, True))]
         c_next = builder.add(c, const(2))
-        c.add_incoming(const(0), pre)
-        c.add_incoming(c_next, loop)
+        c.add_incoming(blk, outer)
+        c.add_incoming(c_next, inner)
         for acc, value in zip(accs, new, strict=True):
-            acc.add_incoming(zero, pre)
-            acc.add_incoming(value, loop)
-        builder.cbranch(builder.icmp_signed("<", c_next, count), loop, done)
+            acc.add_incoming(zero, outer)
+            acc.add_incoming(value, inner)
+        builder.cbranch(builder.icmp_signed("<", c_next, end), inner, block_done)
+
+        builder.position_at_end(block_done)
+        block_sum = builder.fadd(builder.fadd(new[0], new[1]), builder.fadd(new[2], new[3]))
+        total_next = builder.fadd(total, block_sum)
+        blk_next = builder.add(blk, const(SUM_BLOCK))
+        blk.add_incoming(const(0), entry)
+        blk.add_incoming(blk_next, block_done)
+        total.add_incoming(start, entry)
+        total.add_incoming(total_next, block_done)
+        builder.cbranch(builder.icmp_signed("<", blk_next, count), outer, done)
+
         builder.position_at_end(done)
-        finals = []
-        for value in new:
-            phi = builder.phi(vec)
-            phi.add_incoming(zero, pre)
-            phi.add_incoming(value, loop)
-            finals.append(phi)
-        total = builder.fadd(builder.fadd(finals[0], finals[1]), builder.fadd(finals[2], finals[3]))
-        target = _row_ptr(builder, dst, obase, vec)
-        if accumulate:
-            total = builder.fadd(builder.load(target, align=4), total)
-        builder.store(total, target, align=4)
+        result = builder.phi(vec)
+        result.add_incoming(start, entry)
+        result.add_incoming(total_next, block_done)
+        builder.store(result, target, align=4)
         return context.get_dummy_value()
 
     return codegen
 
 
-def _lut_signature(tables, codes, out, width_tag):
-    return types.void(tables, types.intp, codes, types.intp, types.intp, out, types.intp, width_tag)
-
-
-@intrinsic
-def lut_sum(typingctx, tables, table_base, codes, code_base, nbytes, out, out_base, width_tag):
-    """out[out_base:+lanes] = Σ_{c < nbytes} tables[row(c, lo)] + tables[row(c, hi)] (nbytes even).
-
-    For code byte c = codes[code_base + c], row(c, lo) starts at table_base + (32c + (byte & 15))·lanes
-    and row(c, hi) at table_base + (32c + 16 + (byte >> 4))·lanes.
-    """
-    return _lut_signature(tables, codes, out, width_tag), _lut_codegen(_width(width_tag), accumulate=False)
-
-
 @intrinsic
 def lut_accumulate(typingctx, tables, table_base, codes, code_base, nbytes, out, out_base, width_tag):
-    """As :func:`lut_sum`, but adds the sum to out[out_base:+lanes]."""
-    return _lut_signature(tables, codes, out, width_tag), _lut_codegen(_width(width_tag), accumulate=True)
+    """out[out_base:+lanes] += Σ_{c < nbytes} tables[row(c, lo)] + tables[row(c, hi)] (nbytes even).
+
+    For code byte c = codes[code_base + c], row(c, lo) starts at table_base + (32c + (byte & 15))·lanes
+    and row(c, hi) at table_base + (32c + 16 + (byte >> 4))·lanes. The bytes are summed in blocks of
+    SUM_BLOCK, each block's sum added to out in turn, so splitting a row into calls at multiples of
+    SUM_BLOCK gives bit-identical results.
+    """
+    sig = types.void(tables, types.intp, codes, types.intp, types.intp, out, types.intp, width_tag)
+    return sig, _lut_codegen(_width(width_tag))
 
 
 @intrinsic
@@ -131,4 +140,4 @@ def vadd(typingctx, dst, dst_base, a, a_base, b, b_base, width_tag):
     return sig, codegen
 
 
-__all__ = ["BYTE_ROWS", "NIBBLE_ROWS", "lut_accumulate", "lut_sum", "vadd"]
+__all__ = ["BYTE_ROWS", "NIBBLE_ROWS", "SUM_BLOCK", "lut_accumulate", "vadd"]
