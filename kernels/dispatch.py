@@ -27,11 +27,13 @@ KernelFn = Callable[[torch.Tensor, BQQLayout], torch.Tensor]
 _REGISTRY: dict[str, dict[str, str]] = {}
 _LOADED: dict[str, KernelFn] = {}
 _DEFAULTS: dict[str, str] = {}
+_AUTO: dict[str, str] = {}  # device type -> first importable backend (found once)
 
 
 def register_backend(device_type: str, name: str, target: str) -> None:
     """Register ``target`` ("package.module:function", imported on first use) for ``device_type``."""
     _REGISTRY.setdefault(device_type, {})[name] = target
+    _AUTO.pop(device_type, None)
 
 
 def backends(device_type: str) -> list[str]:
@@ -56,7 +58,9 @@ def default_backend(device_type: str) -> str:
     chosen = _DEFAULTS.get(device_type) or os.environ.get("BQQ_KERNEL")
     if chosen:
         return chosen
-    return backends(device_type)[0]
+    if device_type not in _AUTO:
+        _AUTO[device_type] = backends(device_type)[0]
+    return _AUTO[device_type]
 
 
 def _try_load(device_type: str, name: str) -> KernelFn | None:
@@ -108,13 +112,15 @@ def bqq_linear(x: torch.Tensor, layout: BQQLayout, bias: torch.Tensor | None = N
     if fn is bqq_linear_reference or x.dtype == torch.float64:
         out = bqq_linear_reference(x, layout)
     else:
-        xf = x.float()
-        layout = layout.to(x.device)
-        if torch.is_grad_enabled() and xf.requires_grad:
+        xf = x if x.dtype == torch.float32 else x.float()
+        if x.device != layout.z.device:
+            layout = layout.to(x.device)
+        if xf.requires_grad and torch.is_grad_enabled():
             out = _KernelLinear.apply(xf, layout, fn)
         else:
             out = fn(xf, layout)
-        out = out.to(x.dtype)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
     return out if bias is None else out + bias
 
 

@@ -133,6 +133,29 @@ _tasks_parallel = nb.njit(parallel=True, cache=True)(_tasks)
 _tasks_serial = nb.njit(parallel=False, cache=True)(_tasks)
 
 
+# Entry points per row width: the width tuple is made inside compiled code, so a call types only
+# arrays and ints (typing a tuple argument costs more than a small layer's whole matmul).
+@nb.njit(cache=True)
+def _run_narrow(parallel, x, out, rows_per_task, z, y, r, t, rowterm, row_start, row_size, col_start, col_size,
+                rank, lowest_bit):
+    args = (z, y, r, t, rowterm, row_start, row_size, col_start, col_size, rank, lowest_bit)
+    if parallel:
+        _tasks_parallel(x, out, (0,), rows_per_task, *args)
+    else:
+        _tasks_serial(x, out, (0,), rows_per_task, *args)
+
+
+@nb.njit(cache=True)
+def _run_wide(parallel, x, out, rows_per_task, z, y, r, t, rowterm, row_start, row_size, col_start, col_size,
+              rank, lowest_bit):
+    args = (z, y, r, t, rowterm, row_start, row_size, col_start, col_size, rank, lowest_bit)
+    tag = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # WIDE entries
+    if parallel:
+        _tasks_parallel(x, out, tag, rows_per_task, *args)
+    else:
+        _tasks_serial(x, out, tag, rows_per_task, *args)
+
+
 def bqq_linear_cpu(x: torch.Tensor, layout: BQQLayout) -> torch.Tensor:
     """x (..., N) float32 on the CPU -> x Ŵᵀ (..., M) float32, from the packed bits only."""
     m, n = layout.shape
@@ -150,8 +173,8 @@ def bqq_linear_cpu(x: torch.Tensor, layout: BQQLayout) -> torch.Tensor:
     # Few tokens: split the group rows instead, so that a single token still uses every thread.
     rows_per_task = rows if tiles >= threads else max(1, -(-rows // threads))
     tasks = tiles * -(-rows // rows_per_task)
-    run = _tasks_parallel if tasks > 1 and threads > 1 else _tasks_serial
-    run(x2.numpy(), out.numpy(), (0,) * lanes, rows_per_task, *_arrays(layout), LOWEST_BIT)
+    run = _run_narrow if lanes == 1 else _run_wide
+    run(tasks > 1 and threads > 1, x2.numpy(), out.numpy(), rows_per_task, *_arrays(layout), LOWEST_BIT)
     return out.reshape(*lead, m)
 
 
