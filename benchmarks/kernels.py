@@ -75,10 +75,10 @@ def paired_medians(fns: dict[str, Callable[[], object]], repeats: int, budget_s:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def layer_rows(shapes, tokens, repeats: int) -> list[dict]:
+def layer_rows(shapes, tokens, repeats: int, group: int = GROUP) -> list[dict]:
     rows = []
     for shape in shapes:
-        layout = random_layout(shape)
+        layout = random_layout(shape, group)
         weight = torch.randn(shape) * 0.05
         for t in tokens:
             x = torch.randn(t, shape[1])
