@@ -19,7 +19,8 @@ def train_node_classifier(model: nn.Module, graph: Graph, *, epochs: int = 200, 
     For SLT models (after ``bqq.slt.convert``) only the scores (and any biases/affine norms) train and
     the target sparsity ramps linearly from 0 over the first ``ramp`` fraction of the epochs (UGT's
     sparse decay; 0 disables it). Validation only counts once the ramp is complete, so the reported
-    model has the target sparsity. Returns {"test", "val", "train", "best_epoch", "epochs"} (accuracy in %).
+    model has the target sparsity. Returns {"test", "val", "train", "best_epoch", "epochs"} (accuracy in %,
+    measured at ``best_epoch``); the model itself is left in its final-epoch state.
     """
     if epochs < 1 or not 0.0 <= ramp < 1.0:
         raise ValueError(f"need epochs >= 1 and 0 <= ramp < 1, got {epochs}, {ramp}")
