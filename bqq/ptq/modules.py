@@ -92,12 +92,15 @@ class _QuantizedLayer(nn.Module):
             self._layout = self.qweight.kernel_layout()
         return self._layout
 
+    def uses_kernel(self) -> bool:
+        """Whether forwards run the packed kernel (all groups BQQ, no dense cache or refit active)."""
+        return (self._affine is None and self._cache is None and self.backend != "reference"
+                and self.kernel_layout() is not None)
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> x Ŵᵀ + b (..., out): the packed kernel when possible, else the dense weight."""
-        if self._affine is None and self._cache is None and self.backend != "reference":
-            layout = self.kernel_layout()
-            if layout is not None:
-                return kernels.bqq_linear(x, layout, self.bias, backend=self.backend)
+        if self.uses_kernel():
+            return kernels.bqq_linear(x, self.kernel_layout(), self.bias, backend=self.backend)
         return F.linear(x, self.weight_matrix(x.dtype, x.device), self.bias)
 
     def weight_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -164,7 +167,7 @@ class QuantizedConv2d(_QuantizedLayer):
                 "dilation": tuple(conv.dilation), "padding_mode": conv.padding_mode}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.padding, str) or x.dim() != 4:  # "same"/"valid" or unbatched: the dense path
+        if isinstance(self.padding, str) or x.dim() != 4 or not self.uses_kernel():  # the dense convolution
             w = self.weight_matrix(x.dtype, x.device).reshape(self.out_channels, self.in_channels, *self.kernel_size)
             return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
         # im2col: each output position is a row (in·kh·kw features, the weight's column order).
