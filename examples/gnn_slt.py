@@ -26,9 +26,10 @@ The 2-layer models have no normalization (as UGT's score-only runs); the deep on
 Accuracy is the test accuracy at the best validation epoch (``bqq.gnn.train_node_classifier``; for SLT
 models only epochs after the ramp count), averaged over seeds 0..N-1 (model/ticket seed and dropout;
 the graph and its split stay fixed). Every SLT model is exported with ``bqq.slt.export``, reloaded into
-a fresh model with ``bqq.slt.load`` and checked for bit-identical logits; the reloaded (final-epoch)
-ticket's accuracy is kept too. Finished runs are kept as JSON in ``OUT/runs/gnn_slt``, so an
-interrupted run resumes without redoing them. ``--quick`` (for tests) uses a small SBM and karate,
+a fresh model with ``bqq.slt.load`` and checked for bit-identical logits; the ticket is the
+best-validation-epoch state (``train_node_classifier`` restores it), and its reloaded accuracy is kept
+too. Finished runs are kept as JSON in ``OUT/runs/gnn_slt``, so an interrupted run resumes without
+redoing them. ``--quick`` (for tests) uses a small SBM and karate,
 60 epochs, small widths and one seed.
 """
 

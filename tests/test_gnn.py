@@ -197,6 +197,7 @@ def test_deep_gcn_trains_dense_and_as_folded_ticket(tmp_path):
     fresh.eval()
     assert torch.equal(folded(g.x, g), fresh(g.x, g))
     assert gnn.accuracy(fresh, g)["test"] == pytest.approx(gnn.accuracy(folded, g)["test"])
+    assert gnn.accuracy(folded, g)["test"] == pytest.approx(result["test"])  # the best-validation state was kept
     unfolded = sum(p.numel() for p in gnn.GNN(g.x.shape[1], 64, g.num_classes, layers=10).parameters())
     report = slt.memory_report(fresh, dense_params=unfolded)
     assert report["dense_bits"] == 32 * unfolded
