@@ -49,6 +49,11 @@ def _nibble_tables(src, n_chunks, tag, tables, lowest_bit):
 
 def _tasks(x, out, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_size, col_start, col_size, rank,
            lowest_bit):
+    """out (T, M) = x (T, N) Ŵᵀ; the layout arrays as in :class:`~kernels.layout.BQQLayout`.
+
+    One task per (tile of ``len(tag)`` tokens, block of ``rows_per_task`` group rows); each writes only
+    its own outputs.
+    """
     lanes = len(tag)  # tokens per table row: a compile-time constant (the tuple's length is in its type)
     n_rows, n_cols, stacks, l_max, nb_max = z.shape
     m_max, lb_max = y.shape[3], y.shape[4]

@@ -11,6 +11,9 @@ and the accumulator may alias the table), so the two hot operations are written 
 The row width is a compile-time constant taken from the *type* of the last argument, a tuple of
 ``lanes`` items (e.g. ``(0,) * 16``): each width is then its own, cacheable, specialization of the
 calling functions. Rows are ``lanes`` consecutive float32 values.
+
+numba's on-disk cache of the calling kernels (``kernels/cpu/__pycache__``) is keyed by their own source
+file, not this one: after editing this module, delete that cache.
 """
 
 from __future__ import annotations
