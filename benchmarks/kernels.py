@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 import bqq
 import kernels
+from bqq.format import pack_bits
 from bqq.grouping import balanced_splits
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,8 +53,8 @@ def random_layout(shape: tuple[int, int], group: int = GROUP, stacks: int = STAC
     for m in row_sizes:
         for n in col_sizes:
             rank = round(m * n / (m + n))
-            y = np.packbits(rng.integers(0, 2, (stacks, m, rank), dtype=np.uint8), axis=-1, bitorder="little")
-            z = np.packbits(rng.integers(0, 2, (stacks, rank, n), dtype=np.uint8), axis=-1, bitorder="little")
+            y = pack_bits(rng.integers(0, 2, (stacks, m, rank), dtype=np.uint8))
+            z = pack_bits(rng.integers(0, 2, (stacks, rank, n), dtype=np.uint8))
             scales = (rng.standard_normal((stacks, 3)) * 0.01).astype(np.float32)
             groups.append(kernels.BQQGroupFactors(y, z, scales, 0.0))
     return kernels.build_layout(groups, row_sizes, col_sizes)

@@ -55,7 +55,6 @@ class BQQLayout:
     z: torch.Tensor
     y: torch.Tensor
     r: torch.Tensor
-    s: torch.Tensor
     t: torch.Tensor
     rowterm: torch.Tensor
     row_start: torch.Tensor
@@ -94,7 +93,7 @@ def _even(k: int) -> int:
     return k + (k % 2)
 
 
-_TENSORS = ("z", "y", "r", "s", "t", "rowterm", "row_start", "row_size", "col_start", "col_size", "rank")
+_TENSORS = ("z", "y", "r", "t", "rowterm", "row_start", "row_size", "col_start", "col_size", "rank")
 
 
 def build_layout(groups: Sequence[BQQGroupFactors], row_sizes: Sequence[int], col_sizes: Sequence[int]
@@ -128,7 +127,7 @@ def build_layout(groups: Sequence[BQQGroupFactors], row_sizes: Sequence[int], co
     t = torch.from_numpy
     return BQQLayout(
         shape=(int(sum(row_sizes)), int(sum(col_sizes))), z=t(z), y=t(y),
-        r=t(np.ascontiguousarray(scal[..., 0])), s=t(np.ascontiguousarray(scal[..., 1])),
+        r=t(np.ascontiguousarray(scal[..., 0])),
         t=t(np.ascontiguousarray(scal[..., 2])), rowterm=t(rowterm),
         row_start=t(starts(row_sizes)), row_size=t(np.asarray(row_sizes, np.int32)),
         col_start=t(starts(col_sizes)), col_size=t(np.asarray(col_sizes, np.int32)), rank=t(ranks))

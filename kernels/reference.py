@@ -12,7 +12,11 @@ from .layout import BQQLayout
 
 
 def unpack_little(packed: torch.Tensor, count: int) -> torch.Tensor:
-    """uint8 (..., ceil(count/8)) in little bit order -> float32 {0,1} (..., count)."""
+    """uint8 (..., ceil(count/8)) in little bit order -> float32 {0,1} (..., count).
+
+    The torch twin of ``bqq.format.unpack_bits`` (numpy), for layouts on any device; ``kernels`` does not
+    import ``bqq``, which imports it.
+    """
     shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
     return bits.reshape(*packed.shape[:-1], -1)[..., :count].float()
