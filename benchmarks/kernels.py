@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import bqq
-import kernels
+import bqq_kernels as kernels
 from bqq.format import pack_bits
 from bqq.grouping import balanced_splits
 

@@ -7,7 +7,7 @@ constant terms, so the binary search runs in the ±1 form on the centered residu
     min over U ∈ {±1}^{m×l}, V ∈ {±1}^{n×l} of ‖X - α U Vᵀ‖²
 
 1. Mean-field annealing (Gauss-Seidel): magnetizations μ_U, μ_V ∈ [-1, 1], started near 0, are
-   updated entry by entry to tanh(local field / T) (:func:`kernels.cpu.row_sweep`), alternating U and
+   updated entry by entry to tanh(local field / T) (:func:`bqq_kernels.cpu.row_sweep`), alternating U and
    V, while T falls geometrically from ``t_start`` to ``t_end`` times the critical temperature
    T_c = 2 α σ_max(X) of the linearized update. α is held at ``alpha_scale``·sqrt(mean(X²)/l).
 2. Polish: signs of the magnetizations, then exact bit-flip descent (T = 0) with α refitted, until no
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from kernels.cpu import gram, row_sweep, spectral_norm
+from bqq_kernels.cpu import gram, row_sweep, spectral_norm
 
 POWER_ITERATIONS = 30
 

@@ -124,5 +124,5 @@ def bqq_linear(x: torch.Tensor, layout: BQQLayout, bias: torch.Tensor | None = N
     return out if bias is None else out + bias
 
 
-register_backend("cpu", "numba", "kernels.cpu.bqq_matmul:bqq_linear_cpu")
-register_backend("cuda", "triton", "kernels.gpu.bqq_matmul:bqq_linear_triton")
+register_backend("cpu", "numba", "bqq_kernels.cpu.bqq_matmul:bqq_linear_cpu")
+register_backend("cuda", "triton", "bqq_kernels.gpu.bqq_matmul:bqq_linear_triton")

@@ -2,7 +2,7 @@
 
 import torch
 
-import kernels
+import bqq_kernels as kernels
 from benchmarks import kernels as bench
 
 

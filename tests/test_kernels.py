@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import bqq
-import kernels
+import bqq_kernels as kernels
 from bqq.format import pack_bits
 from bqq.grouping import GroupGrid
 from bqq.methods.bqq import BQQConfig, BQQMatrix, inner_dim
@@ -45,7 +45,7 @@ def kernel_fns(device: str):
     if device == "cpu":
         fns["numba"] = lambda x, lay: kernels.bqq_linear(x, lay, backend="numba")
         if HAS_TRITON:  # Triton's interpreter (TRITON_INTERPRET=1, set in conftest) runs the GPU kernel on the CPU
-            from kernels.gpu import bqq_linear_triton
+            from bqq_kernels.gpu import bqq_linear_triton
             fns["triton-interpreter"] = bqq_linear_triton
     else:
         fns["triton"] = lambda x, lay: kernels.bqq_linear(x, lay, backend="triton")

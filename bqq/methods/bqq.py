@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import bqq_kernels
 import numpy as np
 
 from .. import solver
@@ -232,6 +233,12 @@ class BQQMatrix(QuantizedMatrix):
         m, n = self.grid.group_shapes()[index]
         p = self.stacks
         return p * self.ranks[index] * (m + n) + 32 * (3 * p + 1)
+
+    def kernel_layout(self) -> bqq_kernels.BQQLayout:
+        """The packed factors of every group laid out for :func:`bqq_kernels.bqq_linear` (x·Ŵᵀ from bits)."""
+        factors = [bqq_kernels.BQQGroupFactors(self.y[g], self.z[g], self.scales[g], float(self.offset[g]))
+                   for g in range(len(self.grid))]
+        return bqq_kernels.build_layout(factors, self.grid.row_sizes, self.grid.col_sizes)
 
     # --- format -----------------------------------------------------------------------------
     def extra_info(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+import bqq_kernels as kernels
 
 from ..grouping import GroupGrid
 from ..methods.bqq import BQQMatrix
