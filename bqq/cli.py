@@ -13,7 +13,7 @@ import torch
 
 from . import api, io
 from .format import FormatError, read_file
-from .methods import available_methods, get_method
+from .methods import available_methods, bits_meanings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=256, help="side of the square test matrices (default 256)")
     demo.add_argument("--bits", type=int, default=2)
 
-    comp = sub.add_parser("compress", help="compress a matrix from .npy or .safetensors[:tensor]")
+    meanings = "\n".join(f"  {name:<6} {text}" for name, text in bits_meanings().items())
+    comp = sub.add_parser("compress", help="compress a matrix from .npy or .safetensors[:tensor]",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog=f"what --bits means, per method:\n{meanings}")
     comp.add_argument("input", help="IN.npy, IN.safetensors, or IN.safetensors:TENSOR_NAME")
     comp.add_argument("-o", "--output", required=True, type=Path, help="output .safetensors file")
-    comp.add_argument("--bits", type=float, default=2, help="bits per weight (BQQ: number of stacks)")
+    comp.add_argument("--bits", type=float, default=2, help="per method, see below (BQQ: stacks p)")
     comp.add_argument("--method", default="bqq", choices=available_methods())
     comp.add_argument("--group-size", type=_group_size, default=None, help="N or RxC (default: whole matrix)")
-    comp.add_argument("--rank-scale", type=float, default=1.0, help="BQQ inner dimension factor (default 1)")
+    comp.add_argument("--rank-scale", type=float, default=None, help="BQQ inner dimension factor (default 1)")
     comp.add_argument("--seed", type=int, default=0)
     comp.add_argument("--sweeps", type=int, default=None, help="BQQ annealing sweeps per stack (default: auto)")
     comp.add_argument("--force", action="store_true", help="overwrite OUTPUT even if it holds other work")
@@ -91,13 +94,12 @@ def load_matrix(spec: str) -> torch.Tensor:
 def _compress(args: argparse.Namespace) -> int:
     w = load_matrix(args.input)
     source_sha = hashlib.sha256(np.ascontiguousarray(w.float().numpy()).tobytes()).hexdigest()
-    opts = {"sweeps": args.sweeps} if args.sweeps is not None else {}
+    opts = {k: v for k, v in (("sweeps", args.sweeps), ("rank_scale", args.rank_scale)) if v is not None}
     if args.method != "bqq" and opts:
-        raise ValueError("--sweeps applies to --method bqq only")
+        raise ValueError(f"--{next(iter(opts)).replace('_', '-')} applies to --method bqq only")
     bits = int(args.bits) if float(args.bits).is_integer() else args.bits
-    api.check_bits(get_method(args.method), bits)
-    settings = dict(method=args.method, group_size=args.group_size, rank_scale=args.rank_scale, seed=args.seed,
-                    **opts)
+    api.method_config(args.method, bits, opts)
+    settings = dict(method=args.method, group_size=args.group_size, seed=args.seed, **opts)
     job = {"source_sha256": source_sha, "settings": repr(sorted(settings.items()))}
     start = time.perf_counter()
     if args.method == "bqq":
@@ -155,6 +157,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {name}: {q.method} shape={q.shape[0]}x{q.shape[1]} dtype={q.dtype} bits={q.bits} "
               f"group={q.group_shape[0]}x{q.group_shape[1]} groups={len(q.grid)} "
               f"bits/weight={q.bits_per_weight:.4f} bytes={q.nbytes}")
+    for method in sorted({q.method for q in objects.values()}):
+        print(f"  bits for {method}: {bits_meanings()[method]}")
     for key, value in manifest.get("user", {}).items():
         print(f"  user.{key} = {value}")
     return 0

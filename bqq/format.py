@@ -1,4 +1,4 @@
-"""The packed-binary storage format, version 1 (specified in ``docs/format.md``).
+"""The packed-binary storage format, version 2 (specified in ``docs/format.md``; version 1 files still load).
 
 Two layers, both shared by every bqq subpackage (BQQ factors, first-order codes, SLT and GNN masks):
 
@@ -25,7 +25,7 @@ import numpy as np
 from .version import __version__
 
 FORMAT_NAME = "bqq.packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: matrix entries carry config_version; a model file holds one grouped matrix per layer
 BIT_ORDER = "little"
 PACK_AXIS = "last"
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .common import TORCH_DTYPES
 from .format import FormatError, read_file, write_file
 from .grouping import GroupGrid
 from .methods import get_method
-from .quantized import _TORCH_DTYPES, QuantizedMatrix
+from .quantized import QuantizedMatrix
 
 SINGLE_NAME = "matrix"
 PLAIN_PREFIX = "plain:"
@@ -180,7 +181,7 @@ def _parse_info(name: str, info: Any, path) -> tuple[type[QuantizedMatrix], Grou
             raise ValueError("shape and group sizes must be positive integers")
         if (sum(rows), sum(cols)) != shape:
             raise ValueError(f"group sizes {rows}, {cols} do not tile shape {shape}")
-        if info["dtype"] not in _TORCH_DTYPES:
+        if info["dtype"] not in TORCH_DTYPES:
             raise ValueError(f"unsupported dtype {info['dtype']!r}")
         grid = GroupGrid(rows, cols)
         if list(grid.group_shape) != info["group_shape"]:

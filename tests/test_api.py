@@ -55,9 +55,10 @@ def test_bad_rank_scale(rank_scale):
         bqq.compress(W, bits=1, rank_scale=rank_scale)
 
 
-def test_rank_scale_is_bqq_only():
-    with pytest.raises(ValueError, match="bqq"):
+def test_rank_scale_is_a_bqq_option_only():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['rank_scale'\] for method 'uq'"):
         bqq.compress(W, bits=2, method="uq", rank_scale=0.5)
+    assert bqq.compress(W, bits=1, rank_scale=0.5, sweeps=50).config.rank_scale == 0.5
 
 
 @pytest.mark.parametrize("group_size", [0, -3, (4, 0), (4,), (4, 4, 4), "8", (4.0, 4), True])

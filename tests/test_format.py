@@ -1,4 +1,4 @@
-"""Packed-binary format v1: bit packing, file round trips, and rejection of bad files."""
+"""Packed-binary format (v2; v1 files in tests/test_format_v1.py): bit packing, file round trips, bad files."""
 
 import json
 import struct
@@ -73,7 +73,7 @@ def test_header_carries_the_documented_metadata(tmp_path):
     bqq.save(q, path)
     header = _header(path)
     meta = header["__metadata__"]
-    assert meta["format"] == "bqq.packed" and meta["format_version"] == "1"
+    assert meta["format"] == "bqq.packed" and meta["format_version"] == "2"
     assert meta["bit_order"] == "little" and meta["pack_axis"] == "last"
     assert meta["library_version"] == bqq.__version__
     assert meta["method"] == "bqq" and meta["bits"] == "2" and meta["group_shape"] == "[13, 10]"
@@ -132,7 +132,7 @@ def test_flipped_data_byte_is_rejected(saved):
 
 
 def test_future_version_is_rejected_with_an_upgrade_hint(saved):
-    _rewrite(saved, mutate_header=lambda h: h["__metadata__"].update(format_version="2"))
+    _rewrite(saved, mutate_header=lambda h: h["__metadata__"].update(format_version="3"))
     with pytest.raises(bqq.FormatError, match="upgrade"):
         bqq.load(saved)
 

@@ -36,5 +36,12 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def bits_meanings() -> dict[str, str]:
+    """What ``bits`` means for each registered method (the one place that says it; CLI and ``bqq info``
+    print it): a stack count for BQQ, a code width for UQ/BCQ, a budget in bits per weight for
+    SVD/SVDQ/VQ, a stage count for LVQ."""
+    return {name: cls.bits_meaning for name, cls in sorted(_METHODS.items())}
+
+
 # Built-in methods register themselves on import.
 from . import bcq, bqq, lattice, svd, svdq, uniform, vq  # noqa: E402, F401

@@ -10,13 +10,13 @@ the error, and the loop stops as soon as the signs no longer change.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
-from ..format import checked_planes, pack_bits, packed_length, unpack_bits
-from ..grouping import GroupGrid
-from ..quantized import FieldSpec, QuantizedMatrix, progress_bar
+from ..common import check_settings, is_int, progress_bar
+from ..format import pack_bits, packed_length, unpack_bits
+from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
 
 
@@ -28,13 +28,12 @@ class BCQConfig:
         rounds: maximum alternating refinement rounds after the greedy start (0: greedy only).
     """
 
+    VERSION: ClassVar[int] = 1
+
     rounds: int = 15
 
     def __post_init__(self) -> None:
-        r = self.rounds
-        if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 10_000:
-            raise ValueError(f"invalid BCQ settings: rounds={r!r} must be an integer in [0, 10000] "
-                             "(see bqq.methods.bcq.BCQConfig)")
+        check_settings(self, {"rounds": is_int(self.rounds) and 0 <= self.rounds <= 10_000})
 
 
 def greedy(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,22 +98,21 @@ class BCQMatrix(QuantizedMatrix):
     config_class = BCQConfig
     min_bits = 1
     max_bits = 8
-
-    def __init__(self, shape, dtype, grid: GroupGrid, bits: int, seed: int, config: BCQConfig,
-                 signs: list[np.ndarray], alpha: np.ndarray) -> None:
-        super().__init__(shape, dtype, grid, int(bits), seed, config)
-        self.signs = signs  # per group: packed planes (bits, m_g, ceil(n_g/8))
-        self.alpha = alpha  # (G, bits) float32
+    bits_meaning = "code width b: b sign planes per weight, plus b scales per group"
+    group_fields = (
+        GroupField("signs", "uint8", lambda g: (g.bits, g.rows, packed_length(g.cols)), packed_bits=lambda g: g.cols),
+        GroupField("alpha", "float32", lambda g: (g.bits,), per_group=False),
+    )
 
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None) -> BCQMatrix:
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> BCQMatrix:
         bits = int(bits)
         signs, alpha = [], np.empty((len(grid), bits), np.float32)
         groups = progress_bar(grid.split(w), progress=progress, desc=f"bcq {w.shape[0]}x{w.shape[1]}", unit="group")
         for g, x in enumerate(groups):
             alpha[g], planes = binary_code(x.ravel(), bits, config.rounds)
             signs.append(pack_bits(planes.reshape(bits, *x.shape)))
-        return cls(w.shape, "float64", grid, bits, seed, config, signs, alpha)
+        return cls(w.shape, "float64", grid, bits, seed, config, signs=signs, alpha=alpha)
 
     def dequantize_group(self, index: int) -> np.ndarray:
         planes = unpack_bits(self.signs[index], self.grid.group_shapes()[index][1])
@@ -123,45 +121,20 @@ class BCQMatrix(QuantizedMatrix):
             out += np.where(plane, a, -a)
         return out
 
-    def scalars(self) -> np.ndarray:
-        """α of every group and bit."""
-        return self.alpha.ravel().astype(np.float64)
+    def group_scalars(self, index: int) -> np.ndarray:
+        """α of group ``index``, one per bit."""
+        return self.alpha[index].astype(np.float64)
 
-    def set_scalars(self, values: np.ndarray) -> None:
+    def set_group_scalars(self, index: int, values: np.ndarray) -> None:
         values = np.asarray(values, np.float64)
-        if values.shape != (self.alpha.size,) or not np.isfinite(values).all():
-            raise ValueError(f"expected {self.alpha.size} finite scalars, got {values.shape}")
-        self.alpha = values.reshape(self.alpha.shape).astype(np.float32)
+        if values.shape != self.alpha[index].shape or not np.isfinite(values).all():
+            raise ValueError(f"expected {self.alpha.shape[1]} finite scalars for group {index}, "
+                             f"got shape {values.shape}")
+        self.alpha[index] = values
 
     def group_bits(self, index: int) -> int:
         m, n = self.grid.group_shapes()[index]
         return self.bits * (m * n + 32)
-
-    def fields(self) -> dict[str, np.ndarray]:
-        rows, cols = self.grid.grid_shape
-        out = {"alpha": self.alpha.reshape(rows, cols, self.bits)}
-        for g, (a, b, _, _) in enumerate(self.grid.blocks()):
-            out[f"signs.{a}.{b}"] = self.signs[g]
-        return out
-
-    @classmethod
-    def field_specs(cls, info: dict[str, Any], grid: GroupGrid) -> dict[str, FieldSpec]:
-        bits = info["bits"]
-        specs: dict[str, FieldSpec] = {"alpha": ("float32", (*grid.grid_shape, bits))}
-        for a, b, rs, cs in grid.blocks():
-            specs[f"signs.{a}.{b}"] = ("uint8", (bits, rs.stop - rs.start, packed_length(cs.stop - cs.start)))
-        return specs
-
-    @classmethod
-    def from_fields(cls, info, grid, fields) -> BCQMatrix:
-        bits = info["bits"]
-        alpha = fields["alpha"].reshape(len(grid), bits).copy()
-        if not np.isfinite(alpha).all():
-            raise ValueError("alpha contains NaN or Inf")
-        signs = [checked_planes(fields[f"signs.{a}.{b}"], cs.stop - cs.start, f"group ({a}, {b})")
-                 for a, b, _, cs in grid.blocks()]
-        return cls(tuple(info["shape"]), info["dtype"], grid, bits, info["seed"], BCQConfig(**info["config"]),
-                   signs, alpha)
 
 
 __all__ = ["BCQConfig", "BCQMatrix", "assign_signs", "binary_code", "fit_alpha", "greedy"]

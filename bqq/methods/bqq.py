@@ -8,18 +8,17 @@ the binaries. ``compress(w, bits=p)`` is literally p calls of the stack step, so
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import bqq_kernels
 import numpy as np
 
 from .. import solver
-from ..format import checked_planes, pack_bits, packed_length, unpack_bits
-from ..grouping import GroupGrid
-from ..quantized import FieldSpec, QuantizedMatrix, grid_ints, progress_bar
+from ..common import as_float_matrix, check_settings, is_int, is_number, progress_bar
+from ..format import pack_bits, packed_length, unpack_bits
+from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
 
 
@@ -38,6 +37,8 @@ class BQQConfig:
         batch_groups: groups of one shape solved together (bounds memory: ~5 m n · 4 bytes each).
     """
 
+    VERSION: ClassVar[int] = 1
+
     rank_scale: float = 1.0
     sweeps: int | None = None
     t_start: float = 0.95
@@ -49,20 +50,17 @@ class BQQConfig:
     batch_groups: int = 64
 
     def __post_init__(self) -> None:
-        checks = {
-            "rank_scale": _is_number(self.rank_scale) and 0 < self.rank_scale <= 16,
-            "sweeps": self.sweeps is None or (_is_int(self.sweeps) and 1 <= self.sweeps <= 1_000_000),
-            "t_start": _is_number(self.t_start) and self.t_start > 0,
-            "t_end": _is_number(self.t_end) and 0 < self.t_end <= self.t_start,
-            "alpha_scale": _is_number(self.alpha_scale) and self.alpha_scale > 0,
-            "aspect_exponent": _is_number(self.aspect_exponent) and 0 <= self.aspect_exponent <= 2,
-            "polish_rounds": _is_int(self.polish_rounds) and self.polish_rounds >= 0,
-            "restarts": _is_int(self.restarts) and 1 <= self.restarts <= 64,
-            "batch_groups": _is_int(self.batch_groups) and self.batch_groups >= 1,
-        }
-        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid BQQ settings: {', '.join(bad)} (see bqq.methods.bqq.BQQConfig)")
+        check_settings(self, {
+            "rank_scale": is_number(self.rank_scale) and 0 < self.rank_scale <= 16,
+            "sweeps": self.sweeps is None or (is_int(self.sweeps) and 1 <= self.sweeps <= 1_000_000),
+            "t_start": is_number(self.t_start) and self.t_start > 0,
+            "t_end": is_number(self.t_end) and 0 < self.t_end <= self.t_start,
+            "alpha_scale": is_number(self.alpha_scale) and self.alpha_scale > 0,
+            "aspect_exponent": is_number(self.aspect_exponent) and 0 <= self.aspect_exponent <= 2,
+            "polish_rounds": is_int(self.polish_rounds) and self.polish_rounds >= 0,
+            "restarts": is_int(self.restarts) and 1 <= self.restarts <= 64,
+            "batch_groups": is_int(self.batch_groups) and self.batch_groups >= 1,
+        })
 
 
 SWEEP_BUDGET = 1.4e10  # (m + n) · l² · sweeps: about 500 sweeps for a 384×384 group
@@ -89,23 +87,26 @@ def inner_dim(shape: tuple[int, int], rank_scale: float) -> int:
 class BQQMatrix(QuantizedMatrix):
     """A BQQ-compressed matrix: per group p stacks of packed binaries and FP32 scalars.
 
-    In memory (and on disk, see docs/format.md), for group g of shape (m_g, n_g) with inner dim l_g:
-    ``y[g]`` uint8 (p, m_g, ceil(l_g/8)), ``z[g]`` uint8 (p, l_g, ceil(n_g/8)) (packed along the last
-    axis), ``scales`` float32 (G, p, 3) rows (r, s, t), ``offset`` float32 (G,) u.
+    For group g of shape (m_g, n_g) with inner dim l_g (``ranks[g]``): ``y[g]`` uint8
+    (p, m_g, ceil(l_g/8)), ``z[g]`` uint8 (p, l_g, ceil(n_g/8)) (packed along the last axis),
+    ``scales`` float32 (G, p, 3) rows (r, s, t), ``offset`` float32 (G,) u. See docs/format.md.
     """
 
     config_class = BQQConfig
     min_bits = 1
     max_bits = 16
+    bits_meaning = "stacks p: p binary products per group, about p bits per weight (the paper's p*)"
+    meta_key = meta_attr = "ranks"
+    group_fields = (
+        GroupField("y", "uint8", lambda g: (g.bits, g.rows, packed_length(g.meta)), packed_bits=lambda g: g.meta),
+        GroupField("z", "uint8", lambda g: (g.bits, g.meta, packed_length(g.cols)), packed_bits=lambda g: g.cols),
+        GroupField("scales", "float32", lambda g: (g.bits, 3), per_group=False),
+        GroupField("offset", "float32", lambda g: (), per_group=False),
+    )
 
-    def __init__(self, shape, dtype, grid: GroupGrid, seed: int, config: BQQConfig, ranks: list[int],
-                 y: list[np.ndarray], z: list[np.ndarray], scales: np.ndarray, offset: np.ndarray) -> None:
-        super().__init__(shape, dtype, grid, scales.shape[1], seed, config)
-        self.ranks = ranks
-        self.y = y
-        self.z = z
-        self.scales = scales
-        self.offset = offset
+    @classmethod
+    def group_meta(cls, shape, bits, config) -> int:
+        return inner_dim(shape, config.rank_scale)
 
     @property
     def stacks(self) -> int:
@@ -114,13 +115,14 @@ class BQQMatrix(QuantizedMatrix):
 
     # --- building ---------------------------------------------------------------------------
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None) -> BQQMatrix:
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> BQQMatrix:
         shapes = grid.group_shapes()
         ranks = [inner_dim(s, config.rank_scale) for s in shapes]
-        empty = cls(w.shape, "float64", grid, seed, config, ranks,
-                    [np.zeros((0, m, packed_length(r)), np.uint8) for (m, _), r in zip(shapes, ranks, strict=True)],
-                    [np.zeros((0, r, packed_length(n)), np.uint8) for (_, n), r in zip(shapes, ranks, strict=True)],
-                    np.zeros((len(grid), 0, 3), np.float32), np.zeros(len(grid), np.float32))
+        empty = cls(w.shape, "float64", grid, 0, seed, config,
+                    y=[np.zeros((0, m, packed_length(r)), np.uint8) for (m, _), r in zip(shapes, ranks, strict=True)],
+                    z=[np.zeros((0, r, packed_length(n)), np.uint8) for (_, n), r in zip(shapes, ranks, strict=True)],
+                    scales=np.zeros((len(grid), 0, 3), np.float32), offset=np.zeros(len(grid), np.float32))
+        empty.first_group = first_group
         empty._add_stacks(w, int(bits), progress)
         return empty
 
@@ -135,8 +137,6 @@ class BQQMatrix(QuantizedMatrix):
         Returns:
             self, extended in place. All scalars are refitted, so the error never increases.
         """
-        from ..api import as_float_matrix
-
         if isinstance(extra_bits, bool) or not isinstance(extra_bits, (int, np.integer)) or extra_bits < 1:
             raise ValueError(f"extra_bits must be a positive integer, got {extra_bits!r}")
         if self.stacks + extra_bits > self.max_bits:
@@ -178,7 +178,7 @@ class BQQMatrix(QuantizedMatrix):
         cfg = self.config
         restarts = cfg.restarts
         x = np.repeat(np.stack(residuals), restarts, axis=0)
-        seeds = [(self.seed, stack, g, r) for g in groups for r in range(restarts)]
+        seeds = [(self.seed, stack, self.first_group + g, r) for g in groups for r in range(restarts)]
         u, v = solver.solve_sign_factors(
             x, rank, seeds, sweeps=cfg.sweeps or auto_sweeps(x.shape[1:], rank), t_start=cfg.t_start, t_end=cfg.t_end,
             alpha_scale=cfg.alpha_scale, polish_rounds=cfg.polish_rounds, aspect_exponent=cfg.aspect_exponent)
@@ -218,16 +218,17 @@ class BQQMatrix(QuantizedMatrix):
                                                                                            dtype=np.float64)
         return out
 
-    def scalars(self) -> np.ndarray:
-        """(r, s, t) of every group and stack, then every group's offset u."""
-        return np.concatenate([self.scales.ravel(), self.offset]).astype(np.float64)
+    def group_scalars(self, index: int) -> np.ndarray:
+        """(r, s, t) of every stack of group ``index``, then its offset u."""
+        return np.append(self.scales[index].ravel(), self.offset[index]).astype(np.float64)
 
-    def set_scalars(self, values: np.ndarray) -> None:
+    def set_group_scalars(self, index: int, values: np.ndarray) -> None:
         values = np.asarray(values, np.float64)
-        if values.shape != (self.scales.size + self.offset.size,) or not np.isfinite(values).all():
-            raise ValueError(f"expected {self.scales.size + self.offset.size} finite scalars, got {values.shape}")
-        self.scales = values[:self.scales.size].reshape(self.scales.shape).astype(np.float32)
-        self.offset = values[self.scales.size:].astype(np.float32)
+        count = self.scales[index].size + 1
+        if values.shape != (count,) or not np.isfinite(values).all():
+            raise ValueError(f"expected {count} finite scalars for group {index}, got shape {values.shape}")
+        self.scales[index] = values[:-1].reshape(self.scales.shape[1:])
+        self.offset[index] = values[-1]
 
     def group_bits(self, index: int) -> int:
         m, n = self.grid.group_shapes()[index]
@@ -239,56 +240,6 @@ class BQQMatrix(QuantizedMatrix):
         factors = [bqq_kernels.BQQGroupFactors(self.y[g], self.z[g], self.scales[g], float(self.offset[g]))
                    for g in range(len(self.grid))]
         return bqq_kernels.build_layout(factors, self.grid.row_sizes, self.grid.col_sizes)
-
-    # --- format -----------------------------------------------------------------------------
-    def extra_info(self) -> dict[str, Any]:
-        rows, cols = self.grid.grid_shape
-        return {"ranks": np.asarray(self.ranks).reshape(rows, cols).tolist()}
-
-    def fields(self) -> dict[str, np.ndarray]:
-        rows, cols = self.grid.grid_shape
-        out = {"scales": self.scales.reshape(rows, cols, self.stacks, 3),
-               "offset": self.offset.reshape(rows, cols)}
-        for g, (a, b, _, _) in enumerate(self.grid.blocks()):
-            out[f"y.{a}.{b}"] = self.y[g]
-            out[f"z.{a}.{b}"] = self.z[g]
-        return out
-
-    @classmethod
-    def field_specs(cls, info, grid) -> dict[str, FieldSpec]:
-        p = info["bits"]
-        ranks = grid_ints(info["ranks"], grid, "ranks")
-        rows, cols = grid.grid_shape
-        specs: dict[str, FieldSpec] = {"scales": ("float32", (rows, cols, p, 3)),
-                                        "offset": ("float32", (rows, cols))}
-        for g, (a, b, rs, cs) in enumerate(grid.blocks()):
-            m, n, r = rs.stop - rs.start, cs.stop - cs.start, ranks[g]
-            specs[f"y.{a}.{b}"] = ("uint8", (p, m, packed_length(r)))
-            specs[f"z.{a}.{b}"] = ("uint8", (p, r, packed_length(n)))
-        return specs
-
-    @classmethod
-    def from_fields(cls, info, grid, fields) -> BQQMatrix:
-        ranks = grid_ints(info["ranks"], grid, "ranks")
-        scales = fields["scales"].reshape(len(grid), info["bits"], 3)
-        offset = fields["offset"].reshape(len(grid))
-        if not (np.isfinite(scales).all() and np.isfinite(offset).all()):
-            raise ValueError("scalars contain NaN or Inf")
-        blocks = list(grid.blocks())
-        ys = [checked_planes(fields[f"y.{a}.{b}"], r, f"y of group ({a}, {b})")
-              for (a, b, _, _), r in zip(blocks, ranks, strict=True)]
-        zs = [checked_planes(fields[f"z.{a}.{b}"], cs.stop - cs.start, f"z of group ({a}, {b})")
-              for a, b, _, cs in blocks]
-        return cls(tuple(info["shape"]), info["dtype"], grid, info["seed"], BQQConfig(**info["config"]), ranks,
-                   ys, zs, scales.copy(), offset.copy())
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 __all__ = ["BQQConfig", "BQQMatrix", "auto_sweeps", "inner_dim"]

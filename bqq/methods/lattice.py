@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
-from ..format import checked_planes, packed_length
-from ..grouping import GroupGrid
-from ..quantized import FieldSpec, QuantizedMatrix, progress_bar
+from ..common import check_settings, is_int, progress_bar
+from ..format import packed_length
+from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
 from .codes import dequantize_codes, pack_codes, uniform_codes, unpack_codes
 
@@ -75,19 +75,14 @@ class LVQConfig:
         grid_points: clip-range grid of the scale quantizer (as ``uq``'s ``grid_points``).
     """
 
+    VERSION: ClassVar[int] = 1
+
     scale_bits: int = 1
     grid_points: int = 100
 
     def __post_init__(self) -> None:
-        sb, gp = self.scale_bits, self.grid_points
-        bad = []
-        if isinstance(sb, bool) or not isinstance(sb, int) or not 1 <= sb <= 8:
-            bad.append(f"scale_bits={sb!r} must be an integer in [1, 8]")
-        if isinstance(gp, bool) or not isinstance(gp, int) or not 2 <= gp <= 10_000:
-            bad.append(f"grid_points={gp!r} must be an integer in [2, 10000]")
-        if bad:
-            raise ValueError(f"invalid LVQ settings: {'; '.join(bad)} (see bqq.methods.lattice.LVQConfig)")
-
+        check_settings(self, {"scale_bits": is_int(self.scale_bits) and 1 <= self.scale_bits <= 8,
+                              "grid_points": is_int(self.grid_points) and 2 <= self.grid_points <= 10_000})
 
 @register_method("lvq")
 class LVQMatrix(QuantizedMatrix):
@@ -107,17 +102,21 @@ class LVQMatrix(QuantizedMatrix):
     config_class = LVQConfig
     min_bits = 1
     max_bits = 16
-
-    def __init__(self, shape, dtype, grid: GroupGrid, bits: int, seed: int, config: LVQConfig,
-                 roots: list[np.ndarray], scodes: list[np.ndarray], scale: np.ndarray, zero: np.ndarray) -> None:
-        super().__init__(shape, dtype, grid, int(bits), seed, config)
-        self.roots = roots    # per group: uint8 (p, N_g)
-        self.scodes = scodes  # per group: packed planes (p, s, ceil(N_g/8))
-        self.scale = scale    # (G, p) float32
-        self.zero = zero      # (G, p) float32
+    bits_meaning = "stages p: p greedy E8 stages, (8 + scale_bits)/8 bits per weight each"
+    group_fields = (
+        GroupField("roots", "uint8", lambda g: (g.bits, g.meta)),
+        GroupField("scodes", "uint8", lambda g: (g.bits, g.config.scale_bits, packed_length(g.meta)),
+                   packed_bits=lambda g: g.meta),
+        GroupField("scale", "float32", lambda g: (g.bits,), per_group=False, nonnegative=True),
+        GroupField("zero", "float32", lambda g: (g.bits,), per_group=False),
+    )
 
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None) -> LVQMatrix:
+    def group_meta(cls, shape, bits, config) -> int:
+        return chunk_count(shape)  # N_g, the 8-weight chunks of a group (derived, not stored)
+
+    @classmethod
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> LVQMatrix:
         p, sb = int(bits), config.scale_bits
         roots_table = e8_roots()
         roots, scodes = [], []
@@ -138,7 +137,7 @@ class LVQMatrix(QuantizedMatrix):
                 residual -= dequantize_codes(codes[stage], zero[g, stage], scale[g, stage])[:, None] * chosen
             roots.append(idx)
             scodes.append(np.stack([pack_codes(c, sb) for c in codes]))
-        return cls(w.shape, "float64", grid, p, seed, config, roots, scodes, scale, zero)
+        return cls(w.shape, "float64", grid, p, seed, config, roots=roots, scodes=scodes, scale=scale, zero=zero)
 
     def dequantize_group(self, index: int) -> np.ndarray:
         m, n = self.grid.group_shapes()[index]
@@ -155,45 +154,10 @@ class LVQMatrix(QuantizedMatrix):
         count = chunk_count(self.grid.group_shapes()[index])
         return self.bits * (count * (8 + self.config.scale_bits) + 64)
 
-    def fields(self) -> dict[str, np.ndarray]:
-        rows, cols = self.grid.grid_shape
-        out = {"scale": self.scale.reshape(rows, cols, self.bits), "zero": self.zero.reshape(rows, cols, self.bits)}
-        for g, (a, b, _, _) in enumerate(self.grid.blocks()):
-            out[f"roots.{a}.{b}"] = self.roots[g]
-            out[f"scodes.{a}.{b}"] = self.scodes[g]
-        return out
-
-    @classmethod
-    def field_specs(cls, info: dict[str, Any], grid: GroupGrid) -> dict[str, FieldSpec]:
-        p = info["bits"]
-        sb = LVQConfig(**info["config"]).scale_bits
-        specs: dict[str, FieldSpec] = {"scale": ("float32", (*grid.grid_shape, p)),
-                                        "zero": ("float32", (*grid.grid_shape, p))}
-        for a, b, rs, cs in grid.blocks():
-            count = chunk_count((rs.stop - rs.start, cs.stop - cs.start))
-            specs[f"roots.{a}.{b}"] = ("uint8", (p, count))
-            specs[f"scodes.{a}.{b}"] = ("uint8", (p, sb, packed_length(count)))
-        return specs
-
-    @classmethod
-    def from_fields(cls, info, grid, fields) -> LVQMatrix:
-        p = info["bits"]
-        config = LVQConfig(**info["config"])
-        scale = fields["scale"].reshape(len(grid), p).copy()
-        zero = fields["zero"].reshape(len(grid), p).copy()
-        if not (np.isfinite(scale).all() and np.isfinite(zero).all()):
-            raise ValueError("scale or zero contains NaN or Inf")
-        if (scale < 0).any():
-            raise ValueError("scale must be >= 0")
-        roots, scodes = [], []
-        for a, b, rs, cs in grid.blocks():
-            count = chunk_count((rs.stop - rs.start, cs.stop - cs.start))
-            idx = fields[f"roots.{a}.{b}"]
+    def check_content(self) -> None:
+        for g, idx in enumerate(self.roots):
             if idx.size and idx.max() >= ROOTS:
-                raise ValueError(f"group ({a}, {b}) has a root index >= {ROOTS}")
-            roots.append(idx.copy())
-            scodes.append(checked_planes(fields[f"scodes.{a}.{b}"], count, f"scale codes of group ({a}, {b})"))
-        return cls(tuple(info["shape"]), info["dtype"], grid, p, info["seed"], config, roots, scodes, scale, zero)
+                raise ValueError(f"group {g} has a root index >= {ROOTS}")
 
 
 __all__ = ["LVQConfig", "LVQMatrix", "chunk_count", "e8_roots", "nearest_roots"]

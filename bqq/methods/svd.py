@@ -10,18 +10,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
+from ..common import progress_bar
 from ..grouping import GroupGrid
-from ..quantized import FieldSpec, QuantizedMatrix, grid_ints, progress_bar
+from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
 
 
 @dataclass(frozen=True)
 class SVDConfig:
     """SVD has no settings; the rank follows from ``bits`` and the group shape."""
+
+    VERSION: ClassVar[int] = 1
 
 
 def rank_for_budget(bits: float, shape: tuple[int, int]) -> int:
@@ -70,16 +73,19 @@ class SVDMatrix(QuantizedMatrix):
     min_bits = 1e-9  # any positive budget is accepted; too small a one fails with the rank it needs
     max_bits = 32
     integer_bits = False
-
-    def __init__(self, shape, dtype, grid: GroupGrid, bits: float, seed: int, config: SVDConfig,
-                 ranks: list[int], u: list[np.ndarray], v: list[np.ndarray]) -> None:
-        super().__init__(shape, dtype, grid, float(bits), seed, config)
-        self.ranks = ranks
-        self.u = u  # per group: float32 (m_g, r_g), singular values folded in
-        self.v = v  # per group: float32 (r_g, n_g)
+    bits_meaning = "a budget in bits per weight that sets each group's rank r (FP32 factors)"
+    meta_key = meta_attr = "ranks"
+    group_fields = (
+        GroupField("u", "float32", lambda g: (g.rows, g.meta)),  # U·diag(s), singular values folded in
+        GroupField("v", "float32", lambda g: (g.meta, g.cols)),  # V^T
+    )
 
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None) -> SVDMatrix:
+    def group_meta(cls, shape, bits, config) -> int:
+        return rank_for_budget(bits, shape)
+
+    @classmethod
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> SVDMatrix:
         ranks = ranks_for_budget(bits, grid)
         us, vs = [], []
         groups = progress_bar(grid.split(w), progress=progress, desc=f"svd {w.shape[0]}x{w.shape[1]}", unit="group")
@@ -87,7 +93,7 @@ class SVDMatrix(QuantizedMatrix):
             u, v = truncated_svd(x, r)
             us.append(u.astype(np.float32))
             vs.append(v.astype(np.float32))
-        return cls(w.shape, "float64", grid, bits, seed, config, ranks, us, vs)
+        return cls(w.shape, "float64", grid, float(bits), seed, config, u=us, v=vs)
 
     def dequantize_group(self, index: int) -> np.ndarray:
         return self.u[index].astype(np.float64) @ self.v[index].astype(np.float64)
@@ -95,48 +101,6 @@ class SVDMatrix(QuantizedMatrix):
     def group_bits(self, index: int) -> int:
         m, n = self.grid.group_shapes()[index]
         return 32 * self.ranks[index] * (m + n)
-
-    def extra_info(self) -> dict[str, Any]:
-        rows, cols = self.grid.grid_shape
-        return {"ranks": np.asarray(self.ranks).reshape(rows, cols).tolist()}
-
-    def fields(self) -> dict[str, np.ndarray]:
-        out = {}
-        for g, (a, b, _, _) in enumerate(self.grid.blocks()):
-            out[f"u.{a}.{b}"] = self.u[g]
-            out[f"v.{a}.{b}"] = self.v[g]
-        return out
-
-    @classmethod
-    def field_specs(cls, info: dict[str, Any], grid: GroupGrid) -> dict[str, FieldSpec]:
-        ranks = _ranks_from_info(info, grid)
-        specs: dict[str, FieldSpec] = {}
-        for (a, b, rs, cs), r in zip(grid.blocks(), ranks, strict=True):
-            specs[f"u.{a}.{b}"] = ("float32", (rs.stop - rs.start, r))
-            specs[f"v.{a}.{b}"] = ("float32", (r, cs.stop - cs.start))
-        return specs
-
-    @classmethod
-    def from_fields(cls, info, grid, fields) -> SVDMatrix:
-        ranks = _ranks_from_info(info, grid)
-        us, vs = [], []
-        for a, b, _, _ in grid.blocks():
-            u, v = fields[f"u.{a}.{b}"], fields[f"v.{a}.{b}"]
-            if not (np.isfinite(u).all() and np.isfinite(v).all()):
-                raise ValueError(f"group ({a}, {b}) factors contain NaN or Inf")
-            us.append(u.copy())
-            vs.append(v.copy())
-        return cls(tuple(info["shape"]), info["dtype"], grid, info["bits"], info["seed"], SVDConfig(**info["config"]),
-                   ranks, us, vs)
-
-
-def _ranks_from_info(info: dict[str, Any], grid: GroupGrid) -> list[int]:
-    """The manifest's ranks, checked to be the ones ``bits`` gives for each group shape."""
-    ranks = grid_ints(info["ranks"], grid, "ranks")
-    expected = ranks_for_budget(info["bits"], grid)
-    if ranks != expected:
-        raise ValueError(f"ranks {ranks} disagree with bits={info['bits']} (expected {expected})")
-    return ranks
 
 
 __all__ = ["SVDConfig", "SVDMatrix", "rank_for_budget", "ranks_for_budget", "truncated_svd"]

@@ -18,13 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
-from ..format import checked_planes, packed_length
+from ..common import check_settings, is_int, progress_bar
+from ..format import packed_length
 from ..grouping import GroupGrid
-from ..quantized import FieldSpec, QuantizedMatrix, grid_ints, progress_bar
+from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
 from .codes import dequantize_codes, pack_codes, uniform_codes, unpack_codes
 from .svd import truncated_svd
@@ -41,19 +42,14 @@ class SVDQConfig:
         grid_points: clip-range grid of the factor quantizer (as ``uq``'s ``grid_points``).
     """
 
+    VERSION: ClassVar[int] = 1
+
     factor_bits: int = 8
     grid_points: int = 100
 
     def __post_init__(self) -> None:
-        fb, gp = self.factor_bits, self.grid_points
-        bad = []
-        if isinstance(fb, bool) or not isinstance(fb, int) or not 1 <= fb <= 8:
-            bad.append(f"factor_bits={fb!r} must be an integer in [1, 8]")
-        if isinstance(gp, bool) or not isinstance(gp, int) or not 2 <= gp <= 10_000:
-            bad.append(f"grid_points={gp!r} must be an integer in [2, 10000]")
-        if bad:
-            raise ValueError(f"invalid SVDQ settings: {'; '.join(bad)} (see bqq.methods.svdq.SVDQConfig)")
-
+        check_settings(self, {"factor_bits": is_int(self.factor_bits) and 1 <= self.factor_bits <= 8,
+                              "grid_points": is_int(self.grid_points) and 2 <= self.grid_points <= 10_000})
 
 def rank_for_budget(bits: float, shape: tuple[int, int], factor_bits: int) -> int:
     """floor((bits · m n − 128) / (b (m + n))) capped at min(m, n), computed exactly; 0 if nothing fits."""
@@ -89,19 +85,23 @@ class SVDQMatrix(QuantizedMatrix):
     min_bits = 1e-9  # any positive budget is accepted; too small a one fails with the rank it needs
     max_bits = 32
     integer_bits = False
-
-    def __init__(self, shape, dtype, grid: GroupGrid, bits: float, seed: int, config: SVDQConfig,
-                 ranks: list[int], left: list[np.ndarray], right: list[np.ndarray], scale: np.ndarray,
-                 zero: np.ndarray) -> None:
-        super().__init__(shape, dtype, grid, float(bits), seed, config)
-        self.ranks = ranks
-        self.left = left    # per group: packed planes (b, m_g, ceil(r_g/8))
-        self.right = right  # per group: packed planes (b, r_g, ceil(n_g/8))
-        self.scale = scale  # (G, 2) float32
-        self.zero = zero    # (G, 2) float32
+    bits_meaning = "a budget in bits per weight that sets each group's rank r (factor_bits-bit factors)"
+    meta_key = meta_attr = "ranks"
+    group_fields = (
+        GroupField("left", "uint8", lambda g: (g.config.factor_bits, g.rows, packed_length(g.meta)),
+                   packed_bits=lambda g: g.meta, key="l"),
+        GroupField("right", "uint8", lambda g: (g.config.factor_bits, g.meta, packed_length(g.cols)),
+                   packed_bits=lambda g: g.cols, key="r"),
+        GroupField("scale", "float32", lambda g: (2,), per_group=False, nonnegative=True),
+        GroupField("zero", "float32", lambda g: (2,), per_group=False),
+    )
 
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None) -> SVDQMatrix:
+    def group_meta(cls, shape, bits, config) -> int:
+        return rank_for_budget(bits, shape, config.factor_bits)
+
+    @classmethod
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> SVDQMatrix:
         fb, gp = config.factor_bits, config.grid_points
         ranks = ranks_for_budget(bits, grid, fb)
         left, right = [], []
@@ -123,7 +123,7 @@ class SVDQMatrix(QuantizedMatrix):
             _, rcodes, zero[g, 1], scale[g, 1] = best
             left.append(pack_codes(lcodes, fb))
             right.append(pack_codes(rcodes, fb))
-        return cls(w.shape, "float64", grid, bits, seed, config, ranks, left, right, scale, zero)
+        return cls(w.shape, "float64", grid, float(bits), seed, config, left=left, right=right, scale=scale, zero=zero)
 
     def factors(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(L̂ (m_g, r_g), R̂ (r_g, n_g)) of group ``index``, float64."""
@@ -140,55 +140,6 @@ class SVDQMatrix(QuantizedMatrix):
     def group_bits(self, index: int) -> int:
         m, n = self.grid.group_shapes()[index]
         return self.config.factor_bits * self.ranks[index] * (m + n) + _SCALAR_BITS
-
-    def extra_info(self) -> dict[str, Any]:
-        rows, cols = self.grid.grid_shape
-        return {"ranks": np.asarray(self.ranks).reshape(rows, cols).tolist()}
-
-    def fields(self) -> dict[str, np.ndarray]:
-        rows, cols = self.grid.grid_shape
-        out = {"scale": self.scale.reshape(rows, cols, 2), "zero": self.zero.reshape(rows, cols, 2)}
-        for g, (a, b, _, _) in enumerate(self.grid.blocks()):
-            out[f"l.{a}.{b}"] = self.left[g]
-            out[f"r.{a}.{b}"] = self.right[g]
-        return out
-
-    @classmethod
-    def field_specs(cls, info: dict[str, Any], grid: GroupGrid) -> dict[str, FieldSpec]:
-        fb = SVDQConfig(**info["config"]).factor_bits
-        ranks = _ranks_from_info(info, grid, fb)
-        specs: dict[str, FieldSpec] = {"scale": ("float32", (*grid.grid_shape, 2)),
-                                        "zero": ("float32", (*grid.grid_shape, 2))}
-        for (a, b, rs, cs), r in zip(grid.blocks(), ranks, strict=True):
-            specs[f"l.{a}.{b}"] = ("uint8", (fb, rs.stop - rs.start, packed_length(r)))
-            specs[f"r.{a}.{b}"] = ("uint8", (fb, r, packed_length(cs.stop - cs.start)))
-        return specs
-
-    @classmethod
-    def from_fields(cls, info, grid, fields) -> SVDQMatrix:
-        config = SVDQConfig(**info["config"])
-        ranks = _ranks_from_info(info, grid, config.factor_bits)
-        scale = fields["scale"].reshape(len(grid), 2).copy()
-        zero = fields["zero"].reshape(len(grid), 2).copy()
-        if not (np.isfinite(scale).all() and np.isfinite(zero).all()):
-            raise ValueError("scale or zero contains NaN or Inf")
-        if (scale < 0).any():
-            raise ValueError("scale must be >= 0")
-        left, right = [], []
-        for (a, b, _, cs), r in zip(grid.blocks(), ranks, strict=True):
-            left.append(checked_planes(fields[f"l.{a}.{b}"], r, f"left factor of group ({a}, {b})"))
-            right.append(checked_planes(fields[f"r.{a}.{b}"], cs.stop - cs.start, f"right factor of group ({a}, {b})"))
-        return cls(tuple(info["shape"]), info["dtype"], grid, info["bits"], info["seed"], config, ranks, left, right,
-                   scale, zero)
-
-
-def _ranks_from_info(info: dict[str, Any], grid: GroupGrid, factor_bits: int) -> list[int]:
-    """The manifest's ranks, checked to be the ones ``bits`` gives for each group shape."""
-    ranks = grid_ints(info["ranks"], grid, "ranks")
-    expected = ranks_for_budget(info["bits"], grid, factor_bits)
-    if ranks != expected:
-        raise ValueError(f"ranks {ranks} disagree with bits={info['bits']} (expected {expected})")
-    return ranks
 
 
 __all__ = ["SVDQConfig", "SVDQMatrix", "rank_for_budget", "ranks_for_budget"]

@@ -11,13 +11,13 @@ O(N² · 2^b · log(m n)) rather than O(N² · m n).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
-from ..format import checked_planes, pack_bits, packed_length, unpack_bits
-from ..grouping import GroupGrid
-from ..quantized import FieldSpec, QuantizedMatrix, progress_bar
+from ..common import check_settings, is_int, progress_bar
+from ..format import pack_bits, packed_length, unpack_bits
+from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
 
 # Candidate batches are sized so that the (batch, grid_points, 2^b) temporaries stay near 8 MB each.
@@ -32,13 +32,12 @@ class UQConfig:
         grid_points: N, the number of candidates for each end of the clip range (N² pairs in all).
     """
 
+    VERSION: ClassVar[int] = 1
+
     grid_points: int = 100
 
     def __post_init__(self) -> None:
-        gp = self.grid_points
-        if isinstance(gp, bool) or not isinstance(gp, int) or not 2 <= gp <= 10_000:
-            raise ValueError(f"invalid UQ settings: grid_points={gp!r} must be an integer in [2, 10000] "
-                             "(see bqq.methods.uniform.UQConfig)")
+        check_settings(self, {"grid_points": is_int(self.grid_points) and 2 <= self.grid_points <= 10_000})
 
 
 def search_clip_range(x: np.ndarray, bits: int, grid_points: int) -> tuple[float, float]:
@@ -105,16 +104,15 @@ class UQMatrix(QuantizedMatrix):
     config_class = UQConfig
     min_bits = 1
     max_bits = 8
-
-    def __init__(self, shape, dtype, grid: GroupGrid, bits: int, seed: int, config: UQConfig,
-                 codes: list[np.ndarray], scale: np.ndarray, zero: np.ndarray) -> None:
-        super().__init__(shape, dtype, grid, int(bits), seed, config)
-        self.codes = codes  # per group: packed planes (bits, m_g, ceil(n_g/8))
-        self.scale = scale  # (G,) float32
-        self.zero = zero    # (G,) float32
+    bits_meaning = "code width b: b-bit integer codes per weight, plus a zero point and a step per group"
+    group_fields = (
+        GroupField("codes", "uint8", lambda g: (g.bits, g.rows, packed_length(g.cols)), packed_bits=lambda g: g.cols),
+        GroupField("scale", "float32", lambda g: (), per_group=False, nonnegative=True),
+        GroupField("zero", "float32", lambda g: (), per_group=False),
+    )
 
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None) -> UQMatrix:
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> UQMatrix:
         bits = int(bits)
         codes, scale, zero = [], np.empty(len(grid), np.float32), np.empty(len(grid), np.float32)
         groups = progress_bar(grid.split(w), progress=progress, desc=f"uq {w.shape[0]}x{w.shape[1]}", unit="group")
@@ -124,7 +122,7 @@ class UQMatrix(QuantizedMatrix):
             # Codes are chosen for the stored FP32 scalars, so they are the nearest stored levels.
             k = encode(x, float(zero[g]), float(scale[g]), bits).astype(np.uint8)
             codes.append(pack_bits(np.stack([(k >> j) & 1 for j in range(bits)])))
-        return cls(w.shape, "float64", grid, bits, seed, config, codes, scale, zero)
+        return cls(w.shape, "float64", grid, bits, seed, config, codes=codes, scale=scale, zero=zero)
 
     def group_codes(self, index: int) -> np.ndarray:
         """Integer codes of group ``index``, uint8 (m_g, n_g)."""
@@ -140,34 +138,6 @@ class UQMatrix(QuantizedMatrix):
     def group_bits(self, index: int) -> int:
         m, n = self.grid.group_shapes()[index]
         return self.bits * m * n + 64
-
-    def fields(self) -> dict[str, np.ndarray]:
-        rows, cols = self.grid.grid_shape
-        out = {"scale": self.scale.reshape(rows, cols), "zero": self.zero.reshape(rows, cols)}
-        for g, (a, b, _, _) in enumerate(self.grid.blocks()):
-            out[f"codes.{a}.{b}"] = self.codes[g]
-        return out
-
-    @classmethod
-    def field_specs(cls, info: dict[str, Any], grid: GroupGrid) -> dict[str, FieldSpec]:
-        bits = info["bits"]
-        specs: dict[str, FieldSpec] = {"scale": ("float32", grid.grid_shape), "zero": ("float32", grid.grid_shape)}
-        for a, b, rs, cs in grid.blocks():
-            specs[f"codes.{a}.{b}"] = ("uint8", (bits, rs.stop - rs.start, packed_length(cs.stop - cs.start)))
-        return specs
-
-    @classmethod
-    def from_fields(cls, info, grid, fields) -> UQMatrix:
-        scale = fields["scale"].reshape(len(grid)).copy()
-        zero = fields["zero"].reshape(len(grid)).copy()
-        if not (np.isfinite(scale).all() and np.isfinite(zero).all()):
-            raise ValueError("scale or zero contains NaN or Inf")
-        if (scale < 0).any():
-            raise ValueError("scale must be >= 0")
-        codes = [checked_planes(fields[f"codes.{a}.{b}"], cs.stop - cs.start, f"group ({a}, {b})")
-                 for a, b, _, cs in grid.blocks()]
-        return cls(tuple(info["shape"]), info["dtype"], grid, info["bits"], info["seed"],
-                   UQConfig(**info["config"]), codes, scale, zero)
 
 
 __all__ = ["UQConfig", "UQMatrix", "encode", "search_clip_range"]

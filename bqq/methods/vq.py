@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
-from ..format import checked_planes, packed_length
+from ..common import check_settings, is_int, progress_bar
+from ..format import packed_length
 from ..grouping import GroupGrid
-from ..quantized import FieldSpec, QuantizedMatrix, grid_ints, progress_bar
+from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
 from .codes import dequantize_codes, pack_codes, uniform_codes, unpack_codes
 
@@ -41,22 +42,20 @@ class VQConfig:
         grid_points: clip-range grid of the centroid quantizer (as ``uq``'s ``grid_points``).
     """
 
+    VERSION: ClassVar[int] = 1
+
     centroid_bits: int = 32
     iterations: int = 100
     restarts: int = 3
     grid_points: int = 100
 
     def __post_init__(self) -> None:
-        checks = {
-            "centroid_bits": _is_int(self.centroid_bits) and (self.centroid_bits == 32 or 1 <= self.centroid_bits <= 8),
-            "iterations": _is_int(self.iterations) and 1 <= self.iterations <= 100_000,
-            "restarts": _is_int(self.restarts) and 1 <= self.restarts <= 64,
-            "grid_points": _is_int(self.grid_points) and 2 <= self.grid_points <= 10_000,
-        }
-        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid VQ settings: {', '.join(bad)} (see bqq.methods.vq.VQConfig)")
-
+        check_settings(self, {
+            "centroid_bits": is_int(self.centroid_bits) and (self.centroid_bits == 32 or 1 <= self.centroid_bits <= 8),
+            "iterations": is_int(self.iterations) and 1 <= self.iterations <= 100_000,
+            "restarts": is_int(self.restarts) and 1 <= self.restarts <= 64,
+            "grid_points": is_int(self.grid_points) and 2 <= self.grid_points <= 10_000,
+        })
 
 def index_bits(k: int) -> int:
     """Bits of one row index for K centroids: ceil(log2 K), 0 for K = 1."""
@@ -179,23 +178,29 @@ class VQMatrix(QuantizedMatrix):
     min_bits = 1e-9  # any positive budget is accepted; too small a one fails with the budget it needs
     max_bits = 32
     integer_bits = False
+    bits_meaning = "a budget in bits per weight that sets each group's number of centroids K"
+    meta_key, meta_attr = "centroids", "counts"
+    group_fields = (
+        GroupField("index", "uint8", lambda g: (index_bits(g.meta), packed_length(g.rows)),
+                   packed_bits=lambda g: g.rows),
+        GroupField("centroids", "float32", lambda g: (g.meta, g.cols), present=lambda c: c.centroid_bits == 32),
+        GroupField("ccodes", "uint8", lambda g: (g.config.centroid_bits, g.meta, packed_length(g.cols)),
+                   packed_bits=lambda g: g.cols, present=lambda c: c.centroid_bits != 32),
+        GroupField("scale", "float32", lambda g: (), per_group=False, nonnegative=True,
+                   present=lambda c: c.centroid_bits != 32),
+        GroupField("zero", "float32", lambda g: (), per_group=False, present=lambda c: c.centroid_bits != 32),
+    )
 
-    def __init__(self, shape, dtype, grid: GroupGrid, bits: float, seed: int, config: VQConfig,
-                 counts: list[int], index: list[np.ndarray], centroids: list[np.ndarray],
-                 scale: np.ndarray | None, zero: np.ndarray | None) -> None:
-        super().__init__(shape, dtype, grid, float(bits), seed, config)
-        self.counts = counts        # K_g per group
-        self.index = index          # per group: packed index planes (q_g, ceil(m_g/8))
-        self.centroids = centroids  # per group: float32 (K_g, n_g), or packed code planes (c, K_g, ceil(n_g/8))
-        self.scale = scale          # (G,) float32 for quantized centroids, else None
-        self.zero = zero
+    @classmethod
+    def group_meta(cls, shape, bits, config) -> int:
+        return centroids_for_budget(bits, shape, config.centroid_bits)
 
     @property
     def quantized_centroids(self) -> bool:
         return self.config.centroid_bits != 32
 
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None) -> VQMatrix:
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> VQMatrix:
         cb = config.centroid_bits
         counts = centroid_counts(bits, grid, cb)
         index, tables = [], []
@@ -203,7 +208,7 @@ class VQMatrix(QuantizedMatrix):
         zero = np.empty(len(grid), np.float32) if cb != 32 else None
         groups = progress_bar(grid.split(w), progress=progress, desc=f"vq {w.shape[0]}x{w.shape[1]}", unit="group")
         for g, (x, k) in enumerate(zip(groups, counts, strict=True)):
-            seeds = [[seed, g, r] for r in range(config.restarts)]
+            seeds = [[seed, first_group + g, r] for r in range(config.restarts)]
             c = kmeans(x, k, config.iterations, config.restarts, seeds)
             if cb == 32:
                 stored = c.astype(np.float32)
@@ -215,14 +220,15 @@ class VQMatrix(QuantizedMatrix):
                 tables.append(pack_codes(codes, cb))
             labels = sq_distances(x, used).argmin(axis=1)  # nearest stored centroid
             index.append(pack_codes(labels, index_bits(k)))
-        return cls(w.shape, "float64", grid, bits, seed, config, counts, index, tables, scale, zero)
+        table = {"ccodes": tables, "scale": scale, "zero": zero} if cb != 32 else {"centroids": tables}
+        return cls(w.shape, "float64", grid, float(bits), seed, config, index=index, **table)
 
     def table(self, index: int) -> np.ndarray:
         """Centroids of group ``index`` as stored, float64 (K_g, n_g)."""
         if not self.quantized_centroids:
             return self.centroids[index].astype(np.float64)
         n = self.grid.group_shapes()[index][1]
-        return dequantize_codes(unpack_codes(self.centroids[index], n), self.zero[index], self.scale[index])
+        return dequantize_codes(unpack_codes(self.ccodes[index], n), self.zero[index], self.scale[index])
 
     def labels(self, index: int) -> np.ndarray:
         """Centroid index of every row of group ``index``, int64 (m_g,)."""
@@ -235,82 +241,10 @@ class VQMatrix(QuantizedMatrix):
     def group_bits(self, index: int) -> int:
         return vq_bits(self.counts[index], self.grid.group_shapes()[index], self.config.centroid_bits)
 
-    def extra_info(self) -> dict[str, Any]:
-        rows, cols = self.grid.grid_shape
-        return {"centroids": np.asarray(self.counts).reshape(rows, cols).tolist()}
-
-    def fields(self) -> dict[str, np.ndarray]:
-        rows, cols = self.grid.grid_shape
-        out: dict[str, np.ndarray] = {}
-        if self.quantized_centroids:
-            out["scale"] = self.scale.reshape(rows, cols)
-            out["zero"] = self.zero.reshape(rows, cols)
-        table = "ccodes" if self.quantized_centroids else "centroids"
-        for g, (a, b, _, _) in enumerate(self.grid.blocks()):
-            out[f"index.{a}.{b}"] = self.index[g]
-            out[f"{table}.{a}.{b}"] = self.centroids[g]
-        return out
-
-    @classmethod
-    def field_specs(cls, info: dict[str, Any], grid: GroupGrid) -> dict[str, FieldSpec]:
-        config = VQConfig(**info["config"])
-        cb = config.centroid_bits
-        counts = _counts_from_info(info, grid, cb)
-        specs: dict[str, FieldSpec] = {}
-        if cb != 32:
-            specs["scale"] = ("float32", grid.grid_shape)
-            specs["zero"] = ("float32", grid.grid_shape)
-        for (a, b, rs, cs), k in zip(grid.blocks(), counts, strict=True):
-            m, n = rs.stop - rs.start, cs.stop - cs.start
-            specs[f"index.{a}.{b}"] = ("uint8", (index_bits(k), packed_length(m)))
-            if cb == 32:
-                specs[f"centroids.{a}.{b}"] = ("float32", (k, n))
-            else:
-                specs[f"ccodes.{a}.{b}"] = ("uint8", (cb, k, packed_length(n)))
-        return specs
-
-    @classmethod
-    def from_fields(cls, info, grid, fields) -> VQMatrix:
-        config = VQConfig(**info["config"])
-        cb = config.centroid_bits
-        counts = _counts_from_info(info, grid, cb)
-        scale = zero = None
-        if cb != 32:
-            scale = fields["scale"].reshape(len(grid)).copy()
-            zero = fields["zero"].reshape(len(grid)).copy()
-            if not (np.isfinite(scale).all() and np.isfinite(zero).all()):
-                raise ValueError("scale or zero contains NaN or Inf")
-            if (scale < 0).any():
-                raise ValueError("scale must be >= 0")
-        index, tables = [], []
-        for (a, b, rs, cs), k in zip(grid.blocks(), counts, strict=True):
-            m, n = rs.stop - rs.start, cs.stop - cs.start
-            packed = checked_planes(fields[f"index.{a}.{b}"], m, f"index of group ({a}, {b})")
-            if unpack_codes(packed, m).max(initial=0) >= k:
-                raise ValueError(f"group ({a}, {b}) has a row index >= its {k} centroids")
-            index.append(packed)
-            if cb == 32:
-                table = fields[f"centroids.{a}.{b}"]
-                if not np.isfinite(table).all():
-                    raise ValueError(f"group ({a}, {b}) centroids contain NaN or Inf")
-                tables.append(table.copy())
-            else:
-                tables.append(checked_planes(fields[f"ccodes.{a}.{b}"], n, f"centroid codes of group ({a}, {b})"))
-        return cls(tuple(info["shape"]), info["dtype"], grid, info["bits"], info["seed"], config, counts, index,
-                   tables, scale, zero)
-
-
-def _counts_from_info(info: dict[str, Any], grid: GroupGrid, centroid_bits: int) -> list[int]:
-    """The manifest's centroid counts, checked to be the ones ``bits`` gives for each group shape."""
-    counts = grid_ints(info["centroids"], grid, "centroids")
-    expected = centroid_counts(info["bits"], grid, centroid_bits)
-    if counts != expected:
-        raise ValueError(f"centroid counts {counts} disagree with bits={info['bits']} (expected {expected})")
-    return counts
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    def check_content(self) -> None:
+        for g, (packed, k) in enumerate(zip(self.index, self.counts, strict=True)):
+            if unpack_codes(packed, self.grid.group_shapes()[g][0]).max(initial=0) >= k:
+                raise ValueError(f"group {g} has a row index >= its {k} centroids")
 
 
 __all__ = ["VQConfig", "VQMatrix", "centroid_counts", "centroids_for_budget", "index_bits", "kmeans", "vq_bits"]

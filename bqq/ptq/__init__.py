@@ -1,7 +1,7 @@
 """Model PTQ: `quantize` a model's layers, calibrate, save and load (see bqq.ptq.quantize)."""
 
 from .calibrate import Calibration, calibrate
-from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, cached_weights, quantized_layers
+from .modules import QuantizedConv2d, QuantizedLinear, cached_weights, quantized_layers
 from .quantize import quantize
 from .serialize import load_quantized, save_quantized
 
@@ -9,7 +9,6 @@ __all__ = [
     "Calibration",
     "QuantizedConv2d",
     "QuantizedLinear",
-    "QuantizedWeight",
     "cached_weights",
     "calibrate",
     "load_quantized",

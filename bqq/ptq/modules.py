@@ -1,11 +1,11 @@
 """Modules whose weight is stored quantized: `QuantizedLinear`, `QuantizedConv2d`.
 
-A layer's weight (out, in) — for a convolution (out, in·kh·kw) — is a :class:`QuantizedWeight`: a
-group grid and one :class:`~bqq.quantized.QuantizedMatrix` per group. No dense floating-point copy
-is kept. Layers whose groups are all BQQ compute x·Ŵᵀ straight from the packed bits with the kernel
-for the input's device (:func:`kernels.bqq_linear`: numba on the CPU, Triton on CUDA); other methods,
-and any layer whose ``backend`` is ``"reference"``, rebuild the weight at each forward. Within
-:func:`cached_weights` every layer uses a dense cached weight instead.
+A layer's weight (out, in) — for a convolution (out, in·kh·kw) — is one grouped
+:class:`~bqq.quantized.QuantizedMatrix` (``layer.qweight``), the same object ``bqq.compress`` returns
+and ``bqq.save`` writes. No dense floating-point copy is kept. BQQ layers compute x·Ŵᵀ straight from
+the packed bits with the op :func:`bqq_kernels.bqq_linear` (numba on the CPU, Triton on CUDA); other
+methods, and any layer whose ``backend`` is ``"reference"``, rebuild the weight at each forward.
+Within :func:`cached_weights` every layer uses a dense cached weight instead.
 """
 
 from __future__ import annotations
@@ -14,93 +14,49 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import bqq_kernels
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import bqq_kernels as kernels
-
-from ..grouping import GroupGrid
 from ..methods.bqq import BQQMatrix
 from ..quantized import QuantizedMatrix
-
-
-@dataclass
-class QuantizedWeight:
-    """A weight matrix as a grid of independently quantized groups (row-major, one per group)."""
-
-    grid: GroupGrid
-    groups: list[QuantizedMatrix]
-
-    def __post_init__(self) -> None:
-        if len(self.groups) != len(self.grid):
-            raise ValueError(f"{len(self.groups)} groups for a grid of {len(self.grid)}")
-        for q, shape in zip(self.groups, self.grid.group_shapes(), strict=True):
-            if q.shape != shape:
-                raise ValueError(f"group of shape {q.shape} where the grid has {shape}")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.grid.shape
-
-    def dequantize(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
-        """The (out, in) weight, rebuilt from the packed groups."""
-        out = torch.empty(self.shape, dtype=dtype)
-        for q, (_, _, rs, cs) in zip(self.groups, self.grid.blocks(), strict=True):
-            out[rs, cs] = q.dequantize().to(dtype)
-        return out if device is None else out.to(device)
-
-    @property
-    def total_bits(self) -> int:
-        return sum(q.total_bits for q in self.groups)
-
-    @property
-    def bits_per_weight(self) -> float:
-        return self.total_bits / (self.shape[0] * self.shape[1])
-
-    @property
-    def nbytes(self) -> int:
-        return sum(q.nbytes for q in self.groups)
-
-    def kernel_layout(self) -> kernels.BQQLayout | None:
-        """The packed factors laid out for :func:`kernels.bqq_linear`; None unless every group is BQQ."""
-        if not all(isinstance(q, BQQMatrix) and len(q.grid) == 1 for q in self.groups):
-            return None
-        factors = [kernels.BQQGroupFactors(q.y[0], q.z[0], q.scales[0], float(q.offset[0])) for q in self.groups]
-        return kernels.build_layout(factors, self.grid.row_sizes, self.grid.col_sizes)
 
 
 class _QuantizedLayer(nn.Module):
     """Shared parts: the quantized weight, an optional FP bias, and the optional weight cache."""
 
-    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: QuantizedMatrix, bias: torch.Tensor | None) -> None:
         super().__init__()
+        if not isinstance(weight, QuantizedMatrix):
+            raise TypeError(f"weight must be a bqq QuantizedMatrix, got {type(weight).__name__}")
         self.qweight = weight
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.backend: str | None = None  # kernel backend (None: the device's default; "reference": dense)
         self._cache: torch.Tensor | None = None
         self._affine: list[_AffineGroup] | None = None
-        self._layout: kernels.BQQLayout | bool | None = False  # False: not built yet
+        self._layout: bqq_kernels.BQQLayout | bool | None = False  # False: not built yet
 
     def invalidate_kernel_layout(self) -> None:
         """Rebuild the kernel layout at the next forward (call after changing ``qweight``'s groups)."""
         self._layout = False
 
-    def kernel_layout(self) -> kernels.BQQLayout | None:
+    def kernel_layout(self) -> bqq_kernels.BQQLayout | None:
+        """The packed layout the kernels read (built once); None unless the weight is BQQ."""
         if self._layout is False:
-            self._layout = self.qweight.kernel_layout()
+            self._layout = self.qweight.kernel_layout() if isinstance(self.qweight, BQQMatrix) else None
         return self._layout
 
     def uses_kernel(self) -> bool:
-        """Whether forwards run the packed kernel (all groups BQQ, no dense cache or refit active)."""
+        """Whether forwards run the packed kernel (a BQQ weight, no dense cache or refit active)."""
         return (self._affine is None and self._cache is None and self.backend != "reference"
                 and self.kernel_layout() is not None)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> x Ŵᵀ + b (..., out): the packed kernel when possible, else the dense weight."""
         if self.uses_kernel():
-            return kernels.bqq_linear(x, self.kernel_layout(), self.bias, backend=self.backend)
+            return bqq_kernels.bqq_linear(x, self.kernel_layout(), self.bias, backend=self.backend)
         return F.linear(x, self.weight_matrix(x.dtype, x.device), self.bias)
 
     def weight_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -111,7 +67,7 @@ class _QuantizedLayer(nn.Module):
             if self._cache.dtype != dtype or self._cache.device != device:
                 self._cache = self._cache.to(dtype=dtype, device=device)
             return self._cache
-        return self.qweight.dequantize(dtype, device)
+        return self.qweight.dequantize(dtype).to(device)
 
     def _affine_weight(self) -> torch.Tensor:
         w = (self._cache if self._cache is not None else self.qweight.dequantize(torch.float32)).clone()
@@ -122,14 +78,13 @@ class _QuantizedLayer(nn.Module):
 
     @property
     def method(self) -> str:
-        methods = {q.method for q in self.qweight.groups}
-        return methods.pop() if len(methods) == 1 else "mixed"
+        return self.qweight.method
 
 
 class QuantizedLinear(_QuantizedLayer):
     """Drop-in for ``nn.Linear``: y = x Wᵀ + b with W rebuilt from packed groups."""
 
-    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weight: QuantizedMatrix, bias: torch.Tensor | None = None) -> None:
         super().__init__(weight, bias)
         self.out_features, self.in_features = weight.shape
 
@@ -144,7 +99,7 @@ class QuantizedLinear(_QuantizedLayer):
 class QuantizedConv2d(_QuantizedLayer):
     """Drop-in for a ``groups=1`` ``nn.Conv2d``; the (out, in, kh, kw) kernel is quantized as (out, in·kh·kw)."""
 
-    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None, *, in_channels: int,
+    def __init__(self, weight: QuantizedMatrix, bias: torch.Tensor | None, *, in_channels: int,
                  kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int] | str,
                  dilation: tuple[int, int], padding_mode: str = "zeros") -> None:
         super().__init__(weight, bias)
@@ -189,7 +144,7 @@ class QuantizedConv2d(_QuantizedLayer):
 class _AffineGroup:
     """One group as W = basis[0] + Σ_j θ_j basis[j+1], θ = θ0 (1 + δ) with δ trainable."""
 
-    group: QuantizedMatrix
+    index: int
     rows: slice
     cols: slice
     basis: torch.Tensor  # (K + 1, m_g, n_g)
@@ -197,19 +152,19 @@ class _AffineGroup:
     delta: nn.Parameter  # (K,), starts at 0
 
 
-def _affine_basis(q: QuantizedMatrix, theta: np.ndarray) -> torch.Tensor:
-    """The exact affine decomposition of q's rebuilt matrix in its scalars (the codes fixed)."""
+def _affine_basis(q: QuantizedMatrix, index: int, theta: np.ndarray) -> torch.Tensor:
+    """The exact affine decomposition of group ``index`` of q in its scalars (the codes fixed)."""
     try:
-        q.set_scalars(np.zeros_like(theta))
-        base = q._dequantize64()
+        q.set_group_scalars(index, np.zeros_like(theta))
+        base = q.dequantize_group(index)
         parts = [base]
         for j in range(theta.size):
             unit = np.zeros_like(theta)
             unit[j] = 1.0
-            q.set_scalars(unit)
-            parts.append(q._dequantize64() - base)
+            q.set_group_scalars(index, unit)
+            parts.append(q.dequantize_group(index) - base)
     finally:
-        q.set_scalars(theta)
+        q.set_group_scalars(index, theta)
     return torch.from_numpy(np.stack(parts)).float()
 
 
@@ -226,19 +181,20 @@ def trainable_scalars(model: nn.Module) -> Iterator[list[nn.Parameter]]:
     try:
         for layer in layers:
             layer._affine = []
-            for q, (_, _, rs, cs) in zip(layer.qweight.groups, layer.qweight.grid.blocks(), strict=True):
-                theta = q.scalars()
+            q = layer.qweight
+            for g, (_, _, rs, cs) in enumerate(q.grid.blocks()):
+                theta = q.group_scalars(g)
                 if theta.size == 0:
                     continue
                 delta = nn.Parameter(torch.zeros(theta.size))
-                layer._affine.append(_AffineGroup(q, rs, cs, _affine_basis(q, theta),
+                layer._affine.append(_AffineGroup(g, rs, cs, _affine_basis(q, g, theta),
                                                   torch.from_numpy(theta).float(), delta))
                 params.append(delta)
         yield params
     finally:
         for layer in layers:
             for g in layer._affine or ():
-                g.group.set_scalars((g.theta0 * (1 + g.delta.detach())).double().numpy())
+                layer.qweight.set_group_scalars(g.index, (g.theta0 * (1 + g.delta.detach())).double().numpy())
             layer._affine = None
             layer.invalidate_kernel_layout()
 
@@ -265,13 +221,3 @@ def cached_weights(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m in layers:
             m._cache = None
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put ``new`` at the qualified ``name`` inside ``model`` (same training mode); returns the old module."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    new.train(old.training)
-    setattr(parent, child, new)
-    return old

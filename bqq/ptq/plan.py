@@ -2,12 +2,13 @@
 
 Candidates are ``nn.Linear`` and ``groups=1`` ``nn.Conv2d`` layers (the ViT patch embedding is one).
 ``include`` / ``exclude`` are fnmatch patterns over module names; ``overrides`` maps a pattern to
-settings (``bits``, ``method``, ``group_size``, ``rank_scale`` or method options) applied, in order,
-to the layers it matches. Norms, biases, class/position tokens are never quantized.
+settings (``bits``, ``method``, ``group_size`` or method options such as ``rank_scale``) applied, in
+order, to the layers it matches. Norms, biases, class/position tokens are never quantized.
 
-Default groups follow the paper: square groups of the model width (``embed_dim``: 384 for DeiT-S,
-768 for DeiT-B, 96 for Swin-T), 100×96 groups for the classification head, and 384×384 when the
-model has no ``embed_dim``.
+``group_size`` means what it means in :func:`bqq.compress` (None: one group per layer; an int or
+(rows, cols)), plus ``"paper"`` (the default of :func:`bqq.quantize`): square groups of the model width
+(``embed_dim``: 384 for DeiT-S, 768 for DeiT-B, 96 for Swin-T), 100×96 groups for the classification
+head, and 384×384 when the model has no ``embed_dim``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 
 from torch import nn
 
+from ..common import as_patterns, matches_any
 from ..grouping import parse_group_shape
 
 HEAD_GROUP = (100, 96)
 FALLBACK_GROUP = (384, 384)
-_SETTING_KEYS = ("bits", "method", "group_size", "rank_scale")
+PAPER_GROUPS = "paper"
+_SETTING_KEYS = ("bits", "method", "group_size")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,10 @@ class LayerPlan:
     method: str
     bits: float
     group_shape: tuple[int, int]
-    rank_scale: float = 1.0
-    opts: dict[str, Any] = field(default_factory=dict)
+    opts: dict[str, Any] = field(default_factory=dict)  # fields of the method's config
 
 
-def plan_layers(model: nn.Module, *, bits: float, method: str, group_size, rank_scale: float,
+def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
                 include: Sequence[str] | str | None, exclude: Sequence[str] | str | None,
                 overrides: Mapping[str, Mapping[str, Any]] | None, opts: Mapping[str, Any]) -> list[LayerPlan]:
     """The layers of ``model`` to quantize, in module order."""
@@ -59,8 +61,7 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size, rank_
         if kind is None or (include and not matches_any(name, include)) or matches_any(name, exclude):
             continue
         shape = (module.weight.shape[0], module.weight[0].numel())
-        plan = LayerPlan(name, kind, shape, method, bits, _default_group(model, name, shape, group_size),
-                         rank_scale, dict(opts))
+        plan = LayerPlan(name, kind, shape, method, bits, _group_shape(model, name, shape, group_size), dict(opts))
         for pattern, settings in overrides.items():
             if fnmatch.fnmatchcase(name, pattern):
                 matched.add(pattern)
@@ -91,8 +92,8 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
-def _default_group(model: nn.Module, name: str, shape: tuple[int, int], group_size) -> tuple[int, int]:
-    if group_size is not None:
+def _group_shape(model: nn.Module, name: str, shape: tuple[int, int], group_size) -> tuple[int, int]:
+    if not (isinstance(group_size, str) and group_size == PAPER_GROUPS):
         return parse_group_shape(group_size, shape)
     if name == classifier_name(model):
         return parse_group_shape(HEAD_GROUP, shape)
@@ -105,22 +106,8 @@ def _default_group(model: nn.Module, name: str, shape: tuple[int, int], group_si
 def _apply(plan: LayerPlan, settings: Mapping[str, Any]) -> LayerPlan:
     changes = {k: v for k, v in settings.items() if k in _SETTING_KEYS and k != "group_size"}
     if "group_size" in settings:
-        changes["group_shape"] = parse_group_shape(settings["group_size"], plan.shape)
+        changes["group_shape"] = parse_group_shape(settings["group_size"], plan.shape)  # "paper" is global only
     opts = {**plan.opts, **{k: v for k, v in settings.items() if k not in _SETTING_KEYS}}
     if "method" in changes and changes["method"] != plan.method:
         opts = {k: v for k, v in settings.items() if k not in _SETTING_KEYS}  # options are per method
     return replace(plan, opts=opts, **changes)
-
-
-def as_patterns(value, label: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueError(f"{label} must be a pattern or a list of fnmatch patterns, got {value!r}")
-
-
-def matches_any(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

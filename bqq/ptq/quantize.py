@@ -11,13 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import check_bits, make_config
+from ..api import method_config
+from ..common import replace_module
 from ..grouping import GroupGrid
 from ..methods import get_method
+from ..quantized import QuantizedMatrix
 from .calibrate import Calibration, calibrate
-from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, replace_module
-from .plan import LayerPlan, plan_layers
-from .runner import GroupJob, group_seed, run_jobs
+from .modules import QuantizedConv2d, QuantizedLinear
+from .plan import PAPER_GROUPS, LayerPlan, plan_layers
+from .runner import GroupJob, layer_seed, run_jobs
 
 
 def quantize(
@@ -25,14 +27,13 @@ def quantize(
     bits: float = 2,
     *,
     method: str = "bqq",
-    group_size: int | Sequence[int] | None = None,
+    group_size: int | Sequence[int] | str | None = PAPER_GROUPS,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     calibration: Calibration | Iterable[Any] | None = None,
     workers: int | cf.Executor | None = None,
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
-    rank_scale: float = 1.0,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool | None = None,
     **opts: Any,
@@ -41,25 +42,29 @@ def quantize(
 
     Every ``nn.Linear`` and ``groups=1`` ``nn.Conv2d`` (the ViT patch embedding) whose name passes
     ``include``/``exclude`` (fnmatch patterns) becomes a :class:`QuantizedLinear` /
-    :class:`QuantizedConv2d`; biases, norms and tokens stay in floating point.
+    :class:`QuantizedConv2d` holding one grouped :class:`~bqq.quantized.QuantizedMatrix`; biases, norms
+    and tokens stay in floating point. Layer ``name``'s weight equals
+    ``bqq.compress(W, bits, method=..., group_size=..., seed=bqq.ptq.runner.layer_seed(seed, name))``.
 
     Args:
-        bits, method, rank_scale, **opts: as in :func:`bqq.compress`, for every layer.
-        group_size: None: the paper's grouping (``embed_dim`` squares, 100×96 for the head).
+        bits, method, **opts: as in :func:`bqq.compress`, for every layer (``opts`` are fields of the
+            method's config, e.g. ``rank_scale=1.5`` or ``sweeps=600`` for BQQ).
+        group_size: as in :func:`bqq.compress` (None: one group per layer), or ``"paper"`` (default):
+            ``embed_dim`` squares, 100×96 for the classifier head, 384×384 without ``embed_dim``.
         overrides: fnmatch pattern -> settings for the layers it matches, e.g. ``{"head": {"bits": 4}}``.
         calibration: None for data-free PTQ; a DataLoader (or :class:`Calibration`) for calibrated PTQ
             (c-BQQ): biases and norms are then tuned to match the original model's outputs.
         workers: None (this process), a number of local processes, or a ``concurrent.futures.Executor``.
         cache_dir: persist each finished group; a rerun with the same arguments resumes.
-        seed: the seed of every group derives from it, the layer name and the group index.
+        seed: every layer's seed derives from it and the layer name.
         progress: tqdm bar over groups (None: only on a terminal).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration(calibration)
-    plans = plan_layers(model, bits=bits, method=method, group_size=group_size, rank_scale=rank_scale,
-                        include=include, exclude=exclude, overrides=overrides, opts=opts)
+    plans = plan_layers(model, bits=bits, method=method, group_size=group_size, include=include, exclude=exclude,
+                        overrides=overrides, opts=opts)
     for plan in plans:
         _validate(plan)
     teacher = copy.deepcopy(model) if calibration is not None else None
@@ -67,11 +72,12 @@ def quantize(
     jobs, grids = [], {}
     for plan in plans:
         grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
-        jobs += _group_jobs(plan, modules[plan.name].weight, grid, seed)
+        jobs += _group_jobs(plan, modules[plan.name].weight, grid, layer_seed(seed, plan.name))
     results = iter(run_jobs(jobs, workers=workers, cache_dir=cache_dir, progress=progress))
     for plan in plans:
         grid = grids[plan.name]
-        weight = QuantizedWeight(grid, [next(results) for _ in range(len(grid))])
+        groups = [next(results) for _ in range(len(grid))]
+        weight = get_method(plan.method).from_groups(grid, groups)
         _replace(model, plan.name, _quantized_module(modules[plan.name], weight))
     if teacher is not None:
         calibrate(model, teacher, calibration, progress=progress)
@@ -81,12 +87,7 @@ def quantize(
 def _validate(plan: LayerPlan) -> None:
     """Fail before any work starts, naming the layer."""
     try:
-        cls = get_method(plan.method)
-        check_bits(cls, plan.bits)
-        opts = {**plan.opts, "rank_scale": plan.rank_scale} if plan.method == "bqq" else plan.opts
-        if plan.method != "bqq" and plan.rank_scale != 1.0:
-            raise ValueError(f"rank_scale applies to method='bqq' only, not {plan.method!r}")
-        make_config(cls, dict(opts))
+        method_config(plan.method, plan.bits, plan.opts)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"layer {plan.name!r}: {exc}") from exc
 
@@ -99,12 +100,11 @@ def _group_jobs(plan: LayerPlan, weight: torch.Tensor, grid: GroupGrid, seed: in
     if w.dtype in (torch.float16, torch.bfloat16):
         w = w.float()  # exact; numpy has no bfloat16
     array = w.numpy()
-    return [GroupJob(plan.name, i, array[rs, cs].copy(), dtype, plan.method, plan.bits, plan.rank_scale,
-                     group_seed(seed, plan.name, i), dict(plan.opts))
+    return [GroupJob(plan.name, i, array[rs, cs].copy(), dtype, plan.method, plan.bits, seed, dict(plan.opts))
             for i, (_, _, rs, cs) in enumerate(grid.blocks())]
 
 
-def _quantized_module(module: nn.Module, weight: QuantizedWeight) -> nn.Module:
+def _quantized_module(module: nn.Module, weight: QuantizedMatrix) -> nn.Module:
     if isinstance(module, nn.Linear):
         return QuantizedLinear(weight, module.bias)
     return QuantizedConv2d(weight, module.bias, **QuantizedConv2d.conv_args(module))

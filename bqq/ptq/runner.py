@@ -1,8 +1,9 @@
 """Solving the groups of many layers: in-process, in local processes, or on any Executor; resumable.
 
-Every group of every layer is one job. Jobs are independent (each has its own seed, derived from the
-run seed, the layer name and the group index), so they can run anywhere and in any order with
-identical results. With a cache folder each finished group is written atomically as its own packed
+Every group of every layer is one job. Jobs are independent (group g of a layer draws its randomness
+from (layer seed, g), the layer seed from the run seed and the layer name), so they can run anywhere
+and in any order, and the assembled layer equals ``bqq.compress(weight, group_size=..., seed=layer
+seed)`` bit for bit. With a cache folder each finished group is written atomically as its own packed
 file named by a hash of everything that determines it; a rerun loads those and solves the rest.
 """
 
@@ -21,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ..api import compress
+from ..api import method_config, solve
+from ..common import as_float_matrix, progress_bar
 from ..format import FormatError
+from ..grouping import GroupGrid
 from ..io import load, save
-from ..quantized import QuantizedMatrix, progress_bar
+from ..quantized import QuantizedMatrix
 from ..version import __version__
 
 
@@ -33,36 +36,37 @@ class GroupJob:
     """One group of one layer: the data and every setting that determines its codes."""
 
     layer: str
-    index: int
+    index: int  # the group's row-major index in its layer's grid
     matrix: np.ndarray  # (m_g, n_g) in the weight's own dtype (float16 is upcast to float32)
     dtype: str
     method: str
     bits: float
-    rank_scale: float
-    seed: int
-    opts: dict[str, Any] = field(default_factory=dict)
+    seed: int  # the layer's seed (:func:`layer_seed`)
+    opts: dict[str, Any] = field(default_factory=dict)  # fields of the method's config
 
     def key(self) -> str:
         """Hash of the group's values and settings: the cache file name."""
         h = hashlib.sha256()
-        settings = [__version__, self.layer, self.index, self.dtype, self.method, self.bits, self.rank_scale,
-                    self.seed, sorted(self.opts.items()), self.matrix.shape, self.matrix.dtype.str]
+        settings = [__version__, self.layer, self.index, self.dtype, self.method, self.bits, self.seed,
+                    sorted(self.opts.items()), self.matrix.shape, self.matrix.dtype.str]
         h.update(json.dumps(settings, default=str).encode())
         h.update(np.ascontiguousarray(self.matrix).tobytes())
         return h.hexdigest()
 
 
-def group_seed(seed: int, layer: str, index: int) -> int:
-    """A 63-bit seed for one group, independent of scheduling and of the other layers."""
-    digest = hashlib.sha256(f"{seed}/{layer}/{index}".encode()).digest()
+def layer_seed(seed: int, layer: str) -> int:
+    """A 63-bit seed for one layer, independent of scheduling and of the other layers."""
+    digest = hashlib.sha256(f"{seed}/{layer}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 def solve_group(job: GroupJob) -> QuantizedMatrix:
-    """Compress one group (runs in workers; module-level so every executor can pickle it)."""
-    extra = {"rank_scale": job.rank_scale} if job.method == "bqq" else {}
-    q = compress(job.matrix, job.bits, method=job.method, seed=job.seed, progress=False, **extra, **job.opts)
-    q.release_source()
+    """Compress one group as group ``job.index`` of its layer (runs in workers; module-level so every
+    executor can pickle it). Returns a single-group matrix for :meth:`QuantizedMatrix.from_groups`."""
+    cls, config = method_config(job.method, job.bits, job.opts)
+    array, _ = as_float_matrix(job.matrix)
+    grid = GroupGrid.build(array.shape, array.shape)
+    q = solve(cls, array, grid, job.bits, job.seed, config, progress=False, first_group=job.index)
     q.dtype = job.dtype
     return q
 
@@ -161,7 +165,8 @@ def _load_cached(cache: Path, job: GroupJob) -> QuantizedMatrix | None:
     except (FormatError, OSError) as exc:
         warnings.warn(f"ignoring unreadable cache file {path} ({exc}); solving the group again", stacklevel=3)
         return None
-    if not isinstance(q, QuantizedMatrix) or q.shape != job.matrix.shape or q.method != job.method:
+    if not isinstance(q, QuantizedMatrix) or q.shape != job.matrix.shape or q.method != job.method \
+            or q.seed != job.seed:
         warnings.warn(f"ignoring cache file {path}: it does not match its group", stacklevel=3)
         return None
     return q

@@ -1,9 +1,11 @@
 """`save_quantized` / `load_quantized`: a quantized model in the shared packed format, no pickle.
 
-The file holds every group of every quantized layer as a packed matrix (``"<layer>.weight.g<i>"``),
+The file holds every quantized layer's weight as one grouped packed matrix (``"<layer>.weight"``),
 the rest of the state dict as plain tensors, and in its manifest a JSON model config (layer kinds,
-shapes, group grids, convolution geometry, methods, bits, versions). The same config is written beside
-the file as ``<name>.json`` for people and tools; loading trusts only the checksummed copy inside.
+shapes, convolution geometry, methods, bits, versions). The same config is written beside the file as
+``<name>.json`` for people and tools; loading trusts only the checksummed copy inside. Model configs of
+version 1 (one single-group matrix per group, ``"<layer>.weight.g<i>"``) still load: their groups are
+assembled into one grouped matrix per layer.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..common import replace_module
 from ..format import FormatError
 from ..grouping import GroupGrid
 from ..io import Bundle, load_bundle, save_bundle
+from ..methods import get_method
+from ..quantized import QuantizedMatrix
 from ..version import __version__
-from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, quantized_layers, replace_module
+from .modules import QuantizedConv2d, QuantizedLinear, quantized_layers
 from .plan import classifier_name
 
 CONFIG_KEY = "bqq_model_config"
 CONFIG_FORMAT = "bqq.model"
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: one grouped matrix per layer; 1: one matrix per group
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike, *, model_name: str | None = None) -> Path:
@@ -41,15 +46,12 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, *, model_name: str
     config_layers = {}
     for name, module in layers.items():
         weight = module.qweight
-        for i, q in enumerate(weight.groups):
-            objects[f"{name}.weight.g{i}"] = q
+        objects[f"{name}.weight"] = weight
         config_layers[name] = {
             "kind": "conv2d" if isinstance(module, QuantizedConv2d) else "linear",
             "shape": list(weight.shape),
-            "row_sizes": list(weight.grid.row_sizes),
-            "col_sizes": list(weight.grid.col_sizes),
-            "methods": sorted({q.method for q in weight.groups}),
-            "bits": sorted({q.bits for q in weight.groups}),
+            "method": weight.method,
+            "bits": weight.bits,
             "bits_per_weight": weight.bits_per_weight,
             "bias": module.bias is not None,
             "conv": _conv_config(module) if isinstance(module, QuantizedConv2d) else None,
@@ -80,8 +82,8 @@ def load_quantized(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     modules = dict(model.named_modules())
     used = set()
     for name, layer in config["layers"].items():
-        weight = _layer_weight(bundle, name, layer, path)
-        used.update(f"{name}.weight.g{i}" for i in range(len(weight.grid)))
+        weight, keys = _layer_weight(bundle, name, layer, config["format_version"], path)
+        used.update(keys)
         module = modules.get(name)
         expected = nn.Conv2d if layer["kind"] == "conv2d" else nn.Linear
         if not isinstance(module, (expected, QuantizedLinear, QuantizedConv2d)):
@@ -116,15 +118,23 @@ def _read_config(bundle: Bundle, path) -> dict[str, Any]:
     return config
 
 
-def _layer_weight(bundle: Bundle, name: str, layer: dict[str, Any], path) -> QuantizedWeight:
+def _layer_weight(bundle: Bundle, name: str, layer: dict[str, Any], version: int, path
+                  ) -> tuple[QuantizedMatrix, list[str]]:
+    """The layer's grouped weight and the bundle keys it used (v1: its groups, assembled)."""
     try:
-        grid = GroupGrid(tuple(layer["row_sizes"]), tuple(layer["col_sizes"]))
-        if list(grid.shape) != layer["shape"]:
-            raise ValueError("group sizes do not tile the shape")
-        groups = [bundle.objects[f"{name}.weight.g{i}"] for i in range(len(grid))]
-        return QuantizedWeight(grid, groups)
+        if version >= 2:
+            key = f"{name}.weight"
+            weight, keys = bundle.objects[key], [key]
+        else:
+            grid = GroupGrid(tuple(layer["row_sizes"]), tuple(layer["col_sizes"]))
+            keys = [f"{name}.weight.g{i}" for i in range(len(grid))]
+            groups = [bundle.objects[k] for k in keys]
+            weight = get_method(groups[0].method).from_groups(grid, groups)
+        if list(weight.shape) != layer["shape"]:
+            raise ValueError(f"weight of shape {list(weight.shape)}, config says {layer['shape']}")
+        return weight, keys
     except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"{path}: layer {name!r}: inconsistent config or missing groups ({exc})") from exc
+        raise FormatError(f"{path}: layer {name!r}: inconsistent config or missing weight ({exc})") from exc
 
 
 def _conv_config(module: QuantizedConv2d) -> dict[str, Any]:

@@ -8,8 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from ..ptq.modules import replace_module
-from ..ptq.plan import as_patterns, matches_any
+from ..common import as_patterns, matches_any, replace_module
 from .freeze import FreezeConfig, layer_ratios
 from .layers import SCALES, MaskedConv2d, MaskedLayer, MaskedLinear, ThresholdGroup, masked_layers
 from .masks import coat_sparsities

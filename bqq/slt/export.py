@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..common import replace_module
 from ..format import FormatError, checked_planes, pack_bits, read_file, unpack_bits, write_file
 from ..io import plain_arrays, read_plain
-from ..ptq.modules import replace_module
 from .convert import SLTConfig
 from .layers import MaskedConv2d, MaskedLayer, MaskedLinear, ThresholdGroup, masked_layers
 from .rng import RNG_ID
