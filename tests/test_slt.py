@@ -408,3 +408,18 @@ def test_shared_weight_key_shares_weights_not_scores(tmp_path):
     plain = nn.Sequential(nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False))
     fresh = slt.load(tmp_path / "t.safetensors", plain)
     assert torch.equal(fresh(x), m(x)) and fresh[0].weight_key == "shared"
+
+
+def test_a_ticket_with_a_newer_config_version_is_refused_before_the_model_changes(tmp_path, monkeypatch):
+    from bqq.slt import export as slt_export
+
+    m = slt.convert(cnn(), method="msup", seed=0)
+    path = tmp_path / "t.safetensors"
+    monkeypatch.setattr(slt_export.SLTConfig, "VERSION", 2)  # a ticket written by a future bqq
+    slt.export(m, path)
+    monkeypatch.setattr(slt_export.SLTConfig, "VERSION", 1)
+    target = cnn()
+    before = [type(mod) for mod in target.modules()]
+    with pytest.raises(bqq.FormatError, match="version 2 is newer than this bqq reads"):
+        slt.load(path, target)
+    assert [type(mod) for mod in target.modules()] == before

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
-from ..common import as_patterns, matches_any, replace_module
+from ..common import as_patterns, config_from_dict, matches_any, replace_module
 from .freeze import FreezeConfig, layer_ratios
 from .layers import SCALES, MaskedConv2d, MaskedLayer, MaskedLinear, ThresholdGroup, masked_layers
 from .masks import coat_sparsities
@@ -30,6 +30,8 @@ class SLTConfig:
     use_abs: rank ``|score|`` (Edge-Popup, M-Sup) rather than the raw score (UGT).
     seed: the global seed; weights, scores and freezing patterns derive from (seed, layer name).
     """
+
+    VERSION: ClassVar[int] = 1  # covers the nested FreezeConfig
 
     method: str = "edge_popup"
     sparsity: float | tuple[float, ...] = 0.5
@@ -81,12 +83,14 @@ class SLTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SLTConfig:
+    def from_dict(cls, d: Mapping[str, Any], version: int = 1) -> SLTConfig:
+        """Inverse of :meth:`to_dict` for a config written with ``version``; ValueError if it is newer."""
         d = dict(d)
         freeze = d.pop("freeze", None)
         d["sparsity"] = tuple(d["sparsity"])
         d["include"], d["exclude"] = tuple(d.get("include", ())), tuple(d.get("exclude", ()))
-        return cls(freeze=FreezeConfig(**freeze) if freeze else None, **d)
+        d["freeze"] = config_from_dict(FreezeConfig, freeze, version) if freeze else None
+        return config_from_dict(cls, d, version)
 
 
 def convert(model: nn.Module, config: SLTConfig | None = None, **settings: Any) -> nn.Module:

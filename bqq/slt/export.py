@@ -54,6 +54,7 @@ def export(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[str, 
     tensors.update(plain_tensors)
     manifest = {"container": CONTAINER, "slt_version": SLT_VERSION, "rng": RNG_ID,
                 "config": config.to_dict() if isinstance(config, SLTConfig) else None,
+                "config_version": SLTConfig.VERSION,
                 "layers": specs, "plain": plain_info, "user": dict(metadata or {})}
     write_file(path, tensors, manifest)
 
@@ -73,6 +74,11 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     specs = manifest.get("layers")
     if not isinstance(specs, dict) or not specs:
         raise FormatError(f"{path}: manifest has no layers")
+    try:  # before the model is touched
+        config = SLTConfig.from_dict(manifest["config"], manifest.get("config_version", 1)) \
+            if manifest.get("config") else None
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: invalid SLT config ({exc})") from exc
     modules = dict(model.named_modules())
     group = ThresholdGroup(scope="loaded")  # fixed masks never rank; the group only skips validation
     used = set()
@@ -90,8 +96,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     if extra:
         raise FormatError(f"{path}: undeclared tensors {extra[:5]}")
     _load_plain(model, read_plain(tensors, manifest.get("plain", {}), path), path)
-    if manifest.get("config"):
-        model.slt_config = SLTConfig.from_dict(manifest["config"])
+    if config is not None:
+        model.slt_config = config
     return model
 
 

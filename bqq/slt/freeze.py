@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ LAYER_RULES = ("uniform", "erk")
 @dataclass(frozen=True)
 class FreezeConfig:
     """Freeze ``prune + lock`` of the weights: ``prune`` of them pruned (mask 0) and ``lock`` kept (mask 1)."""
+
+    VERSION: ClassVar[int] = 1
 
     prune: float = 0.0
     lock: float = 0.0
