@@ -411,13 +411,13 @@ def test_shared_weight_key_shares_weights_not_scores(tmp_path):
 
 
 def test_a_ticket_with_a_newer_config_version_is_refused_before_the_model_changes(tmp_path, monkeypatch):
-    from bqq.slt import export as slt_export
+    from bqq.slt.convert import SLTConfig
 
     m = slt.convert(cnn(), method="msup", seed=0)
     path = tmp_path / "t.safetensors"
-    monkeypatch.setattr(slt_export.SLTConfig, "VERSION", 2)  # a ticket written by a future bqq
+    monkeypatch.setattr(SLTConfig, "VERSION", 2)  # a ticket written by a future bqq
     slt.export(m, path)
-    monkeypatch.setattr(slt_export.SLTConfig, "VERSION", 1)
+    monkeypatch.setattr(SLTConfig, "VERSION", 1)
     target = cnn()
     before = [type(mod) for mod in target.modules()]
     with pytest.raises(bqq.FormatError, match="version 2 is newer than this bqq reads"):
