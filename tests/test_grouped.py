@@ -59,7 +59,7 @@ def test_quantized_layer_equals_compress_of_its_weight():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(50, 70), nn.ReLU(), nn.Linear(70, 9))
     w = model[0].weight.detach().clone()
-    bqq.quantize(model, bits=2, group_size=(32, 24), workers=None, progress=False, **FAST["bqq"])
+    bqq.quantize(model, bits=2, method="bqq", group_size=(32, 24), progress=False, **FAST["bqq"])
     ref = bqq.compress(w, 2, group_size=(32, 24), seed=layer_seed(0, "0"), **FAST["bqq"])
     got = model[0].qweight
     assert len(got.grid) == 3 * 3 and got.seed == ref.seed
@@ -88,7 +88,7 @@ def test_deit_s_shaped_model_saves_one_manifest_entry_per_layer(tmp_path):
     make = lambda: timm.create_model("deit_small_patch16_224", pretrained=False, img_size=32, depth=1,  # noqa: E731
                                      num_classes=10).eval()
     model = make()
-    bqq.quantize(model, bits=1, progress=False, sweeps=5, polish_rounds=1)
+    bqq.quantize(model, bits=1, method="bqq", progress=False, sweeps=5, polish_rounds=1)
     names = {n for n, _ in quantized_layers(model)}
     assert names == {"patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1",
                      "blocks.0.mlp.fc2", "head"}
@@ -128,7 +128,7 @@ def test_a_foreign_top_level_kernels_package_does_not_matter(tmp_path):
         from torch import nn
         import bqq
         model = nn.Sequential(nn.Linear(16, 8))
-        bqq.quantize(model, bits=1, sweeps=20, progress=False)
+        bqq.quantize(model, bits=1, method="bqq", sweeps=20, progress=False)
         assert model[0].uses_kernel()
         out = model(torch.randn(3, 16))
         assert out.shape == (3, 8) and "kernels" not in sys.modules

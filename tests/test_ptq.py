@@ -86,7 +86,7 @@ def test_default_groups_follow_the_model_width():
 
 
 def test_include_exclude_and_overrides():
-    q = bqq.quantize(tiny(), bits=2, exclude=["head", "patch"],
+    q = bqq.quantize(tiny(), bits=2, method="bqq", exclude=["head", "patch"],
                      overrides={"blocks.0.*": {"bits": 4}, "blocks.1.fc?": {"method": "uq", "bits": 3}}, **FAST)
     assert isinstance(q.head, nn.Linear) and isinstance(q.patch, nn.Conv2d)
     assert q.blocks[0].qkv.qweight.bits == 4
@@ -158,7 +158,7 @@ def _outputs(model, images):
 
 
 def test_cache_resumes_without_redoing_finished_groups(tmp_path, images, monkeypatch):
-    reference = _outputs(bqq.quantize(tiny(), bits=2, **FAST), images)
+    reference = _outputs(bqq.quantize(tiny(), bits=2, method="bqq", **FAST), images)
     calls = []
     real = ptq_runner.solve_group
 
@@ -170,19 +170,19 @@ def test_cache_resumes_without_redoing_finished_groups(tmp_path, images, monkeyp
 
     monkeypatch.setattr(ptq_runner, "solve_group", interrupted_after_five)
     with pytest.raises(KeyboardInterrupt):
-        bqq.quantize(tiny(), bits=2, cache_dir=tmp_path, **FAST)
+        bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, **FAST)
     assert len(list(tmp_path.glob("*.safetensors"))) == 5
     counted = []
     monkeypatch.setattr(ptq_runner, "solve_group", lambda job: counted.append(job) or real(job))
-    resumed = bqq.quantize(tiny(), bits=2, cache_dir=tmp_path, **FAST)
+    resumed = bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, **FAST)
     total = sum(len(m.qweight.grid) for _, m in quantized_layers(resumed))
     assert len(counted) == total - 5
     assert torch.equal(_outputs(resumed, images), reference)
     counted.clear()
-    bqq.quantize(tiny(), bits=2, cache_dir=tmp_path, **FAST)
+    bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, **FAST)
     assert counted == []  # everything cached
     counted.clear()
-    bqq.quantize(tiny(), bits=2, cache_dir=tmp_path, seed=1, **FAST)
+    bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, seed=1, **FAST)
     assert len(counted) == total  # another seed is other work
 
 
@@ -243,8 +243,9 @@ def test_calibration_tunes_only_biases_and_norms(images):
 def test_calibration_can_refit_scalars_with_binaries_fixed(tmp_path):
     fp = tiny()
     data = [(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)),) for i in range(8)]
-    plain = bqq.quantize(tiny(), bits=1, calibration=bqq.Calibration(data, epochs=4), **FAST)
-    refit = bqq.quantize(tiny(), bits=1, calibration=bqq.Calibration(data, epochs=4, refit_scales=True), **FAST)
+    plain = bqq.quantize(tiny(), bits=1, method="bqq", calibration=bqq.Calibration(data, epochs=4), **FAST)
+    refit = bqq.quantize(tiny(), bits=1, method="bqq", calibration=bqq.Calibration(data, epochs=4, refit_scales=True),
+                         **FAST)
     g_plain, g_refit = plain.blocks[0].fc1.qweight, refit.blocks[0].fc1.qweight
     assert all(torch.equal(torch.from_numpy(a), torch.from_numpy(b)) for a, b in zip(g_plain.y, g_refit.y, strict=True))
     assert not torch.equal(torch.from_numpy(g_plain.scales), torch.from_numpy(g_refit.scales))

@@ -3,6 +3,7 @@
 from .calibrate import Calibration, calibrate
 from .modules import QuantizedConv2d, QuantizedLinear, cached_weights, quantized_layers
 from .quantize import quantize
+from .report import format_report, layer_report
 from .serialize import load_quantized, save_quantized
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "QuantizedLinear",
     "cached_weights",
     "calibrate",
+    "format_report",
+    "layer_report",
     "load_quantized",
     "quantize",
     "quantized_layers",

@@ -34,6 +34,7 @@ class _QuantizedLayer(nn.Module):
         self.qweight = weight
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.backend: str | None = None  # kernel backend (None: the device's default; "reference": dense)
+        self.selection: dict | None = None  # what bqq.quantize measured (see bqq.ptq.report)
         self._cache: torch.Tensor | None = None
         self._affine: list[_AffineGroup] | None = None
         self._layout: bqq_kernels.BQQLayout | bool | None = False  # False: not built yet

@@ -26,6 +26,13 @@ from ..grouping import parse_group_shape
 HEAD_GROUP = (100, 96)
 FALLBACK_GROUP = (384, 384)
 PAPER_GROUPS = "paper"
+AUTO = "auto"  # per layer, the candidate with the lowest weight error (bqq.ptq.quantize.CANDIDATES)
+# Convolutions with at most this many inputs per output (in·kh·kw) get channel-wise UQ under "auto",
+# as the paper gives Swin-T's 48-input patch embedding. With n inputs BQQ's inner dimension
+# l = mn/(m+n) < n, and its 3p+1 scalars are shared by the whole group: a per-output-channel first-order
+# code (each of the m rows gets its own zero point and step) fits such a layer better. 64 covers 4x4
+# patches of up to 4 channels and 8x8 patches of one, and leaves every 16x16 ViT patch embedding (768) alone.
+FEW_INPUTS = 64
 _SETTING_KEYS = ("bits", "method", "group_size")
 
 
@@ -62,10 +69,15 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
             continue
         shape = (module.weight.shape[0], module.weight[0].numel())
         plan = LayerPlan(name, kind, shape, method, bits, _group_shape(model, name, shape, group_size), dict(opts))
+        grouped_by_user = False
         for pattern, settings in overrides.items():
             if fnmatch.fnmatchcase(name, pattern):
                 matched.add(pattern)
                 plan = _apply(plan, settings)
+                grouped_by_user |= "group_size" in settings
+        if plan.method == AUTO and kind == "conv2d" and shape[1] <= FEW_INPUTS:  # the patch-embedding rule
+            plan = replace(plan, method="uq", opts={},
+                           group_shape=plan.group_shape if grouped_by_user else (1, shape[1]))
         plans.append(plan)
     unused = sorted(set(overrides) - matched)
     if unused:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,15 +20,21 @@ from ..methods import get_method
 from ..quantized import QuantizedMatrix
 from .calibrate import Calibration, calibrate
 from .modules import QuantizedConv2d, QuantizedLinear
-from .plan import PAPER_GROUPS, LayerPlan, plan_layers
+from .plan import AUTO, PAPER_GROUPS, LayerPlan, plan_layers
+from .report import format_report, layer_report
 from .runner import GroupJob, layer_seed, run_jobs
+
+# The methods "auto" chooses among, in order of preference on equal error: BQQ and the first-order
+# codes it claims to beat, all at the same bits (stacks / code width).
+CANDIDATES = ("bqq", "uq", "bcq")
+log = logging.getLogger("bqq")
 
 
 def quantize(
     model: nn.Module,
     bits: float = 2,
     *,
-    method: str = "bqq",
+    method: str = AUTO,
     group_size: int | Sequence[int] | str | None = PAPER_GROUPS,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
@@ -49,6 +57,11 @@ def quantize(
     Args:
         bits, method, **opts: as in :func:`bqq.compress`, for every layer (``opts`` are fields of the
             method's config, e.g. ``rank_scale=1.5`` or ``sweeps=600`` for BQQ).
+        method: a registered method, or ``"auto"`` (default): per layer, whichever of BQQ (``bits``
+            stacks), UQ and BCQ (``bits``-bit codes) has the lowest relative weight error, so no layer
+            is worse than the first-order codes BQQ is compared with; ``opts`` go to BQQ. Under
+            ``"auto"`` convolutions with at most 64 inputs per output (small patch embeddings) get
+            channel-wise UQ, the paper's rule (:data:`bqq.ptq.plan.FEW_INPUTS`); ``overrides`` win.
         group_size: as in :func:`bqq.compress` (None: one group per layer), or ``"paper"`` (default):
             ``embed_dim`` squares, 100×96 for the classifier head, 384×384 without ``embed_dim``.
         overrides: fnmatch pattern -> settings for the layers it matches, e.g. ``{"head": {"bits": 4}}``.
@@ -69,38 +82,65 @@ def quantize(
         _validate(plan)
     teacher = copy.deepcopy(model) if calibration is not None else None
     modules = dict(model.named_modules())
-    jobs, grids = [], {}
+    jobs, grids, weights = [], {}, {}
     for plan in plans:
         grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
-        jobs += _group_jobs(plan, modules[plan.name].weight, grid, layer_seed(seed, plan.name))
+        weights[plan.name], dtype = _weight_matrix(plan, modules[plan.name].weight)
+        for method, opts in candidates(plan).items():
+            jobs += _group_jobs(plan, weights[plan.name], dtype, method, opts, grid, layer_seed(seed, plan.name))
     results = iter(run_jobs(jobs, workers=workers, cache_dir=cache_dir, progress=progress))
     for plan in plans:
         grid = grids[plan.name]
-        groups = [next(results) for _ in range(len(grid))]
-        weight = get_method(plan.method).from_groups(grid, groups)
-        _replace(model, plan.name, _quantized_module(modules[plan.name], weight))
+        solved = {method: get_method(method).from_groups(grid, [next(results) for _ in range(len(grid))])
+                  for method in candidates(plan)}
+        errors = {method: relative_error(weights[plan.name], q) for method, q in solved.items()}
+        best = min(errors, key=errors.get)  # the first of equal ones: candidates are in preference order
+        layer = _quantized_module(modules[plan.name], solved[best])
+        layer.selection = {"rel_error": errors[best], "candidates": errors if len(errors) > 1 else {}}
+        _replace(model, plan.name, layer)
     if teacher is not None:
         calibrate(model, teacher, calibration, progress=progress)
+    log.info("bqq.quantize: %d layers\n%s", len(plans), format_report(layer_report(model)))
     return model
+
+
+def candidates(plan: LayerPlan) -> dict[str, dict[str, Any]]:
+    """The methods to solve for a layer, with their options (method -> opts)."""
+    if plan.method != AUTO:
+        return {plan.method: plan.opts}
+    return {method: plan.opts if method == "bqq" else {} for method in CANDIDATES}
+
+
+def relative_error(w: np.ndarray, q: QuantizedMatrix) -> float:
+    """‖W − Ŵ‖_F / ‖W‖_F in float64 (0 for an all-zero W rebuilt exactly)."""
+    norm = float(np.linalg.norm(w))
+    diff = float(np.linalg.norm(w - q._dequantize64()))
+    return diff / norm if norm > 0 else diff
 
 
 def _validate(plan: LayerPlan) -> None:
     """Fail before any work starts, naming the layer."""
     try:
-        method_config(plan.method, plan.bits, plan.opts)
+        for method, opts in candidates(plan).items():
+            method_config(method, plan.bits, opts)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"layer {plan.name!r}: {exc}") from exc
 
 
-def _group_jobs(plan: LayerPlan, weight: torch.Tensor, grid: GroupGrid, seed: int) -> list[GroupJob]:
+def _weight_matrix(plan: LayerPlan, weight: torch.Tensor) -> tuple[np.ndarray, str]:
+    """The layer's weight as an (out, in·kh·kw) numpy matrix (float32, or float64) and its dtype name."""
     w = weight.detach().reshape(plan.shape[0], -1).cpu()
     if not w.is_floating_point() or not torch.isfinite(w).all():
         raise ValueError(f"layer {plan.name!r}: weight must be floating point and finite")
     dtype = str(w.dtype).removeprefix("torch.")
     if w.dtype in (torch.float16, torch.bfloat16):
         w = w.float()  # exact; numpy has no bfloat16
-    array = w.numpy()
-    return [GroupJob(plan.name, i, array[rs, cs].copy(), dtype, plan.method, plan.bits, seed, dict(plan.opts))
+    return w.numpy(), dtype
+
+
+def _group_jobs(plan: LayerPlan, w: np.ndarray, dtype: str, method: str, opts: dict[str, Any], grid: GroupGrid,
+                seed: int) -> list[GroupJob]:
+    return [GroupJob(plan.name, i, w[rs, cs].copy(), dtype, method, plan.bits, seed, dict(opts))
             for i, (_, _, rs, cs) in enumerate(grid.blocks())]
 
 

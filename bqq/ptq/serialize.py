@@ -53,6 +53,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, *, model_name: str
             "method": weight.method,
             "bits": weight.bits,
             "bits_per_weight": weight.bits_per_weight,
+            "selection": module.selection,
             "bias": module.bias is not None,
             "conv": _conv_config(module) if isinstance(module, QuantizedConv2d) else None,
         }
@@ -92,6 +93,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         bias = torch.zeros(weight.shape[0]) if layer["bias"] else None
         new = (QuantizedConv2d(weight, bias, **_conv_args(layer["conv"])) if layer["kind"] == "conv2d"
                else QuantizedLinear(weight, bias))
+        new.selection = layer.get("selection")
         replace_module(model, name, new)
     extra = sorted(set(bundle.objects) - used)
     if extra:
