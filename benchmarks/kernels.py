@@ -2,12 +2,13 @@
 
     python -m benchmarks.kernels [--quick] [--repeats 7] [--out DIR]
 
-Layer op: a 2* BQQ layer (two stacks, 384×384 groups as in the paper's DeiT-S setting, random bits:
-the kernel's work does not depend on their values) against ``torch.nn.functional.linear`` with an fp32
-weight of the same shape, for weights 384×384, 1536×384 (fc1), 384×1536 (fc2) and 4096×4096, on 1, 8,
-197 and 64×197 tokens. Each case alternates the two calls and reports medians and the ratio
-bqq / dense (< 1: the packed kernel is faster). Targets (issue 7): faster than dense at 1 token, within
-2× of dense at 197 tokens.
+Layer op: ``bqq_kernels.bqq_linear`` (through the torch op ``bqq::linear``, so every call pays torch's
+dispatch, as a model's does) on a 2* BQQ layer (two stacks, 384×384 groups as in the paper's DeiT-S
+setting, random bits: the kernel's work does not depend on their values) against
+``torch.nn.functional.linear`` with an fp32 weight of the same shape, for weights 384×384, 1536×384
+(fc1), 384×1536 (fc2) and 4096×4096, on 1, 8, 197 and 64×197 tokens. Each case alternates the two calls
+and reports medians and the ratio bqq / dense (< 1: the packed kernel is faster). Targets (issue 7):
+faster than dense at 1 token, within 2× of dense at 197 tokens.
 
 End to end: a DeiT-S (timm ``deit_small_patch16_224``, random init) quantized to 2* BQQ with the paper's
 grouping (the solver is cut to one sweep: latency does not depend on the codes) against the fp32

@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from bqq_kernels.cpu import gram, row_sweep, spectral_norm
 from threadpoolctl import threadpool_limits
+
+from bqq_kernels.cpu import gram, row_sweep, spectral_norm
 
 POWER_ITERATIONS = 30
 

@@ -4,18 +4,20 @@
   (multithreaded, deterministic: every output element is computed by one thread in a fixed order, so
   results do not depend on the thread count).
 * ``kernels.gpu``: Triton kernels, imported lazily (triton is optional).
-* :func:`bqq_linear`: the BQQ layer op x·Ŵᵀ + b straight from packed bits, dispatched by device
-  (:mod:`kernels.dispatch`), on the layout of :mod:`kernels.layout`; :mod:`kernels.reference` is
-  the dense fallback and ground truth.
+* :func:`bqq_linear`: the BQQ layer x·Ŵᵀ + b straight from packed bits, through the torch op
+  ``bqq::linear`` (:mod:`kernels.ops`: schema, shape rule, gradient; so ``torch.compile`` sees it),
+  whose kernel is picked per device (:mod:`kernels.dispatch`), on the layout of :mod:`kernels.layout`;
+  :mod:`kernels.reference` is the dense fallback and ground truth (op ``bqq::dequantize``).
 """
 
 from .dispatch import backends, bqq_linear, default_backend, register_backend, set_default_backend
-from .layout import BQQGroupFactors, BQQLayout, build_layout
-from .reference import dequantize_layout
+from .layout import BQQGroupFactors, BQQLayout, LayoutTensors, build_layout
+from .ops import dequantize_layout
 
 __all__ = [
     "BQQGroupFactors",
     "BQQLayout",
+    "LayoutTensors",
     "backends",
     "bqq_linear",
     "build_layout",

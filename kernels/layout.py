@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,17 +42,9 @@ class BQQGroupFactors:
     offset: float
 
 
-@dataclass
-class BQQLayout:
-    """Padded, kernel-ready arrays of one layer (all torch tensors on ``device``).
+class LayoutTensors(NamedTuple):
+    """The tensors of a :class:`BQQLayout` in the order the ``bqq::`` ops take them (shapes there)."""
 
-    z: uint8 (R, C, P, Lmax, NB); y: uint8 (R, C, P, Mmax, LB), where NB and LB are ceil(Nmax/8) and
-    ceil(Lmax/8) rounded up to even numbers (zero pad bytes);
-    r, t: float32 (R, C, P); rowterm: float32 (R, C, Mmax);
-    row_start, row_size: int32 (R,); col_start, col_size: int32 (C,); rank: int32 (R, C).
-    """
-
-    shape: tuple[int, int]
     z: torch.Tensor
     y: torch.Tensor
     r: torch.Tensor
@@ -62,7 +55,27 @@ class BQQLayout:
     col_start: torch.Tensor
     col_size: torch.Tensor
     rank: torch.Tensor
+
+
+@dataclass
+class BQQLayout:
+    """Padded, kernel-ready arrays of one layer (all torch tensors on ``device``); ``layout.z`` etc. read
+    the fields of ``tensors``:
+
+    z: uint8 (R, C, P, Lmax, NB); y: uint8 (R, C, P, Mmax, LB), where NB and LB are ceil(Nmax/8) and
+    ceil(Lmax/8) rounded up to even numbers (zero pad bytes);
+    r, t: float32 (R, C, P); rowterm: float32 (R, C, Mmax);
+    row_start, row_size: int32 (R,); col_start, col_size: int32 (C,); rank: int32 (R, C).
+    """
+
+    shape: tuple[int, int]
+    tensors: LayoutTensors  # in the ops' argument order
     _on_device: dict = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        if name in LayoutTensors._fields and "tensors" in self.__dict__:
+            return getattr(self.tensors, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def device(self) -> torch.device:
@@ -84,16 +97,12 @@ class BQQLayout:
             return self
         key = str(device)
         if key not in self._on_device:
-            moved = {name: getattr(self, name).to(device) for name in _TENSORS}
-            self._on_device[key] = BQQLayout(self.shape, **moved)
+            self._on_device[key] = BQQLayout(self.shape, LayoutTensors(*(t.to(device) for t in self.tensors)))
         return self._on_device[key]
 
 
 def _even(k: int) -> int:
     return k + (k % 2)
-
-
-_TENSORS = ("z", "y", "r", "t", "rowterm", "row_start", "row_size", "col_start", "col_size", "rank")
 
 
 def build_layout(groups: Sequence[BQQGroupFactors], row_sizes: Sequence[int], col_sizes: Sequence[int]
@@ -125,9 +134,7 @@ def build_layout(groups: Sequence[BQQGroupFactors], row_sizes: Sequence[int], co
         rowterm[a, b, :m] = (g.scales[:, 1].astype(np.float64)[:, None] * counts).sum(axis=0) + float(g.offset)
     starts = lambda sizes: np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)  # noqa: E731
     t = torch.from_numpy
-    return BQQLayout(
-        shape=(int(sum(row_sizes)), int(sum(col_sizes))), z=t(z), y=t(y),
-        r=t(np.ascontiguousarray(scal[..., 0])),
-        t=t(np.ascontiguousarray(scal[..., 2])), rowterm=t(rowterm),
-        row_start=t(starts(row_sizes)), row_size=t(np.asarray(row_sizes, np.int32)),
-        col_start=t(starts(col_sizes)), col_size=t(np.asarray(col_sizes, np.int32)), rank=t(ranks))
+    return BQQLayout((int(sum(row_sizes)), int(sum(col_sizes))), LayoutTensors(
+        z=t(z), y=t(y), r=t(np.ascontiguousarray(scal[..., 0])), t=t(np.ascontiguousarray(scal[..., 2])),
+        rowterm=t(rowterm), row_start=t(starts(row_sizes)), row_size=t(np.asarray(row_sizes, np.int32)),
+        col_start=t(starts(col_sizes)), col_size=t(np.asarray(col_sizes, np.int32)), rank=t(ranks)))

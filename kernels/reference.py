@@ -1,14 +1,17 @@
-"""The reference path: rebuild W from a :class:`~kernels.layout.BQQLayout` and call a dense matmul.
+"""The reference path: rebuild W from the layout tensors and call a dense matmul.
 
 It is the fallback on devices without a kernel, the backward pass of every kernel (gradients with
-respect to the input need Wᵀ), and the ground truth the kernel tests compare against.
+respect to the input need W), and the ground truth the kernel tests compare against. These are the
+eager implementations of the ops ``bqq::dequantize`` and ``bqq::linear(backend="reference")``
+(:mod:`kernels.ops`); they read group sizes as Python ints, so traced code reaches them only through
+the ops.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .layout import BQQLayout
+from .layout import LayoutTensors
 
 
 def unpack_little(packed: torch.Tensor, count: int) -> torch.Tensor:
@@ -22,25 +25,22 @@ def unpack_little(packed: torch.Tensor, count: int) -> torch.Tensor:
     return bits.reshape(*packed.shape[:-1], -1)[..., :count].float()
 
 
-def dequantize_layout(layout: BQQLayout, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The (M, N) weight the layout encodes (computed in float64, returned in ``dtype``)."""
-    out = torch.empty(layout.shape, dtype=torch.float64, device=layout.device)
-    rows, cols = layout.rank.shape
-    rs, cs = layout.row_start.tolist(), layout.col_start.tolist()
-    rn, cn = layout.row_size.tolist(), layout.col_size.tolist()
-    for a in range(rows):
-        for b in range(cols):
-            m, n, l = rn[a], cn[b], int(layout.rank[a, b])
-            y = unpack_little(layout.y[a, b, :, :m], l).double()  # (P, m, l)
-            z = unpack_little(layout.z[a, b, :, :l], n).double()  # (P, l, n)
-            r, t = layout.r[a, b].double(), layout.t[a, b].double()
-            w = torch.einsum("p,pml,pln->mn", r, y, z)
-            w += layout.rowterm[a, b, :m].double()[:, None]
-            w += torch.einsum("p,pn->n", t, z.sum(1))[None, :]
-            out[rs[a]:rs[a] + m, cs[b]:cs[b] + n] = w
+def dequantize(w: LayoutTensors, out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (M, N) = (out_features, in_features) weight of ``w`` (computed in float64, returned in ``dtype``)."""
+    out = torch.empty(out_features, in_features, dtype=torch.float64, device=w.z.device)
+    rs, cs = w.row_start.tolist(), w.col_start.tolist()
+    rn, cn = w.row_size.tolist(), w.col_size.tolist()
+    for a, b in ((a, b) for a in range(len(rn)) for b in range(len(cn))):
+        m, n, l = rn[a], cn[b], int(w.rank[a, b])
+        y = unpack_little(w.y[a, b, :, :m], l).double()  # (P, m, l)
+        z = unpack_little(w.z[a, b, :, :l], n).double()  # (P, l, n)
+        block = torch.einsum("p,pml,pln->mn", w.r[a, b].double(), y, z)
+        block += w.rowterm[a, b, :m].double()[:, None]
+        block += torch.einsum("p,pn->n", w.t[a, b].double(), z.sum(1))[None, :]
+        out[rs[a]:rs[a] + m, cs[b]:cs[b] + n] = block
     return out.to(dtype)
 
 
-def bqq_linear_reference(x: torch.Tensor, layout: BQQLayout) -> torch.Tensor:
-    """x (..., N) -> x Wᵀ (..., M) through the dense weight (in x's dtype)."""
-    return torch.nn.functional.linear(x, dequantize_layout(layout.to(x.device), x.dtype))
+def linear_reference(x: torch.Tensor, w: LayoutTensors, out_features: int) -> torch.Tensor:
+    """x (..., N) -> x Wᵀ (..., M) through the dense weight, in x's dtype (w on x's device)."""
+    return torch.nn.functional.linear(x, dequantize(w, out_features, x.shape[-1], x.dtype))

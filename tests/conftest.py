@@ -2,7 +2,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Without a GPU the Triton kernels run in Triton's interpreter (read when kernels are defined, so set
-# it before anything imports kernels.gpu).
+# it before anything imports bqq_kernels.gpu). With one they are compiled and take CUDA tensors only:
+# tests ask bqq_kernels.gpu.interpreted() before running them on CPU tensors.
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

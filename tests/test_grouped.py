@@ -138,3 +138,18 @@ def test_a_foreign_top_level_kernels_package_does_not_matter(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_torch_compile_of_a_quantized_vit_equals_eager():
+    from bqq.compat import import_timm
+
+    timm = import_timm()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              num_classes=7).eval()
+    bqq.quantize(model, bits=2, method="bqq", progress=False, sweeps=10, polish_rounds=1)
+    assert all(layer.uses_kernel() for _, layer in quantized_layers(model))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,9 @@
 """Kernels: x·Ŵᵀ from packed BQQ factors (numba CPU, Triton GPU / interpreter) against the dense reference."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -13,42 +16,51 @@ import bqq_kernels as kernels
 from bqq.format import pack_bits
 from bqq.grouping import GroupGrid
 from bqq.methods.bqq import BQQConfig, BQQMatrix, inner_dim
-from bqq.ptq import QuantizedConv2d, QuantizedLinear, QuantizedWeight, quantized_layers
+from bqq.ptq import QuantizedConv2d, QuantizedLinear, quantized_layers
 from bqq.ptq.modules import trainable_scalars
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
-def random_weight(m: int, n: int, group: tuple[int, int], stacks: int, seed: int = 0) -> QuantizedWeight:
-    """A layer weight of single-group BQQ matrices with random bits and scalars (no solver: fast)."""
+def random_weight(m: int, n: int, group: tuple[int, int], stacks: int, seed: int = 0) -> BQQMatrix:
+    """A grouped BQQ matrix with random bits and scalars (no solver: fast)."""
     rng = np.random.default_rng(seed)
     grid = GroupGrid.build((m, n), group)
-    groups = []
+    config = BQQConfig()
+    ys, zs = [], []
     for gm, gn in grid.group_shapes():
-        rank = inner_dim((gm, gn), 1.0)
-        y = pack_bits(rng.integers(0, 2, (stacks, gm, rank)))
-        z = pack_bits(rng.integers(0, 2, (stacks, rank, gn)))
-        scales = (rng.standard_normal((1, stacks, 3)) * [1.0, 0.3, 0.3]).astype(np.float32)
-        offset = rng.standard_normal(1).astype(np.float32)
-        groups.append(BQQMatrix((gm, gn), "float32", GroupGrid.build((gm, gn), (gm, gn)), 0, BQQConfig(), [rank],
-                                [y], [z], scales, offset))
-    return QuantizedWeight(grid, groups)
+        rank = inner_dim((gm, gn), config.rank_scale)  # the rank BQQMatrix derives for the group
+        ys.append(pack_bits(rng.integers(0, 2, (stacks, gm, rank))))
+        zs.append(pack_bits(rng.integers(0, 2, (stacks, rank, gn))))
+    scales = (rng.standard_normal((len(grid), stacks, 3)) * [1.0, 0.3, 0.3]).astype(np.float32)
+    offset = rng.standard_normal(len(grid)).astype(np.float32)
+    return BQQMatrix((m, n), "float32", grid, stacks, 0, config, y=ys, z=zs, scales=scales, offset=offset)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
+def triton_interpreted() -> bool:
+    """Whether the Triton kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1 without a GPU)."""
+    if not HAS_TRITON:
+        return False
+    from bqq_kernels.gpu import interpreted
+
+    return interpreted()
+
+
 def kernel_fns(device: str):
-    fns = {}
-    if device == "cpu":
-        fns["numba"] = lambda x, lay: kernels.bqq_linear(x, lay, backend="numba")
-        if HAS_TRITON:  # Triton's interpreter (TRITON_INTERPRET=1, set in conftest) runs the GPU kernel on the CPU
-            from bqq_kernels.gpu import bqq_linear_triton
-            fns["triton-interpreter"] = bqq_linear_triton
-    else:
-        fns["triton"] = lambda x, lay: kernels.bqq_linear(x, lay, backend="triton")
+    """The kernels to check on ``device``: numba on CPU tensors, Triton on CUDA tensors, and the Triton kernel on
+    CPU tensors too when it is interpreted (compiled Triton cannot read CPU memory)."""
+    if device != "cpu":
+        return {"triton": lambda x, lay: kernels.bqq_linear(x, lay, backend="triton")}
+    fns = {"numba": lambda x, lay: kernels.bqq_linear(x, lay, backend="numba")}
+    if triton_interpreted():
+        from bqq_kernels.gpu import bqq_linear_triton
+
+        fns["triton-interpreter"] = lambda x, lay: bqq_linear_triton(x, lay.tensors, lay.shape[0])
     return fns
 
 
@@ -78,13 +90,22 @@ def test_kernels_equal_dequantized_reference(device, case):
             assert rel_err(out.cpu(), ref) < 1e-5, (name, shape)
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_triton_runs_interpreted_only_when_asked_at_definition():
+    # A GPU machine leaves TRITON_INTERPRET unset: the kernels are compiled, and the CPU cases skip them.
+    code = "from bqq_kernels.gpu import interpreted; print(interpreted())"
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    assert triton_interpreted() == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
 def test_real_bqq_layer_through_the_kernel():
     torch.manual_seed(0)
     w = torch.randn(50, 40)
     q = bqq.compress(w, bits=2, sweeps=40)
-    qw = QuantizedWeight(q.grid, [q])
     x = torch.randn(11, 40)
-    assert rel_err(kernels.bqq_linear(x, qw.kernel_layout()), x @ q.dequantize().T) < 1e-5
+    assert rel_err(kernels.bqq_linear(x, q.kernel_layout()), x @ q.dequantize().T) < 1e-5
 
 
 def test_numba_kernel_is_deterministic_across_threads_and_batching():
@@ -141,7 +162,7 @@ def test_quantized_modules_use_the_packed_kernel_by_default(monkeypatch):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=1), nn.Flatten(1),
                           nn.Linear(8 * 4 * 4, 10)).eval()
-    bqq.quantize(model, bits=2, group_size=32, sweeps=40)
+    bqq.quantize(model, bits=2, method="bqq", group_size=32, sweeps=40)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         for layer in (model[0], model[2]):
@@ -153,7 +174,7 @@ def test_quantized_modules_use_the_packed_kernel_by_default(monkeypatch):
         def no_dense(*args, **kwargs):
             raise AssertionError("the fast path must not rebuild the dense weight")
 
-        monkeypatch.setattr(QuantizedWeight, "dequantize", no_dense)
+        monkeypatch.setattr(BQQMatrix, "dequantize", no_dense)
         out = model(x)
     assert isinstance(model[0], QuantizedConv2d) and isinstance(model[2], QuantizedLinear)
     assert kernels.default_backend("cpu") == "numba"
@@ -164,7 +185,7 @@ def test_conv_kernel_path_with_stride_padding_dilation():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1))
     model = nn.Sequential(conv).eval()
-    bqq.quantize(model, bits=1, sweeps=30)
+    bqq.quantize(model, bits=1, method="bqq", sweeps=30)
     layer = model[0]
     x = torch.randn(3, 4, 9, 7)
     with torch.no_grad():
@@ -178,7 +199,7 @@ def test_conv_kernel_path_with_stride_padding_dilation():
 def test_reloaded_model_gives_identical_kernel_outputs(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5)).eval()
-    bqq.quantize(model, bits=2, group_size=16, sweeps=40)
+    bqq.quantize(model, bits=2, method="bqq", group_size=16, sweeps=40)
     bqq.save_quantized(model, tmp_path / "m.safetensors")
     torch.manual_seed(1)
     fresh = bqq.load_quantized(tmp_path / "m.safetensors", nn.Sequential(nn.Linear(20, 30), nn.ReLU(),
@@ -192,7 +213,7 @@ def test_reloaded_model_gives_identical_kernel_outputs(tmp_path):
 def test_calibration_refit_invalidates_the_layout():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 12)).eval()
-    bqq.quantize(model, bits=2, sweeps=30)
+    bqq.quantize(model, bits=2, method="bqq", sweeps=30)
     layer = model[0]
     x = torch.randn(5, 16)
     before = layer(x).detach()

@@ -12,8 +12,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import bqq_kernels
 import numpy as np
+
+import bqq_kernels
 
 from .. import solver
 from ..common import as_float_matrix, check_settings, is_int, is_number, progress_bar

@@ -14,11 +14,12 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import bqq_kernels
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+import bqq_kernels
 
 from ..methods.bqq import BQQMatrix
 from ..quantized import QuantizedMatrix

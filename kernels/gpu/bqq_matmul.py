@@ -19,8 +19,9 @@ import itertools
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
-from ..layout import BQQLayout
+from ..layout import LayoutTensors
 
 BLOCK_T = 16  # tokens per program (tl.dot needs >= 16)
 BLOCK_K = 32  # rank entries per program / per step
@@ -92,27 +93,35 @@ def _y_kernel(u_ptr, y_ptr, r_ptr, t_ptr, rowterm_ptr, xsum_ptr, out_ptr, row_st
     tl.store(out, acc, mask=t_ok[:, None] & (offs_m[None, :] < m))
 
 
-def bqq_linear_triton(x: torch.Tensor, layout: BQQLayout) -> torch.Tensor:
-    """x (..., N) float32 on a CUDA device (or the CPU under TRITON_INTERPRET=1) -> x Ŵᵀ (..., M) float32."""
-    layout = layout.to(x.device)
-    m, n = layout.shape
+def interpreted() -> bool:
+    """Whether these kernels run in Triton's interpreter (TRITON_INTERPRET=1 when they were defined).
+
+    Interpreted, they take CPU tensors (the tests run them so without a GPU); compiled, only GPU ones.
+    """
+    return isinstance(_z_kernel, InterpretedFunction)
+
+
+def bqq_linear_triton(x: torch.Tensor, w: LayoutTensors, out_features: int) -> torch.Tensor:
+    """x (..., N) float32 on a CUDA device (the CPU when :func:`interpreted`) -> x Ŵᵀ (..., M) float32;
+    ``w`` on x's device."""
+    m, n = out_features, x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n).contiguous()
     tokens = x2.shape[0]
-    rows, cols, stacks, l_max, nb_max = layout.z.shape
-    m_max, lb_max = layout.y.shape[3], layout.y.shape[4]
+    rows, cols, stacks, l_max, nb_max = w.z.shape
+    m_max, lb_max = w.y.shape[3], w.y.shape[4]
     out = torch.empty(tokens, m, dtype=torch.float32, device=x.device)
     if tokens == 0:
         return out.reshape(*lead, m)
     # Σx per token and column block (the rowterm factor): C small reductions.
-    bounds = torch.cat([layout.col_start.long(), torch.tensor([n], device=x.device)]).tolist()
+    bounds = torch.cat([w.col_start.long(), torch.tensor([n], device=x.device)]).tolist()
     xsum = torch.stack([x2[:, lo:hi].sum(1) for lo, hi in itertools.pairwise(bounds)], dim=1)
     u = torch.empty(tokens, rows * cols * stacks, l_max, dtype=torch.float32, device=x.device)
     grid_z = (triton.cdiv(tokens, BLOCK_T), rows * cols * stacks, triton.cdiv(l_max, BLOCK_K))
-    _z_kernel[grid_z](x2, layout.z, u, layout.col_start, layout.col_size, layout.rank, tokens, n, cols, stacks,
+    _z_kernel[grid_z](x2, w.z, u, w.col_start, w.col_size, w.rank, tokens, n, cols, stacks,
                       l_max, nb_max, BLOCK_T=BLOCK_T, BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
     grid_y = (triton.cdiv(tokens, BLOCK_T), rows, triton.cdiv(m_max, BLOCK_M))
-    _y_kernel[grid_y](u, layout.y, layout.r, layout.t, layout.rowterm, xsum.contiguous(), out, layout.row_start,
-                      layout.row_size, layout.rank, tokens, m, cols, stacks, l_max, lb_max, m_max,
+    _y_kernel[grid_y](u, w.y, w.r, w.t, w.rowterm, xsum.contiguous(), out, w.row_start,
+                      w.row_size, w.rank, tokens, m, cols, stacks, l_max, lb_max, m_max,
                       BLOCK_T=BLOCK_T, BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
     return out.reshape(*lead, m)

@@ -1,0 +1,125 @@
+"""The torch ops ``bqq::linear`` and ``bqq::dequantize``: opcheck, torch.compile, gradients, backend choice.
+
+Layouts are built here from random packed bits (``bqq_kernels.build_layout``), independent of bqq's model pass.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bqq_kernels as kernels
+from bqq_kernels import dispatch
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+# (row part sizes, column part sizes, stacks): an uneven grid, one group, odd widths
+GRIDS = [((16, 14), (9, 12, 5), 2), ((8,), (8,), 1), ((5, 6), (13,), 3)]
+
+
+def random_layout(row_sizes, col_sizes, stacks: int, seed: int = 0) -> kernels.BQQLayout:
+    """A layout of random bits and scalars on the grid given by the part sizes (ranks vary by group)."""
+    rng = np.random.default_rng(seed)
+
+    def packed(*shape):
+        return np.packbits(rng.integers(0, 2, shape, dtype=np.uint8), axis=-1, bitorder="little")
+
+    groups = []
+    for m in row_sizes:
+        for n in col_sizes:
+            rank = int(rng.integers(1, min(m, n) + 1))
+            scales = (rng.standard_normal((stacks, 3)) * [1.0, 0.3, 0.3]).astype(np.float32)
+            groups.append(kernels.BQQGroupFactors(packed(stacks, m, rank), packed(stacks, rank, n), scales,
+                                                  float(rng.standard_normal())))
+    return kernels.build_layout(groups, row_sizes, col_sizes)
+
+
+def op_args(x: torch.Tensor, layout: kernels.BQQLayout, backend: str = "") -> tuple:
+    return (x, *layout.tensors, layout.shape[0], backend)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("grid", GRIDS, ids=str)
+def test_opcheck(device, grid):
+    layout = random_layout(*grid).to(device)
+    m, n = layout.shape
+    gen = torch.Generator().manual_seed(0)
+    for backend, shape, grad in [("", (3, n), False), ("", (2, 4, n), True), ("reference", (5, n), True)]:
+        x = torch.randn(*shape, generator=gen).to(device).requires_grad_(grad)
+        torch.library.opcheck(torch.ops.bqq.linear.default, op_args(x, layout, backend))
+    for dtype in (torch.float32, torch.float64):
+        torch.library.opcheck(torch.ops.bqq.dequantize.default, (*layout.tensors, m, n, dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_and_gradient_equal_the_dense_weight(device):
+    layout = random_layout((16, 14), (9, 12, 5), 2).to(device)
+    w = kernels.dequantize_layout(layout)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 7, layout.shape[1], generator=gen).to(device).requires_grad_()
+    bias = torch.randn(layout.shape[0], generator=gen).to(device).requires_grad_()
+    out = kernels.bqq_linear(x, layout, bias)
+    torch.testing.assert_close(out, x @ w.T + bias, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    torch.testing.assert_close(x.grad, grad @ w, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bias.grad, grad.sum((0, 1)))
+
+
+def test_meta_tensors_give_the_output_shape():
+    layout = random_layout((16, 14), (9, 12, 5), 2).to("meta")
+    out = kernels.bqq_linear(torch.empty(4, 1, 26, device="meta"), layout)
+    assert out.shape == (4, 1, 30) and out.device.type == "meta"
+    assert kernels.dequantize_layout(layout, torch.float64).shape == (30, 26)
+
+
+def test_backend_override_and_errors(monkeypatch):
+    layout = random_layout((8,), (8,), 1)
+    x = torch.randn(3, 8)
+    calls = []
+    numba_fn = dispatch.resolve("cpu", "numba")
+    monkeypatch.setitem(dispatch._RESOLVED, ("cpu", "numba"), lambda *a: calls.append(1) or numba_fn(*a))
+    ref = x @ kernels.dequantize_layout(layout).T
+    torch.testing.assert_close(kernels.bqq_linear(x, layout, backend="reference"), ref)
+    assert calls == []
+    torch.testing.assert_close(kernels.bqq_linear(x, layout), ref, rtol=1e-5, atol=1e-5)
+    assert calls == [1]
+    kernels.set_default_backend("cpu", "reference")
+    try:
+        kernels.bqq_linear(x, layout)
+        assert calls == [1] and kernels.default_backend("cpu") == "reference"
+    finally:
+        kernels.set_default_backend("cpu", None)
+    with pytest.raises(ValueError, match=r"'magic' is not available on 'cpu'; available: \['numba', 'reference'\]"):
+        kernels.bqq_linear(x, layout, backend="magic")
+    with pytest.raises(ValueError, match="available"):
+        kernels.set_default_backend("cpu", "magic")
+    with pytest.raises(ValueError, match="float32"):
+        torch.ops.bqq.linear(*op_args(x.double(), layout, "numba"))
+
+
+class BQQLinear(nn.Module):
+    """A layer holding a BQQLayout as a plain attribute, as bqq's quantized modules do."""
+
+    def __init__(self, layout: kernels.BQQLayout, bias: torch.Tensor):
+        super().__init__()
+        self.layout = layout
+        self.bias = nn.Parameter(bias)
+
+    def forward(self, x):
+        return kernels.bqq_linear(x, self.layout, self.bias)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # inside inductor
+def test_torch_compile_equals_eager():
+    torch.manual_seed(0)
+    first, second = random_layout((16, 14), (9, 12, 5), 2), random_layout((5, 6), (13, 17), 3, seed=1)
+    model = nn.Sequential(BQQLinear(first, torch.randn(30)), nn.ReLU(), BQQLinear(second, torch.randn(11)))
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: no graph break around the op
+    x = torch.randn(6, 26)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    x.requires_grad_()  # the compiled backward rebuilds W through bqq::dequantize
+    compiled(x).sum().backward()
+    grad, x.grad = x.grad, None
+    model(x).sum().backward()
+    torch.testing.assert_close(grad, x.grad, rtol=0, atol=0)
