@@ -113,6 +113,7 @@ def candidates(plan: LayerPlan) -> dict[str, dict[str, Any]]:
 
 def relative_error(w: np.ndarray, q: QuantizedMatrix) -> float:
     """‖W − Ŵ‖_F / ‖W‖_F in float64 (0 for an all-zero W rebuilt exactly)."""
+    w = w.astype(np.float64)
     norm = float(np.linalg.norm(w))
     diff = float(np.linalg.norm(w - q._dequantize64()))
     return diff / norm if norm > 0 else diff

@@ -1,0 +1,100 @@
+"""method="auto" (the default of bqq.quantize): never worse than UQ/BCQ by weight error; the paper's
+patch-embedding rule; mixed models save, load and report."""
+
+import pytest
+import torch
+from torch import nn
+
+import bqq
+from bqq.cli import main as cli
+from bqq.ptq import format_report, layer_report, quantized_layers
+from bqq.ptq.plan import FEW_INPUTS
+
+FAST = {"sweeps": 60}
+
+
+class PatchNet(nn.Module):
+    """4x4 patches on one channel (16 inputs per patch), a wide body and a narrow head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 32, 4, 4)
+        self.fc1, self.fc2 = nn.Linear(32, 96), nn.Linear(96, 32)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head(x + self.fc2(torch.relu(self.fc1(x)))).mean(1)
+
+
+def patchnet(seed: int = 0) -> PatchNet:
+    torch.manual_seed(seed)
+    return PatchNet().eval()
+
+
+def rel_error(w: torch.Tensor, q) -> float:
+    w = w.detach().reshape(w.shape[0], -1).double()
+    return float((w - q.dequantize(torch.float64)).norm() / w.norm())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_auto_never_has_a_higher_weight_error_than_uq_or_bcq(bits):
+    fp = patchnet()
+    q = bqq.quantize(patchnet(), bits=bits, progress=False, **FAST)
+    weights = {name: m.weight for name, m in fp.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    for name, layer in quantized_layers(q):
+        chosen = rel_error(weights[name], layer.qweight)
+        assert layer.selection["rel_error"] == pytest.approx(chosen, rel=1e-9)
+        for method in ("uq", "bcq"):  # the first-order codes at the same bits and groups, solved independently
+            other = bqq.compress(weights[name].detach().reshape(weights[name].shape[0], -1), bits, method=method,
+                                 group_size=layer.qweight.group_shape)
+            assert chosen <= rel_error(weights[name], other) + 1e-12, (name, method)
+
+
+def test_skinny_layers_leave_bqq_and_square_ones_keep_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.Linear(128, 10))  # 10x128: l = 9, BQQ loses to BCQ here
+    for layer in model:  # Gaussian weights, like trained ones (torch's uniform init favours UQ everywhere)
+        nn.init.normal_(layer.weight)
+    bqq.quantize(model, bits=2, group_size=None, progress=False, sweeps=400)
+    rows = {r["layer"]: r for r in layer_report(model)}
+    assert rows["0"]["method"] == "bqq" and rows["1"]["method"] in ("uq", "bcq")
+    assert set(rows["1"]["candidates"]) == {"bqq", "uq", "bcq"}
+    assert rows["1"]["candidates"]["bqq"] > rows["1"]["rel_error"]
+
+
+def test_small_patch_embeddings_get_channel_wise_uq_unless_overridden():
+    assert 16 <= FEW_INPUTS < 768  # 4x4x1 patches get the rule, 16x16x3 ViT patches do not
+    q = bqq.quantize(patchnet(), bits=2, progress=False, **FAST)
+    assert q.patch.qweight.method == "uq" and q.patch.qweight.group_shape == (1, 16)
+    assert q.patch.selection["candidates"] == {}  # a rule, not a comparison
+    q = bqq.quantize(patchnet(), bits=2, progress=False, overrides={"patch": {"method": "bqq"}}, **FAST)
+    assert q.patch.qweight.method == "bqq" and q.patch.qweight.group_shape == (32, 16)
+    q = bqq.quantize(patchnet(), bits=2, method="bqq", progress=False, **FAST)  # explicit: BQQ everywhere
+    assert {layer.qweight.method for _, layer in quantized_layers(q)} == {"bqq"}
+
+
+def test_mixed_model_round_trips_exactly_and_reports(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 96), nn.ReLU(), nn.Linear(96, 3))
+    bqq.quantize(model, bits=2, group_size=None, progress=False, overrides={"2": {"method": "bcq"}}, **FAST)
+    methods = {layer.qweight.method for _, layer in quantized_layers(model)}
+    assert "bcq" in methods
+    x = torch.randn(4, 96, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "mixed.safetensors"
+    bqq.save_quantized(model, path)
+    torch.manual_seed(5)
+    restored = bqq.load_quantized(path, nn.Sequential(nn.Linear(96, 96), nn.ReLU(), nn.Linear(96, 3)))
+    with torch.no_grad():
+        assert torch.equal(restored(x), model(x))
+    assert layer_report(restored) == layer_report(model)
+    table = format_report(layer_report(model))
+    assert table.count("\n") == 3 and "| 2 | bcq | 2 |" in table
+    assert cli(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2.weight: bcq" in out and "bits for bcq: code width b" in out
+
+
+def test_auto_needs_bits_all_candidates_accept():
+    with pytest.raises(ValueError, match="needs an integer bits"):
+        bqq.quantize(patchnet(), bits=2.5, progress=False)
