@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from . import api, io
 from .format import FormatError, read_file
 from .methods import available_methods, bits_meanings
+from .ptq.serialize import CONFIG_KEY as MODEL_CONFIG_KEY
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,9 +161,24 @@ def _info(args: argparse.Namespace) -> int:
               f"bits/weight={q.bits_per_weight:.4f} bytes={q.nbytes}")
     for method in sorted({q.method for q in objects.values()}):
         print(f"  bits for {method}: {bits_meanings()[method]}")
-    for key, value in manifest.get("user", {}).items():
+    user = dict(manifest.get("user", {}))
+    model_config = user.pop(MODEL_CONFIG_KEY, None)
+    if model_config is not None:
+        _print_selection(json.loads(model_config))
+    for key, value in user.items():
         print(f"  user.{key} = {value}")
     return 0
+
+
+def _print_selection(config: dict) -> None:
+    """What bqq.quantize measured per layer of a saved model (relative weight errors, candidates)."""
+    print(f"  model {config.get('model_name')} (model config v{config.get('format_version')}):")
+    for name, layer in config.get("layers", {}).items():
+        selection = layer.get("selection") or {}
+        error = selection.get("rel_error")
+        others = ", ".join(f"{m} {e:.4f}" for m, e in selection.get("candidates", {}).items())
+        print(f"    {name}: {layer.get('method')} rel_error={'?' if error is None else f'{error:.4f}'}"
+              + (f" (candidates: {others})" if others else ""))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -93,6 +93,7 @@ def test_mixed_model_round_trips_exactly_and_reports(tmp_path, capsys):
     assert cli(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "2.weight: bcq" in out and "bits for bcq: code width b" in out
+    assert "    2: bcq rel_error=" in out and "(candidates: bcq " in out and "bqq_model_config" not in out
 
 
 def test_auto_needs_bits_all_candidates_accept():
