@@ -105,7 +105,7 @@ def model_rows(batches, repeats: int) -> list[dict]:
     quant = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
     quant.load_state_dict(fp.state_dict())
     start = time.perf_counter()
-    bqq.quantize(quant, bits=STACKS, sweeps=1, polish_rounds=0, progress=False)
+    bqq.quantize(quant, bits=STACKS, method="bqq", sweeps=1, polish_rounds=0, progress=False)
     print(f"DeiT-S quantized (1-sweep solver, for timing only) in {time.perf_counter() - start:.0f} s", flush=True)
     layers = [m for _, m in bqq.ptq.quantized_layers(quant)]
 

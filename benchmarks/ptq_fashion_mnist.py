@@ -1,14 +1,23 @@
 """Offline accuracy evidence for model PTQ: a small timm ViT trained on Fashion-MNIST, then quantized.
 
-    python -m benchmarks.ptq_fashion_mnist [--bits 2 3 4] [--methods uq bcq bqq] [--out benchmarks/results]
+    python -m benchmarks.ptq_fashion_mnist [--model patch7|patch4] [--bits 2 3 4] [--methods uq bcq bqq auto]
+                                           [--seeds 0 1 2] [--out benchmarks/results]
 
-There is no ImageNet or pretrained ViT on this network, so this trains a ViT (timm VisionTransformer,
-28×28 inputs, 7×7 patches, width 96, depth 4, 4 heads; 17 Linear layers) on Fashion-MNIST (Debian
-package ``dataset-fashion-mnist``) or reuses the committed checkpoint ``results/fashion_vit.safetensors``,
-then quantizes it at 2, 3 and 4 bits with UQ, BCQ and BQQ, data-free and calibrated (biases and norms
-tuned on 1024 training images, the paper's recipe otherwise: Adam lr 1e-3, 15 epochs, batch 16), and
-prints a table shaped like the paper's Table 1. Groups are 96×96 (the model width), the head 10×96.
-Finished groups are cached in ``OUT/cache``: an interrupted run resumes.
+There is no ImageNet or pretrained ViT on this network, so this trains a small timm VisionTransformer
+on Fashion-MNIST (Debian package ``dataset-fashion-mnist``) or reuses its committed checkpoint, then
+quantizes it with every method at each bits, data-free and calibrated (biases and norms tuned on 1024
+training images, the paper's recipe otherwise: Adam lr 1e-3, 15 epochs, batch 16), and prints a table
+shaped like the paper's Table 1. Models (``MODELS``):
+
+* ``patch7``: 28×28 inputs, 7×7 patches (49 inputs per patch), width 96, depth 4, 4 heads; 17 Linear
+  layers; checkpoint ``results/fashion_vit.safetensors``.
+* ``patch4``: 4×4 patches on one channel (a 64×16 patch embedding, the skinny layer BQQ loses on),
+  width 64, depth 3, 4 heads; checkpoint ``results/fashion_vit_patch4.safetensors``.
+
+Groups follow ``bqq.quantize``'s paper default (squares of the width, the head 10×width). ``auto`` is
+``bqq.quantize``'s default method. With several ``--seeds`` the data-free rows give the mean and spread
+over seeds (calibration runs on the first). Finished groups are cached in ``OUT/cache``: an interrupted
+run resumes.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean, pstdev
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,17 +41,38 @@ from bqq.compat import import_timm
 from bqq.datasets import load_fashion_mnist
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CHECKPOINT = RESULTS / "fashion_vit.safetensors"
+
+
+@dataclass(frozen=True)
+class FashionViT:
+    """One benchmark model: its timm VisionTransformer settings, checkpoint and training length."""
+
+    patch_size: int
+    width: int
+    depth: int
+    checkpoint: Path
+    train_epochs: int
+    results: str  # stem of the result files
+
+    def make(self) -> torch.nn.Module:
+        """The model with random initial weights."""
+        import_timm()
+        from timm.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(img_size=28, patch_size=self.patch_size, in_chans=1, num_classes=10,
+                                 embed_dim=self.width, depth=self.depth, num_heads=4, mlp_ratio=4.0)
+
+
+MODELS = {
+    "patch7": FashionViT(7, 96, 4, RESULTS / "fashion_vit.safetensors", 10, "ptq_fashion_mnist"),
+    "patch4": FashionViT(4, 64, 3, RESULTS / "fashion_vit_patch4.safetensors", 4, "ptq_fashion_mnist_patch4"),
+}
+CHECKPOINT = MODELS["patch7"].checkpoint
 
 
 def make_vit() -> torch.nn.Module:
-    """The small ViT used here (random init)."""
-    timm = import_timm()
-    from timm.models.vision_transformer import VisionTransformer
-
-    del timm
-    return VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=96, depth=4,
-                             num_heads=4, mlp_ratio=4.0)
+    """The default (patch7) ViT, random init."""
+    return MODELS["patch7"].make()
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10, batch: int = 128,
@@ -74,17 +106,17 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return 100.0 * hits / len(x)
 
 
-def trained_model(retrain: bool = False) -> torch.nn.Module:
+def trained_model(retrain: bool = False, spec: FashionViT = MODELS["patch7"]) -> torch.nn.Module:
     """The committed checkpoint, or a freshly trained model (saved as the checkpoint)."""
     torch.manual_seed(0)
-    model = make_vit()
-    if CHECKPOINT.exists() and not retrain:
-        model.load_state_dict(load_file(CHECKPOINT))
+    model = spec.make()
+    if spec.checkpoint.exists() and not retrain:
+        model.load_state_dict(load_file(spec.checkpoint))
         return model.eval()
     x, y = load_fashion_mnist("train")
-    train(model, x, y)
-    CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, CHECKPOINT)
+    train(model, x, y, epochs=spec.train_epochs)
+    spec.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, spec.checkpoint)
     return model.eval()
 
 
@@ -97,8 +129,10 @@ def calibration_loader(n: int = 1024, batch: int = 16, seed: int = 0) -> DataLoa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="patch7")
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
-    parser.add_argument("--methods", nargs="+", default=["uq", "bcq", "bqq"])
+    parser.add_argument("--methods", nargs="+", default=["uq", "bcq", "bqq", "auto"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="data-free runs: mean and spread")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--retrain", action="store_true", help="train again instead of using the checkpoint")
     parser.add_argument("--calib-size", type=int, default=1024)
@@ -107,28 +141,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweeps", type=int, help="BQQ annealing sweeps per stack (default: auto, 6000 for 96x96)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    spec = MODELS[args.model]
     start = time.perf_counter()
-    fp = trained_model(args.retrain)
+    fp = trained_model(args.retrain, spec)
     x_test, y_test = load_fashion_mnist("t10k")
     fp_acc = accuracy(fp, x_test, y_test)
-    print(f"FP32 top-1: {fp_acc:.2f}%", flush=True)
+    print(f"{args.model} FP32 top-1: {fp_acc:.2f}%", flush=True)
     rows = []
     for bits in args.bits:
         for method in args.methods:
-            t0 = time.perf_counter()
-            opts = {"sweeps": args.sweeps} if method == "bqq" and args.sweeps else {}
-            q = bqq.quantize(copy.deepcopy(fp), bits=bits, method=method, cache_dir=args.out / "cache", progress=False,
-                             workers=args.workers, **opts)
-            t_quant = time.perf_counter() - t0
-            free = accuracy(q, x_test, y_test)
-            t0 = time.perf_counter()
-            bqq.ptq.calibrate(q, fp, bqq.Calibration(calibration_loader(args.calib_size), epochs=args.epochs))
-            calibrated = accuracy(q, x_test, y_test)
-            bpw = _bits_per_weight(q)
-            rows.append({"bits": bits, "method": method, "data_free": free, "calibrated": calibrated,
-                         "bits_per_weight": bpw, "quantize_s": t_quant, "calibrate_s": time.perf_counter() - t0})
-            print(f"{bits} bits {method}: data-free {free:.2f}%, calibrated {calibrated:.2f}% "
-                  f"({bpw:.3f} bits/weight, {t_quant:.0f} s)", flush=True)
+            rows.append(_row(fp, bits, method, args, x_test, y_test))
     wall = time.perf_counter() - start
     table = _table(rows, fp_acc)
     print(table)
@@ -136,13 +158,43 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m benchmarks.ptq_fashion_mnist", *(sys.argv[1:] if argv is None else argv)])
     settings = (f"\nCommand: `{command}`\n"
-                f"Calibration: {args.calib_size} training images, {args.epochs} epochs; BQQ sweeps: "
-                f"{args.sweeps or 'auto'}. Wall time: {wall:.0f} s on {torch.get_num_threads()} threads.\n")
-    (args.out / "ptq_fashion_mnist.md").write_text(table + "\n" + settings)
+                f"Model {args.model}. Calibration: {args.calib_size} training images, {args.epochs} epochs; BQQ "
+                f"sweeps: {args.sweeps or 'auto'}; seeds {args.seeds}. Wall time: {wall:.0f} s on "
+                f"{torch.get_num_threads()} threads.\n")
+    (args.out / f"{spec.results}.md").write_text(table + "\n" + settings)
     env = {"bqq": bqq.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    (args.out / "ptq_fashion_mnist.json").write_text(json.dumps(
-        {"env": env, "fp_top1": fp_acc, "rows": rows, "wall_s": wall, "calib_size": args.calib_size,
-         "calib_epochs": args.epochs, "bqq_sweeps": args.sweeps or "auto", "seed": 0}, indent=2))
+    (args.out / f"{spec.results}.json").write_text(json.dumps(
+        {"env": env, "model": args.model, "fp_top1": fp_acc, "rows": rows, "wall_s": wall,
+         "calib_size": args.calib_size, "calib_epochs": args.epochs, "bqq_sweeps": args.sweeps or "auto",
+         "seeds": args.seeds}, indent=2))
+
+
+def _row(fp: torch.nn.Module, bits: int, method: str, args: argparse.Namespace, x_test: torch.Tensor,
+         y_test: torch.Tensor) -> dict:
+    """Quantize ``fp`` data-free once per seed, then calibrate the first; accuracies and the layer report."""
+    opts = {"sweeps": args.sweeps} if method in ("bqq", "auto") and args.sweeps else {}
+    free, t_quant, first = [], [], None
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        q = bqq.quantize(copy.deepcopy(fp), bits=bits, method=method, cache_dir=args.out / "cache", progress=False,
+                         workers=args.workers, seed=seed, **opts)
+        t_quant.append(time.perf_counter() - t0)
+        free.append(accuracy(q, x_test, y_test))
+        first = first or q
+    report = bqq.ptq.layer_report(first)
+    t0 = time.perf_counter()
+    bqq.ptq.calibrate(first, fp, bqq.Calibration(calibration_loader(args.calib_size), epochs=args.epochs))
+    calibrated = accuracy(first, x_test, y_test)
+    bpw = _bits_per_weight(first)
+    row = {"bits": bits, "method": method, "data_free": free[0], "data_free_seeds": free,
+           "calibrated": calibrated, "bits_per_weight": bpw, "quantize_s": t_quant[0],
+           "calibrate_s": time.perf_counter() - t0, "layers": report}
+    spread = f" (seeds: mean {mean(free):.2f}, sd {pstdev(free):.2f})" if len(free) > 1 else ""
+    print(f"{bits} bits {method}: data-free {free[0]:.2f}%{spread}, calibrated {calibrated:.2f}% "
+          f"({bpw:.3f} bits/weight, {t_quant[0]:.0f} s)", flush=True)
+    if method == "auto":
+        print(bqq.ptq.format_report(report), flush=True)
+    return row
 
 
 def _bits_per_weight(model: torch.nn.Module) -> float:
@@ -150,17 +202,25 @@ def _bits_per_weight(model: torch.nn.Module) -> float:
     return sum(w.total_bits for w in layers) / sum(w.shape[0] * w.shape[1] for w in layers)
 
 
+def _spread(values: list[float]) -> str:
+    return f"{mean(values):.2f} ± {pstdev(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
 def _table(rows: list[dict], fp_acc: float) -> str:
-    lines = ["| Wbit | Method | Data-free | Top-1 (%) | bits/weight (all scalars counted) |", "|---|---|---|---|---|"]
+    seeds = len(rows[0]["data_free_seeds"])
+    spread = f" | data-free over {seeds} seeds: mean ± sd (min–max)" if seeds > 1 else ""
+    lines = [f"| Wbit | Method | Data-free | Top-1 (%) | bits/weight (all scalars counted){spread} |",
+             "|---|---|---|---|---|" + ("---|" if spread else "")]
     for bits in sorted({r["bits"] for r in rows}):
         for calibrated in (True, False):
             for r in (r for r in rows if r["bits"] == bits):
-                label = ("c-" if calibrated else "") + r["method"].upper()
+                label = ("c-" if calibrated else "") + (r["method"] if r["method"] == "auto" else r["method"].upper())
                 star = "*" if r["method"] == "bqq" else ""
                 acc = r["calibrated"] if calibrated else r["data_free"]
+                extra = "" if not spread else " | –" if calibrated else f" | {_spread(r['data_free_seeds'])}"
                 lines.append(f"| {bits}{star} | {label} | {'no' if calibrated else 'yes'} | {acc:.2f} | "
-                             f"{r['bits_per_weight']:.3f} |")
-    lines.append(f"| 32 | FP | – | {fp_acc:.2f} | 32 |")
+                             f"{r['bits_per_weight']:.3f}{extra} |")
+    lines.append(f"| 32 | FP | – | {fp_acc:.2f} | 32 |" + (" – |" if spread else ""))
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """ImageNet top-1 of a timm ViT before and after PTQ (data-free or calibrated).
 
-    python -m benchmarks.ptq_vit --model deit_small_patch16_224 --bits 2 [--method bqq|bcq|uq] \\
+    python -m benchmarks.ptq_vit --model deit_small_patch16_224 --bits 2 [--method auto|bqq|bcq|uq] \\
         --data IMAGENET_VAL_DIR [--calib TRAIN_DIR --calib-size 2048] [--weights FILE] [--out result.json]
 
 Data folders use the imagefolder layout (``DIR/<class>/<image>``, classes in sorted order = label
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="deit_small_patch16_224")
     p.add_argument("--bits", type=float, default=2)
-    p.add_argument("--method", default="bqq", choices=bqq.available_methods())
+    p.add_argument("--method", default="auto", choices=["auto", *bqq.available_methods()],
+                   help="auto (bqq.quantize's default): per layer the best of BQQ, UQ, BCQ by weight error")
     p.add_argument("--data", type=Path, required=True, help="evaluation imagefolder (e.g. ImageNet val)")
     p.add_argument("--calib", type=Path, help="calibration imagefolder (e.g. ImageNet train): calibrated PTQ")
     p.add_argument("--calib-size", type=int, default=2048)
@@ -129,12 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
                  cache_dir=args.cache_dir, include=args.include, seed=args.seed, progress=True, **opts)
     seconds = time.perf_counter() - start
     q_top1 = top1(model, val)
-    label = ("c-" if calib else "") + args.method.upper()
+    label = ("c-" if calib else "") + (args.method if args.method == "auto" else args.method.upper())
+    print(bqq.ptq.format_report(bqq.ptq.layer_report(model)))
     print(f"{label} {args.bits:g} bits: top-1 {q_top1:.2f}% (FP32 {fp_top1:.2f}%), quantized in {seconds:.0f} s")
     result = {"model": args.model, "method": args.method, "bits": args.bits, "calibrated": calib is not None,
               "fp_top1": fp_top1, "quantized_top1": q_top1, "quantize_seconds": seconds,
               "images": len(val.dataset), "seed": args.seed, "bqq": bqq.__version__, "torch": torch.__version__,
-              "python": platform.python_version(), "cpu_count": os.cpu_count()}
+              "python": platform.python_version(), "cpu_count": os.cpu_count(),
+              "layers": bqq.ptq.layer_report(model)}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return result

@@ -36,6 +36,7 @@ def main() -> None:
     start = time.perf_counter()
     bqq.quantize(model, bits=args.bits, workers=args.workers, progress=True)
     print(f"quantized {sum(1 for _ in bqq.ptq.quantized_layers(model))} layers in {time.perf_counter() - start:.0f} s")
+    print(bqq.ptq.format_report(bqq.ptq.layer_report(model)))
     with torch.no_grad():
         out = model(x)
     print(f"relative logit error vs FP32: {((out - reference) ** 2).mean() / (reference**2).mean():.4f}")

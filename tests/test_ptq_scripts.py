@@ -76,6 +76,7 @@ def test_ptq_vit_runs_end_to_end_on_an_imagefolder(tiny_imagefolder, tiny_weight
     saved = json.loads(out.read_text())
     assert saved == result and saved["images"] == 6 and saved["calibrated"]
     assert 0 <= saved["quantized_top1"] <= 100 and 0 <= saved["fp_top1"] <= 100
+    assert saved["method"] == "auto" and {row["layer"] for row in saved["layers"]} >= {"head"}
 
 
 def test_ptq_vit_fails_fast_without_data_or_weights(tmp_path, tiny_weights, monkeypatch):
