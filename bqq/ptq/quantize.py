@@ -86,17 +86,16 @@ def quantize(
     for plan in plans:
         grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
         weights[plan.name], dtype = _weight_matrix(plan, modules[plan.name].weight)
-        for method, opts in candidates(plan).items():
-            jobs += _group_jobs(plan, weights[plan.name], dtype, method, opts, grid, layer_seed(seed, plan.name))
+        for name, settings in candidates(plan).items():
+            jobs += _group_jobs(plan, weights[plan.name], dtype, name, settings, grid, layer_seed(seed, plan.name))
     results = iter(run_jobs(jobs, workers=workers, cache_dir=cache_dir, progress=progress))
     for plan in plans:
         grid = grids[plan.name]
-        solved = {method: get_method(method).from_groups(grid, [next(results) for _ in range(len(grid))])
-                  for method in candidates(plan)}
-        errors = {method: relative_error(weights[plan.name], q) for method, q in solved.items()}
-        best = min(errors, key=errors.get)  # the first of equal ones: candidates are in preference order
-        layer = _quantized_module(modules[plan.name], solved[best])
-        layer.selection = {"rel_error": errors[best], "candidates": errors if len(errors) > 1 else {}}
+        solved = {name: get_method(name).from_groups(grid, [next(results) for _ in range(len(grid))])
+                  for name in candidates(plan)}
+        weight, selection = select(solved, weights[plan.name])
+        layer = _quantized_module(modules[plan.name], weight)
+        layer.selection = selection
         _replace(model, plan.name, layer)
     if teacher is not None:
         calibrate(model, teacher, calibration, progress=progress)
@@ -109,6 +108,14 @@ def candidates(plan: LayerPlan) -> dict[str, dict[str, Any]]:
     if plan.method != AUTO:
         return {plan.method: plan.opts}
     return {method: plan.opts if method == "bqq" else {} for method in CANDIDATES}
+
+
+def select(solved: dict[str, QuantizedMatrix], w: np.ndarray) -> tuple[QuantizedMatrix, dict[str, Any]]:
+    """The candidate with the lowest relative weight error (the first of equal ones: candidates come in
+    preference order) and what was measured: ``{"rel_error": e, "candidates": {method: e}}``."""
+    errors = {name: relative_error(w, q) for name, q in solved.items()}
+    best = min(errors, key=errors.get)
+    return solved[best], {"rel_error": errors[best], "candidates": errors if len(errors) > 1 else {}}
 
 
 def relative_error(w: np.ndarray, q: QuantizedMatrix) -> float:
