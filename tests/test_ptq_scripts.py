@@ -34,6 +34,18 @@ def test_fashion_checkpoint_is_accurate_and_survives_4_bit_bqq(fashion, tmp_path
     assert fm.accuracy(restored, x, y) == acc
 
 
+def test_default_2_bit_does_not_collapse_on_a_4x4_patch_vit(fashion):
+    """The model of issue 12's kind: BQQ on its 64x16 patch embedding (and UQ/BCQ per tensor) collapse the
+    model; the default (auto, with the channel-wise patch rule) keeps it."""
+    x, y = fashion
+    spec = fm.MODELS["patch4"]
+    assert spec.checkpoint.exists(), "missing checkpoint: run python -m benchmarks.ptq_fashion_mnist --model patch4"
+    fp = fm.accuracy(fm.trained_model(spec=spec), x, y)
+    auto = fm.accuracy(bqq.quantize(fm.trained_model(spec=spec), bits=2, sweeps=200, progress=False), x, y)
+    bcq = fm.accuracy(bqq.quantize(fm.trained_model(spec=spec), bits=2, method="bcq", progress=False), x, y)
+    assert auto > fp - 4.0 and auto > bcq + 10.0, (fp, auto, bcq)
+
+
 def test_fashion_loader_fails_fast_with_a_hint(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist("t10k", root=tmp_path)
