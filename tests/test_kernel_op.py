@@ -123,3 +123,14 @@ def test_torch_compile_equals_eager():
     grad, x.grad = x.grad, None
     model(x).sum().backward()
     torch.testing.assert_close(grad, x.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_inference_shortcut_equals_the_op(device):
+    """Without autograd or tracing bqq_linear runs the op's body directly (no dispatcher): same numbers."""
+    layout = random_layout((24, 16), (40,), 2).to(device)
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(3)).to(device)
+    with torch.no_grad():
+        direct = kernels.bqq_linear(x, layout)
+    through_op = torch.ops.bqq.linear(*op_args(x, layout))
+    assert torch.equal(direct, through_op)
