@@ -62,19 +62,42 @@ def random_layout(shape: tuple[int, int], group: int = GROUP, stacks: int = STAC
 
 
 def paired_medians(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float = 2.0) -> dict[str, float]:
-    """Median seconds of each function, calls interleaved so that machine noise hits all alike."""
-    for fn in fns.values():  # warm-up (and numba compilation)
+    """Median seconds per call of each function, samples interleaved so that machine noise hits all alike.
+
+    A sample times enough back-to-back calls to last about a millisecond, so microsecond calls are not
+    lost in timer and scheduling noise.
+    """
+    inner = {}
+    for name, fn in fns.items():  # warm-up (and numba compilation), then the calls per sample
         fn()
+        t = time.perf_counter()
+        fn()
+        inner[name] = max(1, min(1000, int(1e-3 / max(time.perf_counter() - t, 1e-7))))
     times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     for i in range(repeats):
         for name, fn in fns.items():
             t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+            for _ in range(inner[name]):
+                fn()
+            times[name].append((time.perf_counter() - t) / inner[name])
         if i >= 2 and time.perf_counter() - start > budget_s * len(fns):
             break  # slow cases: at least 3 pairs
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def dispatch_rows(repeats: int) -> list[dict]:
+    """Per-call cost of the ways into the kernel, 384x384, one token: the numba function itself, the
+    ``bqq_linear`` entry (eager inference skips the dispatcher) and the ``bqq::linear`` torch op."""
+    layout = random_layout((384, 384))
+    x = torch.randn(1, 384)
+    fn = kernels.dispatch.resolve("cpu", None)
+    with torch.inference_mode():
+        med = paired_medians({"kernel function": lambda: fn(x, layout.tensors, 384),
+                              "bqq_linear": lambda: kernels.bqq_linear(x, layout),
+                              "torch.ops.bqq.linear": lambda: torch.ops.bqq.linear(x, *layout.tensors, 384, "")},
+                             repeats * 5)
+    return [{"path": name, "us": sec * 1e6} for name, sec in med.items()]
 
 
 def layer_rows(shapes, tokens, repeats: int, group: int = GROUP) -> list[dict]:
@@ -132,7 +155,7 @@ def model_rows(batches, repeats: int) -> list[dict]:
     return rows
 
 
-def markdown(layers: list[dict], models: list[dict], env: dict) -> str:
+def markdown(layers: list[dict], models: list[dict], env: dict, dispatch: list[dict] | None = None) -> str:
     lines = [f"`{' '.join(f'{k}={v}' for k, v in env.items())}`", "",
              "| weight (out×in) | tokens | BQQ 2* kernel (ms) | dense fp32 (ms) | ratio | target | met |",
              "|---|---|---|---|---|---|---|"]
@@ -147,6 +170,9 @@ def markdown(layers: list[dict], models: list[dict], env: dict) -> str:
         for r in models:
             lines.append(f"| {r['batch']} | {r['bqq_s'] * 1e3:.1f} | {r['fp32_s'] * 1e3:.1f} | {r['ratio']:.2f} | "
                          f"{r['reference_s'] * 1e3:.1f} |")
+    if dispatch:
+        lines += ["", "| 384x384, 1 token, inference mode | µs per call |", "|---|---|"]
+        lines += [f"| {r['path']} | {r['us']:.1f} |" for r in dispatch]
     return "\n".join(lines) + "\n"
 
 
@@ -164,14 +190,16 @@ def main(argv: list[str] | None = None) -> dict:
     shapes, tokens = (SHAPES[:2], [1, 197]) if args.quick else (SHAPES, TOKENS)
     layers = layer_rows(shapes, tokens, args.repeats)
     models = [] if args.quick else model_rows([1, 8], args.repeats)
+    dispatch = dispatch_rows(args.repeats)
     wall = time.perf_counter() - wall
-    text = markdown(layers, models, env)
+    text = markdown(layers, models, env, dispatch)
     print(text)
     print(f"wall time {wall:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.kernels" + (" --quick" if args.quick else "")
     (out / "kernels.md").write_text(text + f"\nCommand: `{command}`; wall time {wall:.0f} s.\n")
-    doc = {"env": env, "layers": layers, "models": models, "wall_s": wall, "group": GROUP, "stacks": STACKS}
+    doc = {"env": env, "layers": layers, "models": models, "dispatch": dispatch, "wall_s": wall, "group": GROUP,
+           "stacks": STACKS}
     (out / "kernels.json").write_text(json.dumps(doc, indent=2))
     return doc
 

@@ -102,10 +102,14 @@ def resolve(device_type: str, backend: str | None) -> KernelFn:
 
 def _linear(x: torch.Tensor, *args) -> torch.Tensor:
     """The eager body of ``bqq::linear`` on every device: args are the layout tensors, M, backend."""
-    fn = resolve(x.device.type, args[-1])
+    return _run(x, LayoutTensors._make(args[:-2]), args[-2], args[-1])
+
+
+def _run(x: torch.Tensor, tensors: LayoutTensors, out_features: int, backend: str) -> torch.Tensor:
+    fn = resolve(x.device.type, backend)
     if fn is not linear_reference and x.dtype != torch.float32:
         raise ValueError(f"the BQQ kernels compute in float32, got {x.dtype} (backend 'reference' takes any dtype)")
-    return fn(x, LayoutTensors._make(args[:-2]), args[-2])
+    return fn(x, tensors, out_features)
 
 
 # Devices without a registered backend (e.g. mps) run the same function, which finds only the reference.
@@ -131,7 +135,7 @@ def bqq_linear(x: torch.Tensor, layout: BQQLayout, bias: torch.Tensor | None = N
     if traced or compute.device.type not in _REGISTRY:  # compile, autograd, meta/fake tensors: the op
         out = LINEAR(compute, *layout.tensors, m, backend or "")
     else:  # eager inference on a kernel device: the op's own body, without ~5-10 µs of dispatch per call
-        out = _linear(compute, *layout.tensors, m, backend or "")
+        out = _run(compute, layout.tensors, m, backend or "")
     if out.dtype != x.dtype:
         out = out.to(x.dtype)
     return out if bias is None else out + bias

@@ -79,7 +79,7 @@ class BQQLayout:
 
     @property
     def device(self) -> torch.device:
-        return self.z.device
+        return self.tensors.z.device
 
     @property
     def stacks(self) -> int:
