@@ -15,6 +15,7 @@ import torch
 from . import api, io
 from .format import FormatError, read_file
 from .methods import available_methods, bits_meanings
+from .ptq.report import format_candidates
 from .ptq.serialize import CONFIG_KEY as MODEL_CONFIG_KEY
 
 
@@ -176,7 +177,7 @@ def _print_selection(config: dict) -> None:
     for name, layer in config.get("layers", {}).items():
         selection = layer.get("selection") or {}
         error = selection.get("rel_error")
-        others = ", ".join(f"{m} {e:.4f}" for m, e in selection.get("candidates", {}).items())
+        others = format_candidates(selection.get("candidates", {}))
         print(f"    {name}: {layer.get('method')} rel_error={'?' if error is None else f'{error:.4f}'}"
               + (f" (candidates: {others})" if others else ""))
 

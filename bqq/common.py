@@ -99,11 +99,6 @@ def config_version(cls: type) -> int:
     return int(version)
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A config dataclass as a JSON-able dict (its ``version`` is stored beside it by the caller)."""
-    return dataclasses.asdict(config)
-
-
 def config_from_dict(cls: type, data: Any, version: Any = 1) -> Any:
     """Rebuild a config dataclass written with ``version``; ValueError for a newer version or unknown fields."""
     known = config_version(cls)
@@ -113,8 +108,7 @@ def config_from_dict(cls: type, data: Any, version: Any = 1) -> Any:
         raise ValueError(f"{cls.__name__} version {version} is newer than this bqq reads ({known}); upgrade bqq")
     if not isinstance(data, Mapping):
         raise ValueError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = unknown_fields(cls, data)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
     return cls(**data)
@@ -122,11 +116,16 @@ def config_from_dict(cls: type, data: Any, version: Any = 1) -> Any:
 
 def make_config(cls: type, opts: Mapping[str, Any], owner: str) -> Any:
     """``cls(**opts)``; TypeError listing the valid names when an option is unknown to ``owner``."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(opts) - names)
+    unknown = unknown_fields(cls, opts)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for {owner}; valid: {sorted(names)}")
+        valid = sorted(f.name for f in dataclasses.fields(cls))
+        raise TypeError(f"unknown option(s) {unknown} for {owner}; valid: {valid}")
     return cls(**opts)
+
+
+def unknown_fields(cls: type, names: Iterable[str]) -> list[str]:
+    """The ``names`` that are not fields of dataclass ``cls``, sorted."""
+    return sorted(set(names) - {f.name for f in dataclasses.fields(cls)})
 
 
 # --- progress -------------------------------------------------------------------------------------

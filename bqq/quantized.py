@@ -10,6 +10,7 @@ itself only solves groups and rebuilds one group from its arrays.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -17,7 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 
-from .common import TORCH_DTYPES, config_from_dict, config_to_dict, config_version
+from .common import TORCH_DTYPES, config_from_dict, config_version
 from .format import checked_planes
 from .grouping import GroupGrid
 
@@ -291,7 +292,7 @@ class QuantizedMatrix(abc.ABC):
             "row_sizes": list(self.grid.row_sizes),
             "col_sizes": list(self.grid.col_sizes),
             "seed": self.seed,
-            "config": config_to_dict(self.config),
+            "config": dataclasses.asdict(self.config),
             "config_version": config_version(self.config_class),
         }
         if self.meta_key is not None:

@@ -13,7 +13,6 @@ head, and 384×384 when the model has no ``embed_dim``.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -71,7 +70,7 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
         plan = LayerPlan(name, kind, shape, method, bits, _group_shape(model, name, shape, group_size), dict(opts))
         grouped_by_user = False
         for pattern, settings in overrides.items():
-            if fnmatch.fnmatchcase(name, pattern):
+            if matches_any(name, (pattern,)):
                 matched.add(pattern)
                 plan = _apply(plan, settings)
                 grouped_by_user |= "group_size" in settings

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..api import method_config
-from ..common import replace_module
+from ..common import dtype_name, replace_module
 from ..grouping import GroupGrid
 from ..methods import get_method
 from ..quantized import QuantizedMatrix
@@ -140,7 +140,7 @@ def _weight_matrix(plan: LayerPlan, weight: torch.Tensor) -> tuple[np.ndarray, s
     w = weight.detach().reshape(plan.shape[0], -1).cpu()
     if not w.is_floating_point() or not torch.isfinite(w).all():
         raise ValueError(f"layer {plan.name!r}: weight must be floating point and finite")
-    dtype = str(w.dtype).removeprefix("torch.")
+    dtype = dtype_name(w.dtype)
     if w.dtype in (torch.float16, torch.bfloat16):
         w = w.float()  # exact; numpy has no bfloat16
     return w.numpy(), dtype

@@ -32,7 +32,12 @@ def format_report(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         error = "–" if r["rel_error"] is None else f"{r['rel_error']:.4f}"
-        others = ", ".join(f"{m} {e:.4f}" for m, e in r["candidates"].items()) or "–"
+        others = format_candidates(r["candidates"]) or "–"
         lines.append(f"| {r['layer']} | {r['method']} | {r['bits']} | {r['group_shape'][0]}x{r['group_shape'][1]} "
                      f"| {r['bits_per_weight']:.3f} | {error} | {others} |")
     return "\n".join(lines)
+
+
+def format_candidates(candidates: dict[str, float]) -> str:
+    """``"bqq 0.2491, uq 0.3826, ..."``: each candidate method's relative weight error."""
+    return ", ".join(f"{method} {error:.4f}" for method, error in candidates.items())
