@@ -81,6 +81,20 @@ def as_float_matrix(w: torch.Tensor | np.ndarray) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(arr), dtype
 
 
+def hessian_matrix(h: torch.Tensor | np.ndarray, n: int) -> np.ndarray:
+    """Validate an input second moment H = Σ x xᵀ for a matrix with ``n`` columns: floating, (n, n),
+    finite. Returns it as float64 numpy."""
+    if isinstance(h, (torch.Tensor, np.ndarray)) and h.ndim == 2 and tuple(h.shape) != (n, n):
+        raise ValueError(f"hessian must be ({n}, {n}) for a matrix with {n} columns, got {tuple(h.shape)}")
+    try:
+        arr, _ = as_float_matrix(h)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"hessian: {exc}") from None
+    if arr.shape != (n, n):
+        raise ValueError(f"hessian must be ({n}, {n}) for a matrix with {n} columns, got {arr.shape}")
+    return arr
+
+
 # --- versioned config dataclasses -------------------------------------------------------------------
 def check_settings(config: Any, checks: Mapping[str, bool]) -> None:
     """Raise one ValueError naming every field of ``config`` whose check is False (for ``__post_init__``)."""

@@ -103,6 +103,11 @@ class QuantizedMatrix(abc.ABC):
     group_fields: ClassVar[tuple[GroupField, ...]] = ()
     meta_key: ClassVar[str | None] = None   # manifest key of the per-group int ("ranks", "centroids")
     meta_attr: ClassVar[str | None] = None  # its attribute ("ranks", "counts")
+    # Methods that solve the output-aware objective tr((W - Ŵ) H (W - Ŵ)ᵀ) take ``hessian=`` in quantize.
+    output_aware: ClassVar[bool] = False
+    # Methods whose groups cannot be solved apart (GPTQ carries errors across all columns): the model
+    # pass gives them the whole layer as one job.
+    whole_matrix: ClassVar[bool] = False
 
     def __init__(self, shape: tuple[int, int], dtype: str, grid: GroupGrid, bits: float, seed: int, config: Any,
                  **arrays: Any) -> None:
@@ -132,6 +137,8 @@ class QuantizedMatrix(abc.ABC):
         ``first_group``: the index of this grid's first group in a larger matrix whose groups are solved
         separately (the model pass solves one group per job): group g's randomness derives from
         (seed, first_group + g), so the assembled groups equal the whole matrix solved at once.
+        Methods with ``output_aware`` also take ``hessian``: None, or (n, n) float64 H prepared by
+        :func:`bqq.solver.prepare_hessian`; group (a, b) then uses the block of H of its columns.
         """
 
     @abc.abstractmethod

@@ -14,6 +14,11 @@ constant terms, so the binary search runs in the ±1 form on the centered residu
    entry flips.
 3. :func:`refit_scalars`: exact least squares of all 3p + 1 scalars of a group on its binaries.
 
+Output-aware (calibrated) solving replaces ‖E‖² by tr(E H Eᵀ), H = Σ x xᵀ over the layer's inputs (the
+group's columns): the U phase stays row-separable with h = X H V and G = Vᵀ H V, the V phase couples
+its rows through H (:func:`bqq_kernels.cpu.coupled_row_sweep`), T_c = 2 α σ_max(X H), the polish refits α
+under H and the refit solves the H-weighted normal equations. H = None is the plain Frobenius objective.
+
 Everything is batched over same-shape groups; randomness comes from one SeedSequence per
 (seed, stack, group, restart), so results do not depend on batching or thread count.
 """
@@ -25,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bqq_kernels.cpu import gram, row_sweep, spectral_norm
+from bqq_kernels.cpu import coupled_row_sweep, gram, row_sweep, spectral_norm
 
 POWER_ITERATIONS = 30
 
@@ -41,6 +46,7 @@ def solve_sign_factors(
     alpha_scale: float,
     polish_rounds: int,
     aspect_exponent: float = 0.7,
+    hessian: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sign factors of a batch of residuals.
 
@@ -48,19 +54,25 @@ def solve_sign_factors(
         x: (B, m, n) float64 residuals (the mean is removed here).
         rank: inner dimension l.
         seeds: B integer sequences, one per problem, seeding its start.
+        hessian: None, or (B, n, n) symmetric positive definite weights H of the objective
+            tr((X - Xhat) H (X - Xhat)ᵀ) (see :func:`prepare_hessian`).
 
     Returns:
         U (B, m, l) and V (B, n, l) as int8 in {-1, +1}, with X ≈ α U Vᵀ + row/col/const terms.
     """
     # numba's threads run the sweeps; BLAS threads spinning beside them made each sweep ~5x slower.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, aspect_exponent)
+        return _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, aspect_exponent, hessian)
 
 
-def _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, aspect_exponent):
+def _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, aspect_exponent, hessian):
     nbatch, m, n = x.shape
-    xc = (x - x.mean(axis=(1, 2), keepdims=True)).astype(np.float32)
+    weighted = hessian is not None
+    xc = _center(x, hessian).astype(np.float32)
+    hm = hessian.astype(np.float32) if weighted else None
+    # Unweighted, the V phase is the U phase of Xᵀ; weighted, both phases use X H (fixed for the stack).
     xt = np.ascontiguousarray(xc.transpose(0, 2, 1))
+    xh = np.matmul(xc, hm) if weighted else xc
     u = np.empty((nbatch, m, rank), np.float32)
     v = np.empty((nbatch, n, rank), np.float32)
     for b, seq in enumerate(seeds):
@@ -70,7 +82,7 @@ def _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, a
 
     rms = np.sqrt((xc.astype(np.float64) ** 2).mean(axis=(1, 2)))
     alpha = (alpha_scale * rms / np.sqrt(rank)).astype(np.float32)
-    t_crit = 2.0 * alpha * spectral_norm(xc.astype(np.float64), POWER_ITERATIONS)
+    t_crit = 2.0 * alpha * spectral_norm(xh.astype(np.float64), POWER_ITERATIONS)
     # The U side of a wide matrix sees larger fields (sums over n > m columns) and freezes first; a
     # temperature ratio T_U / T_V = (n/m)^(2·aspect_exponent) keeps the product, hence T_c, unchanged
     # while balancing the sides (0.7 is empirical: 384×1536 MSE 0.363 -> 0.328 at equal sweeps).
@@ -80,19 +92,28 @@ def _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, a
         frac = k / max(sweeps - 1, 1)
         temp = t_crit * t_start * (t_end / t_start) ** frac
         inv_temp = np.where(live, 1.0 / np.where(live, temp, 1.0), 0.0).astype(np.float32)
-        _half_sweep(xc, u, v, alpha, inv_temp / aspect, False)
-        _half_sweep(xt, v, u, alpha, inv_temp * aspect, False)
+        _sweep(xc, xt, xh, hm, u, v, alpha, inv_temp / aspect, inv_temp * aspect, False)
 
     u = np.where(u >= 0, 1.0, -1.0).astype(np.float32)
     v = np.where(v >= 0, 1.0, -1.0).astype(np.float32)
     zero = np.zeros(nbatch, np.float32)
     for _ in range(polish_rounds):
-        alpha = _fit_alpha(xc, u, v)
-        flips = _half_sweep(xc, u, v, alpha, zero, True)
-        flips += _half_sweep(xt, v, u, alpha, zero, True)
-        if flips == 0:
+        alpha = _fit_alpha(xc, u, v, hessian)
+        if _sweep(xc, xt, xh, hm, u, v, alpha, zero, zero, True) == 0:
             break
     return u.astype(np.int8), v.astype(np.int8)
+
+
+def _sweep(xc, xt, xh, hm, u, v, alpha, inv_temp_u, inv_temp_v, hard: bool) -> int:
+    """A U phase then a V phase; returns the sign changes. ``hm`` None: the unweighted objective."""
+    if hm is None:
+        return _half_sweep(xc, u, v, alpha, inv_temp_u, hard) + _half_sweep(xt, v, u, alpha, inv_temp_v, hard)
+    hv = np.matmul(hm, v)
+    g = np.matmul(v.transpose(0, 2, 1), hv)  # Vᵀ H V (its diagonal cancels in the field)
+    flips = row_sweep(np.matmul(xh, v), np.matmul(u, g), u, g, alpha, inv_temp_u, hard)
+    k = gram(u)
+    p = np.matmul(xh.transpose(0, 2, 1), u)  # H Xᵀ U
+    return flips + coupled_row_sweep(p, np.matmul(v, k), v, k, hm, alpha, inv_temp_v, hard)
 
 
 def _half_sweep(x: np.ndarray, u: np.ndarray, v: np.ndarray, alpha: np.ndarray, inv_temp: np.ndarray,
@@ -102,76 +123,100 @@ def _half_sweep(x: np.ndarray, u: np.ndarray, v: np.ndarray, alpha: np.ndarray, 
     return row_sweep(np.matmul(x, v), np.matmul(u, g), u, g, alpha, inv_temp, hard)
 
 
-def _fit_alpha(xc: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Least-squares α of X ≈ α U Vᵀ per problem (α = 0 for an all-zero problem)."""
+def _center(x: np.ndarray, hessian: np.ndarray | None) -> np.ndarray:
+    """x minus its best constant under the objective (the mean; 1ᵀX H 1 / (m 1ᵀH 1) under H)."""
+    if hessian is None:
+        return x - x.mean(axis=(1, 2), keepdims=True)
+    h1 = hessian.sum(axis=2)  # (B, n): H 1
+    shift = (x.sum(axis=1) * h1).sum(axis=1) / (x.shape[1] * h1.sum(axis=1))
+    return x - shift[:, None, None]
+
+
+def _fit_terms(xc: np.ndarray, u: np.ndarray, v: np.ndarray, hessian: np.ndarray | None):
+    """<X, UVᵀ>_H and <UVᵀ, UVᵀ>_H per problem (float64), where <A, B>_H = tr(A H Bᵀ)."""
     prod = np.matmul(u.astype(np.float64), v.astype(np.float64).transpose(0, 2, 1))  # exact integers
-    num = (xc * prod).sum(axis=(1, 2))
-    den = (prod * prod).sum(axis=(1, 2))
+    weighted = prod if hessian is None else np.matmul(prod, hessian)
+    return (xc * weighted).sum(axis=(1, 2)), (prod * weighted).sum(axis=(1, 2))
+
+
+def _fit_alpha(xc: np.ndarray, u: np.ndarray, v: np.ndarray, hessian: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares α of X ≈ α U Vᵀ per problem (α = 0 for an all-zero problem)."""
+    num, den = _fit_terms(xc, u, v, hessian)
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).astype(np.float32)
 
 
-def sign_fit_error(x: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Squared error of the best α·U Vᵀ + mean fit, per problem (used to pick among restarts)."""
-    xc = x - x.mean(axis=(1, 2), keepdims=True)
-    prod = np.matmul(u.astype(np.float64), v.astype(np.float64).transpose(0, 2, 1))
-    num = (xc * prod).sum(axis=(1, 2))
-    den = (prod * prod).sum(axis=(1, 2))
-    return (xc * xc).sum(axis=(1, 2)) - np.where(den > 0, num * num / np.where(den > 0, den, 1.0), 0.0)
+def sign_fit_error(x: np.ndarray, u: np.ndarray, v: np.ndarray, hessian: np.ndarray | None = None) -> np.ndarray:
+    """Error of the best α·U Vᵀ + constant fit per problem, under H if given (picks among restarts)."""
+    xc = _center(x, hessian)
+    num, den = _fit_terms(xc, u, v, hessian)
+    xw = xc if hessian is None else np.matmul(xc, hessian)
+    return (xc * xw).sum(axis=(1, 2)) - np.where(den > 0, num * num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def refit_scalars(w: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> tuple[np.ndarray, float]:
+def prepare_hessian(h: np.ndarray, damping: float) -> np.ndarray:
+    """H (n, n) made solver-ready: symmetric, ``damping`` · mean(diag) added to the diagonal (as GPTQ
+    does, so that dead inputs keep a small weight and the problem stays well posed), then scaled to
+    mean diagonal 1 (the objective's minimizers do not change; float32 sums stay in range).
+
+    Raises ValueError for a non-square, non-finite or all-zero H.
+    """
+    h = np.asarray(h, np.float64)
+    if h.ndim != 2 or h.shape[0] != h.shape[1]:
+        raise ValueError(f"hessian must be a square matrix, got shape {h.shape}")
+    if not np.isfinite(h).all():
+        raise ValueError("hessian contains NaN or Inf")
+    h = (h + h.T) / 2
+    mean_diag = float(np.trace(h)) / h.shape[0]
+    if not mean_diag > 0:
+        raise ValueError("hessian has no positive diagonal: the layer saw no (non-zero) inputs")
+    h = h + damping * mean_diag * np.eye(h.shape[0])
+    return h / (mean_diag * (1 + damping))
+
+
+def refit_scalars(w: np.ndarray, ys: np.ndarray, zs: np.ndarray, hessian: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, float]:
     """Exact least squares of all scalars of one group given its binaries.
 
-    Minimizes ‖w - Σ_i (r_i Y_i Z_i + s_i Y_i 1 + t_i 1 Z_i) - u‖² over (r_i, s_i, t_i) and u.
+    Minimizes ‖E‖² (or tr(E H Eᵀ) with ``hessian``), E = w - Σ_i (r_i Y_i Z_i + s_i Y_i 1 + t_i 1 Z_i) - u,
+    over (r_i, s_i, t_i) and u: the 3p + 1 normal equations, solved once.
 
     Args:
         w: (m, n) float64 target.
         ys: (p, m, l) {0,1}; zs: (p, l, n) {0,1}.
+        hessian: None or (n, n) symmetric positive semi-definite H.
 
     Returns:
         scales (p, 3) float64 rows (r, s, t), and the offset u. Degenerate designs (e.g. an all-ones
         Y) get the minimum-norm solution.
     """
     m, n = w.shape
-    feats: list[tuple[str, np.ndarray | None]] = []
+    ones_m, ones_n = np.ones(m), np.ones(n)
+    # Each feature is a full (m, n) matrix or an outer product a bᵀ: the row term (Y_i 1) 1ᵀ, the
+    # column term 1 (1ᵀ Z_i) and the constant 1 1ᵀ. Then <F, G>_H = tr(F H Gᵀ) needs F H only for the
+    # p full products (p m n² flops), and <a bᵀ, c dᵀ>_H = (a·c)(bᵀ H d).
+    feats: list[tuple[np.ndarray, np.ndarray | None]] = []
     for y, z in zip(ys.astype(np.float64), zs.astype(np.float64), strict=True):
-        feats += [("full", y @ z), ("row", y.sum(axis=1)), ("col", z.sum(axis=0))]
-    feats.append(("const", None))
+        feats += [(y @ z, None), (y.sum(axis=1), ones_n), (ones_m, z.sum(axis=0))]
+    feats.append((ones_m, ones_n))
+    weigh = (lambda a: a) if hessian is None else (lambda a: a @ hessian)
+    weighted = [weigh(a) if b is None else weigh(b) for a, b in feats]  # F H, or H b (H symmetric)
+
+    def inner(i: int, target: tuple[np.ndarray, np.ndarray | None]) -> float:
+        (a, b), fw = feats[i], weighted[i]
+        c, d = target
+        if b is None and d is None:
+            return float((fw * c).sum())
+        if b is None:  # <F H, c dᵀ> = cᵀ (F H) d
+            return float(c @ fw @ d)
+        if d is None:  # <a bᵀ H, G> = aᵀ G (H b)
+            return float(a @ c @ fw)
+        return float((a @ c) * (fw @ d))
+
     k = len(feats)
     gram_m = np.empty((k, k))
     for i in range(k):
         for j in range(i, k):
-            gram_m[i, j] = gram_m[j, i] = _inner(feats[i], feats[j], m, n)
-    target = ("full", w)
-    rhs = np.array([_inner(f, target, m, n) for f in feats])
+            gram_m[i, j] = gram_m[j, i] = inner(i, feats[j])
+    rhs = np.array([inner(i, (w, None)) for i in range(k)])
     coef = np.linalg.lstsq(gram_m, rhs, rcond=None)[0]
     return coef[:-1].reshape(-1, 3), float(coef[-1])
-
-
-def _inner(f: tuple[str, np.ndarray | None], g: tuple[str, np.ndarray | None], m: int, n: int) -> float:
-    """Frobenius inner product of two structured (m, n) matrices.
-
-    Kinds: "full" (an m×n array), "row" (a_r broadcast over columns), "col" (b_c broadcast over rows),
-    "const" (all ones).
-    """
-    order = {"full": 0, "row": 1, "col": 2, "const": 3}
-    (kf, a), (kg, b) = sorted((f, g), key=lambda t: order[t[0]])
-    if kf == "full":
-        if kg == "full":
-            return float((a * b).sum())
-        if kg == "row":
-            return float((a.sum(axis=1) * b).sum())
-        if kg == "col":
-            return float((a.sum(axis=0) * b).sum())
-        return float(a.sum())
-    if kf == "row":
-        if kg == "row":
-            return float(n * (a * b).sum())
-        if kg == "col":
-            return float(a.sum() * b.sum())
-        return float(n * a.sum())
-    if kf == "col":
-        if kg == "col":
-            return float(m * (a * b).sum())
-        return float(m * a.sum())
-    return float(m * n)

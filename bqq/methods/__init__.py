@@ -44,4 +44,4 @@ def bits_meanings() -> dict[str, str]:
 
 
 # Built-in methods register themselves on import.
-from . import bcq, bqq, lattice, svd, svdq, uniform, vq  # noqa: E402, F401
+from . import bcq, bqq, gptq, lattice, svd, svdq, uniform, vq  # noqa: E402, F401

@@ -17,7 +17,7 @@ import numpy as np
 import bqq_kernels
 
 from .. import solver
-from ..common import as_float_matrix, check_settings, is_int, is_number, progress_bar
+from ..common import as_float_matrix, check_settings, hessian_matrix, is_int, is_number, progress_bar
 from ..format import pack_bits, packed_length, unpack_bits
 from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
@@ -67,14 +67,15 @@ class BQQConfig:
 SWEEP_BUDGET = 1.4e10  # (m + n) · l² · sweeps: about 500 sweeps for a 384×384 group
 
 
-def auto_sweeps(shape: tuple[int, int], rank: int) -> int:
+def auto_sweeps(shape: tuple[int, int], rank: int, weighted: bool = False) -> int:
     """Default annealing length: the same work per stack for every group shape, within [300, 6000].
 
-    A sweep costs about (m + n)·l² multiply-adds. Small groups are cheap and need long schedules to
-    reach their best error; large ones self-average. The budget keeps a 384×384 stack near 2-3 s on
-    two cores and gives a 128×128 stack 6000 sweeps (about 2 s).
+    A sweep costs about (m + n)·l² multiply-adds, plus n²·l for the H coupling of the output-aware
+    (``weighted``) V phase. Small groups are cheap and need long schedules to reach their best error;
+    large ones self-average. The budget keeps a 384×384 stack near 2-3 s on two cores and gives a
+    128×128 stack 6000 sweeps (about 2 s).
     """
-    work = (shape[0] + shape[1]) * rank * rank
+    work = (shape[0] + shape[1]) * rank * rank + (shape[1] ** 2 * rank if weighted else 0)
     return int(min(6000, max(300, round(SWEEP_BUDGET / work))))
 
 
@@ -98,6 +99,7 @@ class BQQMatrix(QuantizedMatrix):
     max_bits = 16
     bits_meaning = "stacks p: p binary products per group, about p bits per weight (the paper's p*)"
     meta_key = meta_attr = "ranks"
+    output_aware = True
     group_fields = (
         GroupField("y", "uint8", lambda g: (g.bits, g.rows, packed_length(g.meta)), packed_bits=lambda g: g.meta),
         GroupField("z", "uint8", lambda g: (g.bits, g.meta, packed_length(g.cols)), packed_bits=lambda g: g.cols),
@@ -116,7 +118,7 @@ class BQQMatrix(QuantizedMatrix):
 
     # --- building ---------------------------------------------------------------------------
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> BQQMatrix:
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None) -> BQQMatrix:
         shapes = grid.group_shapes()
         ranks = [inner_dim(s, config.rank_scale) for s in shapes]
         empty = cls(w.shape, "float64", grid, 0, seed, config,
@@ -124,16 +126,19 @@ class BQQMatrix(QuantizedMatrix):
                     z=[np.zeros((0, r, packed_length(n)), np.uint8) for (_, n), r in zip(shapes, ranks, strict=True)],
                     scales=np.zeros((len(grid), 0, 3), np.float32), offset=np.zeros(len(grid), np.float32))
         empty.first_group = first_group
-        empty._add_stacks(w, int(bits), progress)
+        empty._add_stacks(w, int(bits), progress, hessian)
         return empty
 
-    def extend(self, extra_bits: int, w: Any = None, progress: bool | None = None) -> BQQMatrix:
+    def extend(self, extra_bits: int, w: Any = None, progress: bool | None = None, hessian: Any = None,
+               damping: float = 0.01) -> BQQMatrix:
         """Add ``extra_bits`` stacks on the current residual, keeping every earlier binary.
 
         Args:
             extra_bits: stacks to add (>= 1; the total stays <= 16).
             w: the original matrix; needed when this matrix was loaded from a file (the one it was
                 compressed from is kept in memory otherwise).
+            hessian, damping: solve the new stacks (and refit all scalars) under tr(E H Eᵀ), as in
+                :func:`bqq.compress`.
 
         Returns:
             self, extended in place. All scalars are refitted, so the error never increases.
@@ -151,11 +156,15 @@ class BQQMatrix(QuantizedMatrix):
         else:
             raise ValueError("extend() needs the original matrix: this one was loaded from a file or "
                              "released its source; call q.extend(bits, w=original)")
-        self._add_stacks(source, int(extra_bits), progress)
+        h = None if hessian is None else solver.prepare_hessian(hessian_matrix(hessian, self.shape[1]), damping)
+        self._add_stacks(source, int(extra_bits), progress, h)
         return self
 
-    def _add_stacks(self, w: np.ndarray, count: int, progress: bool | None) -> None:
+    def _add_stacks(self, w: np.ndarray, count: int, progress: bool | None, hessian: np.ndarray | None = None
+                    ) -> None:
         targets = self.grid.split(w)
+        # Group (a, b) sees the block of H of its columns (cross-block terms are not modelled).
+        weights = None if hessian is None else [hessian[cs, cs] for _, _, _, cs in self.grid.blocks()]
         by_shape: dict[tuple[int, int, int], list[int]] = defaultdict(list)
         for g, (shape, rank) in enumerate(zip(self.grid.group_shapes(), self.ranks, strict=True)):
             by_shape[(*shape, rank)].append(g)
@@ -169,33 +178,37 @@ class BQQMatrix(QuantizedMatrix):
                 new_y: dict[int, np.ndarray] = {}
                 new_z: dict[int, np.ndarray] = {}
                 for rank, idx in batches:
-                    ys, zs = self._solve_batch([residuals[g] for g in idx], rank, stack, idx)
+                    h = None if weights is None else np.stack([weights[g] for g in idx])
+                    ys, zs = self._solve_batch([residuals[g] for g in idx], rank, stack, idx, h)
                     new_y.update(zip(idx, ys, strict=True))
                     new_z.update(zip(idx, zs, strict=True))
                     bar.update(len(idx))
-                self._append_stack(targets, new_y, new_z)
+                self._append_stack(targets, new_y, new_z, weights)
 
-    def _solve_batch(self, residuals: list[np.ndarray], rank: int, stack: int, groups: list[int]):
+    def _solve_batch(self, residuals: list[np.ndarray], rank: int, stack: int, groups: list[int],
+                     hessian: np.ndarray | None = None):
         cfg = self.config
         restarts = cfg.restarts
         x = np.repeat(np.stack(residuals), restarts, axis=0)
+        h = None if hessian is None else np.repeat(hessian, restarts, axis=0)
         seeds = [(self.seed, stack, self.first_group + g, r) for g in groups for r in range(restarts)]
+        sweeps = cfg.sweeps or auto_sweeps(x.shape[1:], rank, weighted=h is not None)
         u, v = solver.solve_sign_factors(
-            x, rank, seeds, sweeps=cfg.sweeps or auto_sweeps(x.shape[1:], rank), t_start=cfg.t_start, t_end=cfg.t_end,
-            alpha_scale=cfg.alpha_scale, polish_rounds=cfg.polish_rounds, aspect_exponent=cfg.aspect_exponent)
-        best = solver.sign_fit_error(x, u, v).reshape(len(groups), restarts).argmin(axis=1)
+            x, rank, seeds, sweeps=sweeps, t_start=cfg.t_start, t_end=cfg.t_end, alpha_scale=cfg.alpha_scale,
+            polish_rounds=cfg.polish_rounds, aspect_exponent=cfg.aspect_exponent, hessian=h)
+        best = solver.sign_fit_error(x, u, v, h).reshape(len(groups), restarts).argmin(axis=1)
         pick = np.arange(len(groups)) * restarts + best
         ys = [(u[k] > 0).astype(np.uint8) for k in pick]
         zs = [np.ascontiguousarray((v[k] > 0).astype(np.uint8).T) for k in pick]
         return ys, zs
 
-    def _append_stack(self, targets, new_y, new_z) -> None:
+    def _append_stack(self, targets, new_y, new_z, weights=None) -> None:
         scales = np.empty((len(self.grid), self.stacks + 1, 3), np.float32)
         offset = np.empty(len(self.grid), np.float32)
         for g, target in enumerate(targets):
             ys = np.concatenate([self._unpacked_y(g), new_y[g][None]])
             zs = np.concatenate([self._unpacked_z(g), new_z[g][None]])
-            coef, u = solver.refit_scalars(target, ys, zs)
+            coef, u = solver.refit_scalars(target, ys, zs, None if weights is None else weights[g])
             scales[g], offset[g] = coef, u
             self.y[g] = np.concatenate([self.y[g], pack_bits(new_y[g])[None]])
             self.z[g] = np.concatenate([self.z[g], pack_bits(new_z[g])[None]])

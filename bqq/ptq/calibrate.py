@@ -1,16 +1,18 @@
-"""Calibrated PTQ (the paper's c-BQQ, also for UQ/BCQ): tune only biases and norm parameters.
+"""Calibrated PTQ settings, and c-BQQ: tuning biases and norms against the floating-point model.
 
-After data-free quantization the binaries and scalars stay fixed; the biases and the normalization
-layers' weights and biases are trained so that the quantized model's logits match the floating-point
-model's (MSE loss, Adam). Paper settings: lr 1e-3, 15 epochs, mini-batch 16, 2048 (DeiT) or 1024
-(Swin) calibration images.
+With calibration data, :func:`bqq.quantize` first solves every layer under the output-aware objective
+tr((W - Ŵ) H (W - Ŵ)ᵀ), H = Σ x xᵀ over the layer's calibration inputs (:mod:`bqq.ptq.hessian`). Then,
+optionally (``epochs`` > 0), the paper's c-BQQ: the binaries and scalars stay fixed and the biases and
+the normalization layers' weights and biases are trained so that the quantized model's outputs match
+the floating-point model's (MSE loss, Adam). Paper settings for c-BQQ: lr 1e-3, 15 epochs, mini-batch
+16, 2048 (DeiT) or 1024 (Swin) calibration images.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common import progress_bar
+from .hessian import run_model
 from .modules import cached_weights, trainable_scalars
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+INPUT_MODES = ("quantized", "float")
 
 
 @dataclass
@@ -29,25 +35,45 @@ class Calibration:
     """Settings of calibrated PTQ.
 
     Attributes:
-        data: a DataLoader, or any re-iterable of batches; a batch is an input tensor or a tuple/list
-            whose first item is the input (labels are ignored).
-        epochs, lr: Adam on biases and norm parameters for ``epochs`` passes over ``data``.
-        refit_scales: also train the FP32 scalars of groups with binary codes (BQQ, BCQ), the binaries
-            fixed, as relative changes at ``lr`` (see :func:`bqq.ptq.modules.trainable_scalars`).
+        data: a DataLoader, or any re-iterable of batches; a batch is an input tensor, a tuple/list
+            whose first item is the input (labels are ignored), or a mapping of keyword inputs (a
+            tokenizer's output, for Hugging Face models; padding tokens are left out of H).
+        output_aware: solve each layer under tr((W - Ŵ) H (W - Ŵ)ᵀ) with H = Σ x xᵀ over its inputs
+            (BQQ and GPTQ use H; under ``method="auto"`` the candidates are compared by this error).
+        inputs: where each layer's x comes from. ``"quantized"`` (default): layers are quantized in
+            forward order, each seeing the outputs of the already-quantized layers before it (GPTQ's
+            order; one partial forward over ``data`` per stage); ``"float"``: every H from the
+            floating-point model in one pass (cheaper, errors do not get corrected downstream).
+        damping: added to H's diagonal as a fraction of its mean (GPTQ's percdamp).
+        epochs, lr: c-BQQ after quantization: Adam on biases and norm parameters for ``epochs`` passes
+            over ``data`` (0: none).
+        refit_scales: in c-BQQ, also train the FP32 scalars of groups with binary codes (BQQ, BCQ), the
+            binaries fixed, as relative changes at ``lr`` (see :func:`bqq.ptq.modules.trainable_scalars`).
     """
 
     data: Iterable[Any]
-    epochs: int = 15
+    output_aware: bool = True
+    inputs: str = "quantized"
+    damping: float = 0.01
+    epochs: int = 0
     lr: float = 1e-3
     refit_scales: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {self.epochs!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.damping, (int, float)) and 0 <= self.damping <= 1):
+            raise ValueError(f"damping must be a number in [0, 1], got {self.damping!r}")
+        if self.inputs not in INPUT_MODES:
+            raise ValueError(f"inputs must be one of {INPUT_MODES}, got {self.inputs!r}")
+        if not isinstance(self.output_aware, bool):
+            raise ValueError(f"output_aware must be True or False, got {self.output_aware!r}")
         if isinstance(self.data, torch.Tensor) or not isinstance(self.data, Iterable):
             raise ValueError("calibration data must be a DataLoader or an iterable of batches")
+        if not self.output_aware and self.epochs == 0:
+            raise ValueError("this calibration does nothing: set output_aware=True or epochs > 0")
 
 
 def tunable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -62,7 +88,8 @@ def tunable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def calibrate(model: nn.Module, teacher: nn.Module, calibration: Calibration, *,
               progress: bool | None = None) -> list[float]:
-    """Tune ``model``'s biases and norms to match ``teacher``'s outputs; returns the mean loss per epoch."""
+    """c-BQQ: tune ``model``'s biases and norms to match ``teacher``'s outputs for ``calibration.epochs``
+    epochs; returns the mean loss per epoch."""
     params = tunable_parameters(model)
     if not params:
         raise ValueError("the model has no biases or normalization parameters to calibrate")
@@ -82,10 +109,9 @@ def calibrate(model: nn.Module, teacher: nn.Module, calibration: Calibration, *,
             for _ in progress_bar(range(calibration.epochs), progress=progress, desc="calibrate", unit="epoch"):
                 total, batches = 0.0, 0
                 for batch in calibration.data:
-                    x = _inputs(batch).to(device)
                     with torch.no_grad():
-                        target = teacher(x)
-                    loss = F.mse_loss(model(x), target)
+                        target = output_tensor(run_model(teacher, batch, device))
+                    loss = F.mse_loss(output_tensor(run_model(model, batch, device)), target)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -110,9 +136,13 @@ def _maybe_scalars(model: nn.Module, enabled: bool):
         yield scalars
 
 
-def _inputs(batch: Any) -> torch.Tensor:
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise TypeError(f"a calibration batch must be a tensor or a (inputs, ...) tuple, got {type(batch).__name__}")
+def output_tensor(out: Any) -> torch.Tensor:
+    """A model's main output: the tensor itself, or the first tensor of a tuple or a Hugging Face
+    ``ModelOutput`` (``last_hidden_state``, ``logits``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    items = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            return item
+    raise TypeError(f"cannot find an output tensor in a {type(out).__name__}")

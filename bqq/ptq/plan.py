@@ -46,6 +46,7 @@ class LayerPlan:
     bits: float
     group_shape: tuple[int, int]
     opts: dict[str, Any] = field(default_factory=dict)  # fields of the method's config
+    patch_rule: bool = False  # "auto" gave this layer channel-wise UQ (FEW_INPUTS); with data GPTQ competes
 
 
 def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
@@ -75,7 +76,7 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
                 plan = _apply(plan, settings)
                 grouped_by_user |= "group_size" in settings
         if plan.method == AUTO and kind == "conv2d" and shape[1] <= FEW_INPUTS:  # the patch-embedding rule
-            plan = replace(plan, method="uq", opts={},
+            plan = replace(plan, method="uq", opts={}, patch_rule=True,
                            group_shape=plan.group_shape if grouped_by_user else (1, shape[1]))
         plans.append(plan)
     unused = sorted(set(overrides) - matched)

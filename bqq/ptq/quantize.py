@@ -14,19 +14,23 @@ import torch
 from torch import nn
 
 from ..api import method_config
-from ..common import dtype_name, replace_module
+from ..common import dtype_name, progress_bar, replace_module
 from ..grouping import GroupGrid
 from ..methods import get_method
 from ..quantized import QuantizedMatrix
+from ..solver import prepare_hessian
 from .calibrate import Calibration, calibrate
+from .hessian import collect_hessians, first_batch, input_stages
 from .modules import QuantizedConv2d, QuantizedLinear
 from .plan import AUTO, PAPER_GROUPS, LayerPlan, plan_layers
 from .report import format_report, layer_report
 from .runner import GroupJob, layer_seed, run_jobs
 
 # The methods "auto" chooses among, in order of preference on equal error: BQQ and the first-order
-# codes it claims to beat, all at the same bits (stacks / code width).
+# codes it claims to beat, all at the same bits (stacks / code width); with calibration data also GPTQ
+# (UQ codes rounded against H), the data-aware first-order baseline.
 CANDIDATES = ("bqq", "uq", "bcq")
+CALIBRATED_CANDIDATES = ("gptq",)
 log = logging.getLogger("bqq")
 
 
@@ -65,8 +69,11 @@ def quantize(
         group_size: as in :func:`bqq.compress` (None: one group per layer), or ``"paper"`` (default):
             ``embed_dim`` squares, 100×96 for the classifier head, 384×384 without ``embed_dim``.
         overrides: fnmatch pattern -> settings for the layers it matches, e.g. ``{"head": {"bits": 4}}``.
-        calibration: None for data-free PTQ; a DataLoader (or :class:`Calibration`) for calibrated PTQ
-            (c-BQQ): biases and norms are then tuned to match the original model's outputs.
+        calibration: None for data-free PTQ; a DataLoader of calibration batches (or a
+            :class:`Calibration` for its settings): each layer is then solved under its output error
+            Σ‖(W − Ŵ) x‖² over its calibration inputs x (BQQ and GPTQ; ``"auto"`` adds GPTQ to its
+            candidates and compares them by that error), layer after layer in forward order; with
+            ``Calibration(epochs=k)`` biases and norms are then tuned for k epochs (c-BQQ).
         workers: None (this process), a number of local processes, or a ``concurrent.futures.Executor``.
         cache_dir: persist each finished group; a rerun with the same arguments resumes.
         seed: every layer's seed derives from it and the layer name.
@@ -78,58 +85,103 @@ def quantize(
         calibration = Calibration(calibration)
     plans = plan_layers(model, bits=bits, method=method, group_size=group_size, include=include, exclude=exclude,
                         overrides=overrides, opts=opts)
+    aware = calibration is not None and calibration.output_aware
     for plan in plans:
-        _validate(plan)
-    teacher = copy.deepcopy(model) if calibration is not None else None
-    modules = dict(model.named_modules())
-    jobs, grids, weights = [], {}, {}
-    for plan in plans:
-        grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
-        weights[plan.name], dtype = _weight_matrix(plan, modules[plan.name].weight)
-        for name, settings in candidates(plan).items():
-            jobs += _group_jobs(plan, weights[plan.name], dtype, name, settings, grid, layer_seed(seed, plan.name))
-    results = iter(run_jobs(jobs, workers=workers, cache_dir=cache_dir, progress=progress))
-    for plan in plans:
-        grid = grids[plan.name]
-        solved = {name: get_method(name).from_groups(grid, [next(results) for _ in range(len(grid))])
-                  for name in candidates(plan)}
-        weight, selection = select(solved, weights[plan.name])
-        layer = _quantized_module(modules[plan.name], weight)
-        layer.selection = selection
-        _replace(model, plan.name, layer)
+        _validate(plan, aware)
+    teacher = copy.deepcopy(model) if calibration is not None and calibration.epochs > 0 else None
+    run = {"workers": workers, "cache_dir": cache_dir, "progress": progress}
+    if not aware:
+        _quantize_layers(model, plans, {}, seed, run)
+    else:
+        by_name = {plan.name: plan for plan in plans}
+        stages = [list(by_name)]
+        if calibration.inputs == "quantized":
+            stages = input_stages(model, list(by_name), first_batch(calibration.data))
+        for stage in progress_bar(stages, progress=progress if len(stages) > 1 else False, desc="stages", unit="stage"):
+            stats = collect_hessians(model, stage, calibration.data)
+            hessians = {name: prepare_hessian(h.numpy(), calibration.damping) for name, (h, count) in stats.items()
+                        if count > 0 and float(h.diagonal().sum()) > 0}  # no data: the layer falls back to data-free
+            _quantize_layers(model, [by_name[name] for name in stage], hessians, seed, run)
     if teacher is not None:
         calibrate(model, teacher, calibration, progress=progress)
     log.info("bqq.quantize: %d layers\n%s", len(plans), format_report(layer_report(model)))
     return model
 
 
-def candidates(plan: LayerPlan) -> dict[str, dict[str, Any]]:
-    """The methods to solve for a layer, with their options (method -> opts)."""
+def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[str, np.ndarray], seed: int,
+                     run: dict[str, Any]) -> None:
+    """Solve every candidate of every layer in ``plans`` (one job per group, or per layer for
+    ``whole_matrix`` methods), keep the best per layer and swap the modules in."""
+    modules = dict(model.named_modules())
+    jobs, grids, weights = [], {}, {}
+    for plan in plans:
+        grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
+        weights[plan.name], dtype = _weight_matrix(plan, modules[plan.name].weight)
+        h = hessians.get(plan.name)
+        for name, settings in candidates(plan, h is not None).items():
+            jobs += _layer_jobs(plan, weights[plan.name], dtype, name, settings, grid, layer_seed(seed, plan.name), h)
+    results = iter(run_jobs(jobs, **run))
+    for plan in plans:
+        grid = grids[plan.name]
+        solved = {}
+        for name in candidates(plan, plan.name in hessians):
+            cls = get_method(name)
+            if _whole(cls, plan.name in hessians):
+                solved[name] = next(results)
+            else:
+                solved[name] = cls.from_groups(grid, [next(results) for _ in range(len(grid))])
+        weight, selection = select(solved, weights[plan.name], hessians.get(plan.name))
+        layer = _quantized_module(modules[plan.name], weight)
+        layer.selection = selection
+        _replace(model, plan.name, layer)
+
+
+def candidates(plan: LayerPlan, calibrated: bool = False) -> dict[str, dict[str, Any]]:
+    """The methods to solve for a layer, with their options (method -> opts): the plan's method, or
+    under ``"auto"`` :data:`CANDIDATES` (plus :data:`CALIBRATED_CANDIDATES` when the layer has an H).
+    A patch embedding that ``"auto"`` gave channel-wise UQ gets GPTQ beside it when it has an H."""
+    if plan.patch_rule and calibrated:
+        return {"uq": {}, "gptq": {}}
     if plan.method != AUTO:
         return {plan.method: plan.opts}
-    return {method: plan.opts if method == "bqq" else {} for method in CANDIDATES}
+    names = CANDIDATES + (CALIBRATED_CANDIDATES if calibrated else ())
+    return {method: plan.opts if method == "bqq" else {} for method in names}
 
 
-def select(solved: dict[str, QuantizedMatrix], w: np.ndarray) -> tuple[QuantizedMatrix, dict[str, Any]]:
-    """The candidate with the lowest relative weight error (the first of equal ones: candidates come in
-    preference order) and what was measured: ``{"rel_error": e, "candidates": {method: e}}``."""
-    errors = {name: relative_error(w, q) for name, q in solved.items()}
+def select(solved: dict[str, QuantizedMatrix], w: np.ndarray, hessian: np.ndarray | None = None
+           ) -> tuple[QuantizedMatrix, dict[str, Any]]:
+    """The candidate with the lowest relative error (the first of equal ones: candidates come in
+    preference order) and what was measured: ``{"rel_error": e, "candidates": {method: e}}``. With
+    ``hessian`` the error is the output error (:func:`relative_error`)."""
+    errors = {name: relative_error(w, q, hessian) for name, q in solved.items()}
     best = min(errors, key=errors.get)
-    return solved[best], {"rel_error": errors[best], "candidates": errors if len(errors) > 1 else {}}
+    return solved[best], {"rel_error": errors[best], "candidates": errors if len(errors) > 1 else {},
+                          "objective": "weight" if hessian is None else "output"}
 
 
-def relative_error(w: np.ndarray, q: QuantizedMatrix) -> float:
-    """‖W − Ŵ‖_F / ‖W‖_F in float64 (0 for an all-zero W rebuilt exactly)."""
+def relative_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None = None) -> float:
+    """‖W − Ŵ‖_F / ‖W‖_F in float64, or with ``hessian`` H the output error sqrt(tr(E H Eᵀ) / tr(W H Wᵀ))
+    (E = W − Ŵ; the ratio of Σ‖E x‖² to Σ‖W x‖² over the calibration inputs). 0 for an all-zero W
+    rebuilt exactly."""
     w = w.astype(np.float64)
-    norm = float(np.linalg.norm(w))
-    diff = float(np.linalg.norm(w - q._dequantize64()))
-    return diff / norm if norm > 0 else diff
+    diff = w - q._dequantize64()
+    if hessian is None:
+        norm, err = float(np.linalg.norm(w)), float(np.linalg.norm(diff))
+    else:
+        norm = float(np.sqrt(max(np.einsum("ij,jk,ik->", w, hessian, w), 0.0)))
+        err = float(np.sqrt(max(np.einsum("ij,jk,ik->", diff, hessian, diff), 0.0)))
+    return err / norm if norm > 0 else err
 
 
-def _validate(plan: LayerPlan) -> None:
+def _whole(cls: type[QuantizedMatrix], calibrated: bool) -> bool:
+    """Whether a layer is one job for this method (GPTQ with data carries errors across its groups)."""
+    return cls.whole_matrix and calibrated
+
+
+def _validate(plan: LayerPlan, calibrated: bool) -> None:
     """Fail before any work starts, naming the layer."""
     try:
-        for method, opts in candidates(plan).items():
+        for method, opts in candidates(plan, calibrated).items():
             method_config(method, plan.bits, opts)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"layer {plan.name!r}: {exc}") from exc
@@ -146,10 +198,16 @@ def _weight_matrix(plan: LayerPlan, weight: torch.Tensor) -> tuple[np.ndarray, s
     return w.numpy(), dtype
 
 
-def _group_jobs(plan: LayerPlan, w: np.ndarray, dtype: str, method: str, opts: dict[str, Any], grid: GroupGrid,
-                seed: int) -> list[GroupJob]:
-    return [GroupJob(plan.name, i, w[rs, cs].copy(), dtype, method, plan.bits, seed, dict(opts))
-            for i, (_, _, rs, cs) in enumerate(grid.blocks())]
+def _layer_jobs(plan: LayerPlan, w: np.ndarray, dtype: str, method: str, opts: dict[str, Any], grid: GroupGrid,
+                seed: int, hessian: np.ndarray | None) -> list[GroupJob]:
+    """One job per group (each with the block of H of its columns), or one for the whole layer."""
+    cls = get_method(method)
+    h = hessian if cls.output_aware else None
+    if _whole(cls, h is not None):
+        return [GroupJob(plan.name, 0, w, dtype, method, plan.bits, seed, dict(opts), h, plan.group_shape)]
+    blocks = {} if h is None else {(cs.start, cs.stop): h[cs, cs].copy() for _, _, _, cs in grid.blocks()}
+    return [GroupJob(plan.name, i, w[rs, cs].copy(), dtype, method, plan.bits, seed, dict(opts),
+                     blocks.get((cs.start, cs.stop))) for i, (_, _, rs, cs) in enumerate(grid.blocks())]
 
 
 def _quantized_module(module: nn.Module, weight: QuantizedMatrix) -> nn.Module:

@@ -1,6 +1,7 @@
 """Solving the groups of many layers: in-process, in local processes, or on any Executor; resumable.
 
-Every group of every layer is one job. Jobs are independent (group g of a layer draws its randomness
+Every group of every layer is one job (a whole layer for a method that carries errors across its
+groups: GPTQ with calibration data). Jobs are independent (group g of a layer draws its randomness
 from (layer seed, g), the layer seed from the run seed and the layer name), so they can run anywhere
 and in any order, and the assembled layer equals ``bqq.compress(weight, group_size=..., seed=layer
 seed)`` bit for bit. With a cache folder each finished group is written atomically as its own packed
@@ -43,14 +44,19 @@ class GroupJob:
     bits: float
     seed: int  # the layer's seed (:func:`layer_seed`)
     opts: dict[str, Any] = field(default_factory=dict)  # fields of the method's config
+    hessian: np.ndarray | None = None  # prepared H of the matrix's columns (output-aware methods), or None
+    group_shape: tuple[int, int] | None = None  # None: the matrix is one group; else the whole layer's grid
 
     def key(self) -> str:
         """Hash of the group's values and settings: the cache file name."""
         h = hashlib.sha256()
         settings = [__version__, self.layer, self.index, self.dtype, self.method, self.bits, self.seed,
-                    sorted(self.opts.items()), self.matrix.shape, self.matrix.dtype.str]
+                    sorted(self.opts.items()), self.matrix.shape, self.matrix.dtype.str, self.group_shape,
+                    self.hessian is not None]
         h.update(json.dumps(settings, default=str).encode())
         h.update(np.ascontiguousarray(self.matrix).tobytes())
+        if self.hessian is not None:
+            h.update(np.ascontiguousarray(self.hessian).tobytes())
         return h.hexdigest()
 
 
@@ -62,11 +68,13 @@ def layer_seed(seed: int, layer: str) -> int:
 
 def solve_group(job: GroupJob) -> QuantizedMatrix:
     """Compress one group as group ``job.index`` of its layer (runs in workers; module-level so every
-    executor can pickle it). Returns a single-group matrix for :meth:`QuantizedMatrix.from_groups`."""
+    executor can pickle it). Returns a single-group matrix for :meth:`QuantizedMatrix.from_groups`, or
+    the whole layer for a job with ``group_shape``."""
     cls, config = method_config(job.method, job.bits, job.opts)
     array, _ = as_float_matrix(job.matrix)
-    grid = GroupGrid.build(array.shape, array.shape)
-    q = solve(cls, array, grid, job.bits, job.seed, config, progress=False, first_group=job.index)
+    grid = GroupGrid.build(array.shape, job.group_shape or array.shape)
+    q = solve(cls, array, grid, job.bits, job.seed, config, progress=False, first_group=job.index,
+              hessian=job.hessian)
     q.dtype = job.dtype
     return q
 

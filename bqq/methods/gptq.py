@@ -1,0 +1,109 @@
+"""GPTQ with UQ codes: the data-aware baseline (Frantar et al., 2022), stored exactly like ``"uq"``.
+
+Each group keeps the b-bit grid that UQ picks for it (the clip range searched on the original weights,
+:func:`bqq.methods.uniform.search_clip_range`), so the file and the rebuild are UQ's. What changes is
+how the codes are chosen: columns are rounded one at a time, in order, and each column's rounding
+error is pushed onto the columns not yet rounded so as to minimize the output error
+tr((W - Ŵ) H (W - Ŵ)ᵀ), using the upper Cholesky factor of H⁻¹ (GPTQ's "lazy batch" form: exact
+updates inside blocks of ``block_size`` columns, one matrix product for the rest). The error flows
+across column groups, so a layer is solved as a whole (``whole_matrix``). Without ``hessian`` (a layer
+that saw no data) the codes are round-to-nearest, i.e. UQ's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..common import check_settings, is_int, progress_bar
+from ..format import pack_bits
+from . import register_method
+from .uniform import UQMatrix, search_clip_range
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """Settings of GPTQ (``bqq.compress(..., method="gptq", hessian=H, name=value)``).
+
+    Attributes:
+        grid_points: the clip-range search of each group's grid, as in UQ.
+        block_size: columns updated exactly before the rest get one batched update (speed only).
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    grid_points: int = 100
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        check_settings(self, {
+            "grid_points": is_int(self.grid_points) and 2 <= self.grid_points <= 10_000,
+            "block_size": is_int(self.block_size) and self.block_size >= 1,
+        })
+
+
+def encode_rows(x: np.ndarray, lo: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    """Nearest-level codes of x (m,) where row i has levels lo[i] + j·scale[i]; ties go down.
+
+    Equals :func:`bqq.methods.uniform.encode` row by row (the same bounds, counted the same way).
+    """
+    bounds = lo[:, None] + (np.arange(2**bits - 1) + 0.5) * scale[:, None]  # (m, levels - 1)
+    codes = (x[:, None] > bounds).sum(axis=1)
+    return np.where(scale == 0, 0, codes)
+
+
+@register_method("gptq")
+class GPTQMatrix(UQMatrix):
+    """UQ's storage (per group b-bit codes, an FP32 zero point and step) with codes chosen by GPTQ."""
+
+    config_class = GPTQConfig
+    output_aware = True
+    whole_matrix = True
+    bits_meaning = "code width b: b-bit integer codes per weight (GPTQ-rounded), plus a zero point and a step per group"
+
+    @classmethod
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None) -> GPTQMatrix:
+        bits = int(bits)
+        scale, zero = np.empty(len(grid), np.float32), np.empty(len(grid), np.float32)
+        for g, x in enumerate(grid.split(w)):
+            lo, hi = search_clip_range(x.ravel(), bits, config.grid_points)
+            zero[g], scale[g] = lo, (hi - lo) / (2**bits - 1)
+        codes = _gptq_codes(w, grid, zero, scale, bits, hessian, config.block_size, progress)
+        planes = [pack_bits(np.stack([(codes[rs, cs] >> j) & 1 for j in range(bits)]))
+                  for _, _, rs, cs in grid.blocks()]
+        return cls(w.shape, "float64", grid, bits, seed, config, codes=planes, scale=scale, zero=zero)
+
+
+def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: int, hessian: np.ndarray | None,
+                block_size: int, progress: bool | None) -> np.ndarray:
+    """uint8 (m, n) codes, column by column with GPTQ's error feedback (none without ``hessian``)."""
+    m, n = w.shape
+    # Per column block b: every row's grid (lo, step), expanded from the row blocks.
+    rows = np.repeat(np.arange(len(grid.row_sizes)), grid.row_sizes)
+    cols = np.repeat(np.arange(len(grid.col_sizes)), grid.col_sizes)
+    lo = zero.astype(np.float64).reshape(len(grid.row_sizes), -1)[rows]  # (m, C)
+    step = scale.astype(np.float64).reshape(len(grid.row_sizes), -1)[rows]
+    codes = np.empty((m, n), np.uint8)
+    work = w.astype(np.float64, copy=True)
+    # Upper factor U of H⁻¹ = Uᵀ U: column j's error, divided by U_jj, moves the later columns by U_j,k.
+    chol = None if hessian is None else np.linalg.cholesky(np.linalg.inv(hessian)).T
+    for start in progress_bar(range(0, n, block_size), progress=progress, desc=f"gptq {m}x{n}", unit="block"):
+        stop = min(start + block_size, n)
+        errors = np.empty((m, stop - start))
+        for j in range(start, stop):
+            b = cols[j]
+            k = encode_rows(work[:, j], lo[:, b], step[:, b], bits)
+            codes[:, j] = k
+            if chol is None:
+                continue
+            err = (work[:, j] - (lo[:, b] + k * step[:, b])) / chol[j, j]
+            work[:, j + 1:stop] -= np.outer(err, chol[j, j + 1:stop])
+            errors[:, j - start] = err
+        if chol is not None and stop < n:
+            work[:, stop:] -= errors @ chol[start:stop, stop:]
+    return codes
+
+
+__all__ = ["GPTQConfig", "GPTQMatrix", "encode_rows"]

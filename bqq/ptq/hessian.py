@@ -1,0 +1,146 @@
+"""Input second moments H = Σ x xᵀ of a model's layers, gathered by streaming hooks over calibration data.
+
+H is what the output-aware objective tr((W - Ŵ) H (W - Ŵ)ᵀ) = Σ_x ‖(W - Ŵ) x‖² needs from the data: one
+(n, n) float64 sum per layer, updated batch by batch, so no activation is kept. For a Linear x runs over
+every token of every batch (padding tokens are left out when the batch carries an ``attention_mask``);
+for a Conv2d over every patch the kernel sees (``F.unfold``, in the (C, kh, kw) order of the weight's
+rows).
+
+:func:`input_stages` splits the layers into stages that can be quantized one after another with each
+stage's H taken from the partly quantized model (GPTQ's order): layers that read the very same tensor
+(q, k and v) share a stage, and a pass stops as soon as its last layer has been seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every layer of interest has seen its input: the rest of the forward is skipped."""
+
+
+def run_model(model: nn.Module, batch: Any, device: torch.device) -> Any:
+    """``model`` on one calibration batch: a tensor, an (inputs, ...) tuple/list (labels ignored), or a
+    mapping of keyword inputs (a tokenizer's output: ``model(**batch)``)."""
+    if isinstance(batch, torch.Tensor):
+        return model(batch.to(device))
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return model(batch[0].to(device))
+    if isinstance(batch, Mapping) and batch:
+        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    raise TypeError("a calibration batch must be a tensor, an (inputs, ...) tuple or a mapping of model inputs, "
+                    f"got {type(batch).__name__}")
+
+
+def _token_mask(batch: Any) -> torch.Tensor | None:
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+
+def layer_inputs(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The rows x the layer's weight multiplies, (tokens, n) float64."""
+    if isinstance(module, nn.Conv2d):
+        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+    if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        x = x[mask.to(x.device).bool()]  # real tokens only
+    return x.reshape(-1, x.shape[-1]).double()
+
+
+def collect_hessians(model: nn.Module, names: Sequence[str], data: Iterable[Any],
+                     ) -> dict[str, tuple[torch.Tensor, int]]:
+    """H = Σ x xᵀ (float64 (n, n), on the CPU) and the number of rows x for each named layer.
+
+    Runs ``model`` (in eval mode, without gradients) on every batch of ``data``; a forward stops once
+    all named layers have seen their input. A layer the data never reaches gets a zero H and count 0.
+    """
+    modules = {name: model.get_submodule(name) for name in names}
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(names, 0)
+    seen: set[str] = set()
+    state: dict[str, Any] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple) -> None:
+            rows = layer_inputs(module, args[0].detach(), state.get("mask"))
+            sums[name] = sums[name] + rows.T @ rows if name in sums else rows.T @ rows
+            counts[name] += rows.shape[0]
+            seen.add(name)
+            if len(seen) == len(modules):
+                raise _StopForward
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in data:
+                seen.clear()
+                state["mask"] = _token_mask(batch)
+                try:
+                    run_model(model, batch, device)
+                except _StopForward:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    out = {}
+    for name, module in modules.items():
+        n = module.weight[0].numel()
+        out[name] = (sums[name].cpu() if name in sums else torch.zeros(n, n, dtype=torch.float64), counts[name])
+    return out
+
+
+def input_stages(model: nn.Module, names: Sequence[str], batch: Any) -> list[list[str]]:
+    """``names`` in the order one forward on ``batch`` reaches them, cut into stages of consecutive layers
+    that read the same tensor. Layers the batch never reaches form a last stage."""
+    order: list[tuple[str, torch.Tensor]] = []
+    modules = {name: model.get_submodule(name) for name in names}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple) -> None:
+            if all(n != name for n, _ in order):
+                order.append((name, args[0]))  # kept alive, so identity comparisons are sound
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            run_model(model, batch, _device(model))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    stages: list[list[str]] = []
+    previous = None
+    for name, x in order:
+        if stages and x is previous:
+            stages[-1].append(name)
+        else:
+            stages.append([name])
+        previous = x
+    unreached = [n for n in names if all(n != o for o, _ in order)]
+    return stages + ([unreached] if unreached else [])
+
+
+def first_batch(data: Iterable[Any]) -> Any:
+    """The first batch of ``data`` (ValueError if there is none)."""
+    for batch in data:
+        return batch
+    raise ValueError("calibration data yielded no batches")
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,324 @@
+"""Data-aware quantization: H collection, the output-aware BQQ solver and refit, GPTQ, the calibrated model pass."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_ptq import FAST, tiny
+from torch import nn
+
+import bqq
+from bqq.methods.bqq import inner_dim
+from bqq.methods.gptq import encode_rows
+from bqq.methods.uniform import encode
+from bqq.ptq.hessian import collect_hessians, input_stages
+from bqq.ptq.runner import layer_seed
+from bqq.solver import prepare_hessian, refit_scalars, solve_sign_factors
+from bqq_kernels.cpu import coupled_row_sweep, gram, row_sweep
+
+SOLVE = {"sweeps": 80, "t_start": 0.95, "t_end": 0.18, "alpha_scale": 0.9, "polish_rounds": 50}
+
+
+def anisotropic_inputs(n: int, rows: int, seed: int) -> np.ndarray:
+    """(rows, n) correlated inputs with a few outlier channels, like real activations."""
+    rng = np.random.default_rng(seed)
+    mix = np.eye(n) + 0.3 * rng.standard_normal((n, n))
+    scale = np.ones(n)
+    scale[rng.choice(n, 4, replace=False)] = 6.0
+    return rng.standard_normal((rows, n)) @ mix * scale
+
+
+def output_error(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray) -> float:
+    e = w - w_hat
+    return float(np.trace(e @ h @ e.T))
+
+
+# --- H from hooks -----------------------------------------------------------------------------------
+def test_hessian_of_a_linear_skips_padding_tokens():
+    torch.manual_seed(0)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(20, 6)
+            self.lin = nn.Linear(6, 4)
+
+        def forward(self, input_ids, attention_mask):
+            return self.lin(self.embed(input_ids))
+
+    model = Model()
+    batches = [{"input_ids": torch.randint(0, 20, (3, 5)), "attention_mask": torch.tensor([[1] * 5, [1] * 3 + [0] * 2,
+                                                                                          [1] * 1 + [0] * 4])}
+               for _ in range(2)]
+    (h, count), = collect_hessians(model, ["lin"], batches).values()
+    rows = torch.cat([model.embed(b["input_ids"])[b["attention_mask"].bool()] for b in batches]).double()
+    assert count == rows.shape[0] == 2 * 9
+    torch.testing.assert_close(h, rows.T @ rows)
+
+
+def test_hessian_of_a_conv_is_over_its_patches():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, kernel_size=3, stride=2, padding=1)
+    model = nn.Sequential(conv)
+    data = [torch.randn(2, 2, 7, 7) for _ in range(3)]
+    (h, count), = collect_hessians(model, ["0"], data).values()
+    direct = torch.zeros(18, 18, dtype=torch.float64)
+    for x in data:  # every patch the kernel multiplies, read out directly
+        xp = F.pad(x, (1, 1, 1, 1)).double()
+        for i in range(0, 7, 2):
+            for j in range(0, 7, 2):
+                patch = xp[:, :, i:i + 3, j:j + 3].reshape(2, -1)  # (C, kh, kw) order, as the weight's rows
+                direct += patch.T @ patch
+    assert count == 3 * 2 * 16
+    torch.testing.assert_close(h, direct)
+    # And H really is the output error's weight: Σ‖(ΔW) x‖² = tr(ΔW H ΔWᵀ).
+    delta = torch.randn(3, 18, dtype=torch.float64)
+    out = sum(((F.conv2d(x.double(), delta.reshape(3, 2, 3, 3), stride=2, padding=1)) ** 2).sum() for x in data)
+    torch.testing.assert_close(out, torch.trace(delta @ h @ delta.T))
+
+
+def test_input_stages_group_layers_that_read_one_tensor():
+    model = tiny()
+    stages = input_stages(model, [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))],
+                          torch.randn(2, 3, 8, 8))
+    assert stages[:4] == [["patch"], ["blocks.0.qkv"], ["blocks.0.proj"], ["blocks.0.fc1"]]
+    assert stages[-1] == ["head"] and sum(len(s) for s in stages) == 10
+
+
+# --- the output-aware solver ------------------------------------------------------------------------
+@pytest.mark.parametrize("stacks", [1, 2])
+def test_weighted_refit_equals_a_least_squares_solve(stacks):
+    rng = np.random.default_rng(stacks)
+    m, n, l = 9, 11, 5
+    w = rng.standard_normal((m, n))
+    ys = rng.integers(0, 2, (stacks, m, l))
+    zs = rng.integers(0, 2, (stacks, l, n))
+    x = anisotropic_inputs(n, 200, 3)
+    h = x.T @ x
+    scales, offset = refit_scalars(w, ys, zs, h)
+    # Direct: minimize Σ_x ‖(W - Ŵ) x‖² = ‖(W - Ŵ) Xᵀ‖² as an ordinary least squares over the 3p+1 features.
+    feats = []
+    for y, z in zip(ys, zs, strict=True):
+        feats += [y @ z, np.repeat(y.sum(1, keepdims=True), n, 1), np.repeat(z.sum(0, keepdims=True), m, 0)]
+    feats.append(np.ones((m, n)))
+    design = np.stack([(f @ x.T).ravel() for f in feats], axis=1)
+    coef = np.linalg.lstsq(design, (w @ x.T).ravel(), rcond=None)[0]
+    np.testing.assert_allclose(np.append(scales.ravel(), offset), coef, rtol=1e-7, atol=1e-9)
+
+
+def test_coupled_sweep_with_identity_weight_is_the_row_sweep():
+    rng = np.random.default_rng(0)
+    b, n, m, l = 2, 13, 10, 7
+    x = rng.standard_normal((b, m, n)).astype(np.float32)
+    u = rng.uniform(-1, 1, (b, m, l)).astype(np.float32)
+    v1 = rng.uniform(-1, 1, (b, n, l)).astype(np.float32)
+    v2 = v1.copy()
+    k = gram(u)
+    alpha = np.full(b, 0.3, np.float32)
+    beta = np.full(b, 2.0, np.float32)
+    p = np.matmul(x.transpose(0, 2, 1), u)
+    for hard in (False, True):
+        flips1 = row_sweep(p, np.matmul(v1, k), v1, k, alpha, beta, hard)
+        eye = np.repeat(np.eye(n, dtype=np.float32)[None], b, axis=0)
+        flips2 = coupled_row_sweep(p, np.matmul(v2, k), v2, k, eye, alpha, beta, hard)
+        np.testing.assert_allclose(v1, v2, atol=1e-6)
+        assert flips1 == flips2
+
+
+def test_coupled_sweep_lowers_the_weighted_energy_when_hard():
+    rng = np.random.default_rng(1)
+    n, m, l = 12, 8, 5
+    xh = rng.standard_normal((n, 40))
+    hm = (xh @ xh.T / 40).astype(np.float32)[None]
+    x = rng.standard_normal((1, m, n)).astype(np.float32)
+    u = np.sign(rng.standard_normal((1, m, l))).astype(np.float32)
+    v = np.sign(rng.standard_normal((1, n, l))).astype(np.float32)
+    alpha = np.array([0.4], np.float32)
+
+    def energy(v):
+        e = x[0] - alpha[0] * u[0] @ v[0].T
+        return float(np.trace(e @ hm[0] @ e.T))
+
+    before = energy(v)
+    k = gram(u)
+    p = np.matmul(np.matmul(x, hm).transpose(0, 2, 1), u)
+    coupled_row_sweep(p, np.matmul(v, k), v, k, hm, alpha, np.zeros(1, np.float32), True)
+    assert energy(v) < before
+    assert set(np.unique(v)) <= {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_output_aware_search_beats_the_data_free_one_under_h(seed):
+    rng = np.random.default_rng(seed)
+    m, n = 24, 32
+    w = rng.standard_normal((m, n))
+    x = anisotropic_inputs(n, 500, seed + 10)
+    h = prepare_hessian(x.T @ x, 0.01)
+    l = inner_dim((m, n), 1.0)
+    fits = []
+    for weight in (None, h[None]):
+        u, v = solve_sign_factors(w[None], l, [(seed,)], hessian=weight, **SOLVE)
+        ys, zs = (u > 0).astype(np.uint8), (v > 0).astype(np.uint8).transpose(0, 2, 1)
+        scales, offset = refit_scalars(w, ys, zs, h)  # both judged with their best scalars under H
+        y, z = ys[0].astype(float), zs[0].astype(float)
+        (r, s, t), = scales
+        fits.append(output_error(w, r * y @ z + s * y.sum(1, keepdims=True) + t * z.sum(0, keepdims=True) + offset, h))
+    data_free, aware = fits
+    assert aware < 0.9 * data_free
+
+
+def test_compress_with_a_hessian_lowers_the_output_error_and_is_deterministic():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((20, 30))
+    x = anisotropic_inputs(30, 400, 7)
+    h = x.T @ x
+    free = bqq.compress(w, 2, sweeps=80, seed=3)
+    aware = bqq.compress(w, 2, sweeps=80, seed=3, hessian=h)
+    again = bqq.compress(w, 2, sweeps=80, seed=3, hessian=torch.from_numpy(h))
+    errors = [output_error(w, q.dequantize().double().numpy(), h) for q in (free, aware)]
+    assert errors[1] < errors[0]
+    assert all(np.array_equal(a, b) for a, b in zip(aware.y, again.y, strict=True))
+    assert np.array_equal(aware.scales, again.scales)
+    # Continuing under H refits every scalar under H: the output error does not rise.
+    before = output_error(w, aware.dequantize().double().numpy(), h)
+    aware.extend(1, hessian=h)
+    assert output_error(w, aware.dequantize().double().numpy(), h) <= before
+
+
+def test_bad_hessians_are_refused():
+    w = np.random.default_rng(0).standard_normal((6, 8))
+    with pytest.raises(ValueError, match=r"hessian must be \(8, 8\)"):
+        bqq.compress(w, 1, hessian=np.eye(7))
+    with pytest.raises(ValueError, match=r"hessian.*NaN"):
+        bqq.compress(w, 1, hessian=np.full((8, 8), np.nan))
+    with pytest.raises(ValueError, match="no positive diagonal"):
+        bqq.compress(w, 1, hessian=np.zeros((8, 8)))
+    with pytest.raises(TypeError, match="does not use a hessian"):
+        bqq.compress(w, 2, method="bcq", hessian=np.eye(8))
+    with pytest.raises(ValueError, match="damping"):
+        bqq.compress(w, 1, hessian=np.eye(8), damping=-1)
+
+
+# --- GPTQ -------------------------------------------------------------------------------------------
+def test_encode_rows_equals_uq_encode():
+    rng = np.random.default_rng(0)
+    x, lo, step = rng.standard_normal(50), rng.standard_normal(50), rng.uniform(0, 0.5, 50)
+    step[:5] = 0
+    expected = [encode(np.array([xi]), li, si, 3)[0] for xi, li, si in zip(x, lo, step, strict=True)]
+    assert encode_rows(x, lo, step, 3).tolist() == expected
+
+
+@pytest.mark.parametrize("group_size", [None, 8, (1, 12), (5, 7)])
+def test_gptq_with_identity_h_is_round_to_nearest(group_size):
+    w = np.random.default_rng(1).standard_normal((10, 24))
+    uq = bqq.compress(w, 2, method="uq", group_size=group_size)
+    gptq = bqq.compress(w, 2, method="gptq", group_size=group_size, hessian=np.eye(24), block_size=5)
+    no_data = bqq.compress(w, 2, method="gptq", group_size=group_size)
+    for q in (gptq, no_data):
+        assert all(np.array_equal(a, b) for a, b in zip(q.codes, uq.codes, strict=True))
+        assert np.array_equal(q.scale, uq.scale) and np.array_equal(q.zero, uq.zero)
+
+
+def test_gptq_lowers_the_output_error_and_its_blocking_changes_nothing(tmp_path):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((16, 40))
+    x = anisotropic_inputs(40, 300, 4)
+    h = x.T @ x
+    uq = bqq.compress(w, 2, method="uq", group_size=(4, 40))
+    gptq = bqq.compress(w, 2, method="gptq", group_size=(4, 40), hessian=h)
+    err_gptq = output_error(w, gptq.dequantize().double().numpy(), h)
+    err_uq = output_error(w, uq.dequantize().double().numpy(), h)
+    assert err_gptq < 0.9 * err_uq
+    blocked = bqq.compress(w, 2, method="gptq", group_size=(4, 40), hessian=h, block_size=7)
+    np.testing.assert_allclose(blocked.dequantize(), gptq.dequantize())
+    bqq.save(gptq, tmp_path / "g.safetensors")
+    loaded = bqq.load(tmp_path / "g.safetensors")
+    assert loaded.method == "gptq" and torch.equal(loaded.dequantize(), gptq.dequantize())
+
+
+# --- the calibrated model pass ----------------------------------------------------------------------
+BASIS = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+
+
+def calibration_batches(count: int = 4):
+    """Images near a 5-dimensional subspace: correlated inputs, as real data has (white noise has H ≈ I)."""
+    batches = []
+    for i in range(count):
+        gen = torch.Generator().manual_seed(100 + i)
+        coef = torch.randn(8, 5, generator=gen)
+        noise = 0.1 * torch.randn(8, 3, 8, 8, generator=gen)
+        batches.append(((coef @ BASIS.reshape(5, -1)).reshape(8, 3, 8, 8) + noise,))
+    return batches
+
+
+def outputs(model, batches):
+    with torch.no_grad():
+        return torch.cat([model(x) for (x,) in batches])
+
+
+def test_a_calibrated_layer_equals_compress_with_its_hessian():
+    data = calibration_batches()
+    stats = collect_hessians(tiny(), ["blocks.1.fc1"], data)
+    model = bqq.quantize(tiny(), bits=2, method="bqq", group_size=16, seed=4,
+                         calibration=bqq.Calibration(data, inputs="float"), **FAST)
+    w = tiny().blocks[1].fc1.weight.detach()
+    expected = bqq.compress(w, 2, group_size=16, seed=layer_seed(4, "blocks.1.fc1"),
+                            hessian=stats["blocks.1.fc1"][0], **FAST)
+    assert torch.equal(model.blocks[1].fc1.qweight.dequantize(), expected.dequantize())
+    assert model.blocks[1].fc1.selection["objective"] == "output"
+
+
+@pytest.mark.parametrize("inputs", ["quantized", "float"])
+def test_calibrated_auto_beats_data_free_on_held_out_inputs(inputs, tmp_path):
+    fp = tiny()
+    batches = calibration_batches(24)
+    data, held_out = batches[:16], batches[16:]
+    free = bqq.quantize(tiny(), bits=2, **FAST)
+    aware = bqq.quantize(tiny(), bits=2, calibration=bqq.Calibration(data, inputs=inputs), **FAST)
+    ref = outputs(fp, held_out)
+    err = {name: float(((outputs(m, held_out) - ref) ** 2).mean()) for name, m in (("free", free), ("aware", aware))}
+    assert err["aware"] < 0.85 * err["free"]  # measured: 0.76 (quantized inputs), 0.69 (float)
+    assert all("gptq" in layer.selection["candidates"] for _, layer in quantized_layers(aware))
+    bqq.save_quantized(aware, tmp_path / "aware.safetensors")
+    restored = bqq.load_quantized(tmp_path / "aware.safetensors", tiny(seed=9))
+    assert torch.equal(outputs(restored, held_out), outputs(aware, held_out))
+
+
+def quantized_layers(model):
+    return bqq.ptq.quantized_layers(model)
+
+
+def test_calibrated_quantize_resumes_from_its_cache(tmp_path):
+    data = calibration_batches()
+    first = bqq.quantize(tiny(), bits=1, calibration=data, cache_dir=tmp_path, **FAST)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    second = bqq.quantize(tiny(), bits=1, calibration=data, cache_dir=tmp_path, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    x = calibration_batches(5)[4:]
+    assert torch.equal(outputs(first, x), outputs(second, x))
+
+
+def test_layers_without_data_fall_back_to_data_free():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    model = bqq.quantize(Branchy(), bits=2, group_size=None, calibration=[torch.randn(4, 8)], **FAST)
+    assert model.used.selection["objective"] == "output"
+    assert model.unused.selection["objective"] == "weight"
+
+
+def test_calibration_settings_are_checked():
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        bqq.Calibration([torch.zeros(1)], inputs="fp")
+    with pytest.raises(ValueError, match="does nothing"):
+        bqq.Calibration([torch.zeros(1)], output_aware=False)
+    with pytest.raises(ValueError, match="damping"):
+        bqq.Calibration([torch.zeros(1)], damping=2)
+    with pytest.raises(ValueError, match="no batches"):
+        bqq.quantize(tiny(), bits=1, calibration=[], **FAST)
