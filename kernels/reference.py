@@ -41,6 +41,7 @@ def dequantize(w: LayoutTensors, out_features: int, in_features: int, dtype: tor
     return out.to(dtype)
 
 
-def linear_reference(x: torch.Tensor, w: LayoutTensors, out_features: int) -> torch.Tensor:
-    """x (..., N) -> x Wᵀ (..., M) through the dense weight, in x's dtype (w on x's device)."""
-    return torch.nn.functional.linear(x, dequantize(w, out_features, x.shape[-1], x.dtype))
+def linear_reference(x: torch.Tensor, w: LayoutTensors, out_features: int,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., N) -> x Wᵀ + bias (..., M) through the dense weight, in x's dtype (w, bias on x's device)."""
+    return torch.nn.functional.linear(x, dequantize(w, out_features, x.shape[-1], x.dtype), bias)

@@ -33,8 +33,8 @@ def random_layout(row_sizes, col_sizes, stacks: int, seed: int = 0) -> kernels.B
     return kernels.build_layout(groups, row_sizes, col_sizes)
 
 
-def op_args(x: torch.Tensor, layout: kernels.BQQLayout, backend: str = "") -> tuple:
-    return (x, *layout.tensors, layout.shape[0], backend)
+def op_args(x: torch.Tensor, layout: kernels.BQQLayout, backend: str = "", bias: torch.Tensor | None = None) -> tuple:
+    return (x, *layout.tensors, bias, layout.shape[0], backend)
 
 
 @pytest.mark.parametrize("device", DEVICES)

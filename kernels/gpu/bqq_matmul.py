@@ -1,96 +1,72 @@
-"""x·Ŵᵀ for a BQQ layer from the packed bits, in Triton (NVIDIA GPUs; CPU through TRITON_INTERPRET=1).
+"""x·Ŵᵀ + bias for a BQQ layer on NVIDIA GPUs (Triton; on CPU tensors through TRITON_INTERPRET=1).
 
-Two kernels, each a tiled matmul whose binary operand is expanded from packed bytes in registers
-(the bits never exist as a dense matrix in memory, and Ŵ is never formed):
+Three paths, all deterministic (no atomics; every output is summed in a fixed order):
 
-1. ``_z_kernel``: U[t, a, b, i, k] = Σ_c x[t, col_start[b] + c] · Z_i^{ab}[k, c]  (tokens × ranks).
-2. ``_y_kernel``: out[t, row_start[a] + j] = Σ_b ( Σ_i Σ_k Y_i^{ab}[j, k] r_i U[t, a, b, i, k]
-   + rowterm[a, b, j] · Σx_b[t] + Σ_i t_i Σ_k U[t, a, b, i, k] ).
+* ``decode`` (few tokens): the factored form v = Z x, out = Y (r v) + ... in two kernels
+  (:mod:`kernels.gpu.factored`) on the CUDA cores in fp32. Each packed byte is read once per 16
+  tokens; at 2* that is 1/8 of an fp16 weight's bytes.
+* ``factored`` (more tokens, small ranks relative to tokens not yet reached): the same two kernels
+  with ``tl.dot`` on tensor cores.
+* ``rebuild`` (many tokens): Ŵ rebuilt in the activations' dtype by one kernel
+  (:mod:`kernels.gpu.rebuild`), then ``F.linear`` (cuBLAS) on tensor cores.
 
-Each output tile is owned by one program, which loops over the column blocks b in order: no atomics,
-deterministic. Products run in IEEE fp32 (``input_precision="ieee"``, not TF32) so results match the
-fp32 reference to ~1e-6.
+:func:`choose_path` picks one from the token count and the layout's shapes with the switch points in
+:data:`SWITCH_POINTS`. **The defaults are reasoned, not measured** (no GPU was available when they were
+set): ``python -m benchmarks.kernels --device cuda`` times every path on every shape so that a GPU
+session can set them.
+
+No host synchronization and no Python loop over groups per call: everything the launch needs is in
+the layout tensors' shapes (Python ints); group sizes, offsets and ranks are read by the kernels on
+the device. So a forward can be captured in a CUDA graph and runs under ``torch.compile`` through
+the op ``bqq::linear``. Activations may be float32, float16 or bfloat16; outputs have their dtype.
 """
 
 from __future__ import annotations
 
-import itertools
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from ..layout import LayoutTensors
+from .factored import _y_kernel, _z_kernel
+from .rebuild import _rebuild_kernel
 
-BLOCK_T = 16  # tokens per program (tl.dot needs >= 16)
-BLOCK_K = 32  # rank entries per program / per step
-BLOCK_N = 64  # input columns per step (a multiple of 8: whole bytes)
-BLOCK_M = 32  # output rows per program
+PATHS = ("decode", "factored", "rebuild")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-
-@triton.jit
-def _z_kernel(x_ptr, z_ptr, u_ptr, col_start_ptr, col_size_ptr, rank_ptr, tokens, n_in, n_cols, stacks, l_max,
-              nb_max, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_t = tl.program_id(0)
-    pid_g = tl.program_id(1)  # ((a * C + b) * P + i)
-    pid_k = tl.program_id(2)
-    group = pid_g // stacks
-    b = group % n_cols
-    c0 = tl.load(col_start_ptr + b)
-    nc = tl.load(col_size_ptr + b)
-    rank = tl.load(rank_ptr + group)
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
-    z_rows = z_ptr + (pid_g.to(tl.int64) * l_max + offs_k[:, None]) * nb_max
-    for n0 in range(0, nc, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        x = tl.load(x_ptr + offs_t[:, None].to(tl.int64) * n_in + c0 + offs_n[None, :],
-                    mask=(offs_t[:, None] < tokens) & (offs_n[None, :] < nc), other=0.0)
-        byte = tl.load(z_rows + offs_n[None, :] // 8, mask=(offs_k[:, None] < rank) & (offs_n[None, :] < nc),
-                       other=0)
-        bits = ((byte >> (offs_n[None, :] % 8).to(tl.uint8)) & 1).to(tl.float32)  # (BLOCK_K, BLOCK_N)
-        acc += tl.dot(x, tl.trans(bits), input_precision="ieee")
-    u_offs = (offs_t[:, None].to(tl.int64) * (tl.num_programs(1) * l_max) + pid_g * l_max + offs_k[None, :])
-    tl.store(u_ptr + u_offs, acc, mask=(offs_t[:, None] < tokens) & (offs_k[None, :] < l_max))
+# Switch points (unmeasured defaults; see the module docstring).
+# decode up to this many tokens: its CUDA-core work grows with the tokens (p·M·N fused multiply-adds per
+# token at 2*), while its bit traffic does not; the issue's decode range is 1 to about 16 tokens.
+DECODE_MAX_TOKENS = 16
+# factored while tokens <= this × the layout's largest rank, else rebuild: per token the factored form
+# costs about 1.5·p·M·N tensor-core multiply-adds (the second product twice: hi and lo) and
+# 8·p·Σl bytes of intermediate traffic, the rebuild p·M·N·l̄ once plus cuBLAS; they cross near
+# tokens ≈ rank at p = 2, and cuBLAS is the more efficient matmul, hence one half.
+FACTORED_MAX_TOKENS_PER_RANK = 0.5
 
 
-@triton.jit
-def _y_kernel(u_ptr, y_ptr, r_ptr, t_ptr, rowterm_ptr, xsum_ptr, out_ptr, row_start_ptr, row_size_ptr, rank_ptr,
-              tokens, n_out, n_cols, stacks, l_max, lb_max, m_max, BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-    pid_t = tl.program_id(0)
-    a = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    m0 = tl.load(row_start_ptr + a)
-    m = tl.load(row_size_ptr + a)
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    t_ok = offs_t < tokens
-    acc = tl.zeros((BLOCK_T, BLOCK_M), dtype=tl.float32)
-    groups_total = tl.num_programs(1) * n_cols * stacks
-    for b in range(0, n_cols):
-        group = a * n_cols + b
-        rank = tl.load(rank_ptr + group)
-        rowterm = tl.load(rowterm_ptr + group.to(tl.int64) * m_max + offs_m, mask=offs_m < m, other=0.0)
-        xsum = tl.load(xsum_ptr + offs_t.to(tl.int64) * n_cols + b, mask=t_ok, other=0.0)
-        acc += xsum[:, None] * rowterm[None, :]
-        for i in range(0, stacks):
-            gi = group * stacks + i
-            r_i = tl.load(r_ptr + gi)
-            t_i = tl.load(t_ptr + gi)
-            for k0 in range(0, rank, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                u = tl.load(u_ptr + offs_t[:, None].to(tl.int64) * (groups_total * l_max) + gi * l_max
-                            + offs_k[None, :], mask=t_ok[:, None] & (offs_k[None, :] < rank), other=0.0)
-                byte = tl.load(y_ptr + (gi.to(tl.int64) * m_max + offs_m[:, None]) * lb_max + offs_k[None, :] // 8,
-                               mask=(offs_m[:, None] < m) & (offs_k[None, :] < rank), other=0)
-                bits = ((byte >> (offs_k[None, :] % 8).to(tl.uint8)) & 1).to(tl.float32)  # (BLOCK_M, BLOCK_K)
-                acc += tl.dot(u * r_i, tl.trans(bits), input_precision="ieee")
-                acc += t_i * tl.sum(u, axis=1)[:, None]
-    out = out_ptr + offs_t[:, None].to(tl.int64) * n_out + m0 + offs_m[None, :]
-    tl.store(out, acc, mask=t_ok[:, None] & (offs_m[None, :] < m))
+@dataclass
+class SwitchPoints:
+    """Where :func:`choose_path` switches; change ``bqq_kernels.gpu.SWITCH_POINTS``'s fields to retune."""
+
+    decode_max_tokens: int = DECODE_MAX_TOKENS
+    factored_max_tokens_per_rank: float = FACTORED_MAX_TOKENS_PER_RANK
+
+
+SWITCH_POINTS = SwitchPoints()
+
+# Tiles (unmeasured). Decode: tokens per program -> (Z rank rows, Z columns, Y output rows, Y rank cols),
+# keeping tokens × rows × cols <= 4096 fp32 products in registers (32 per thread at 4 warps); small Y row
+# tiles give several programs per multiprocessor even for a 4096-row layer.
+DECODE_TILES = {1: (32, 128, 16, 64), 2: (32, 64, 16, 64), 4: (16, 64, 16, 64), 8: (16, 32, 16, 32),
+                16: (8, 32, 16, 16)}
+FACTORED_TILES = (32, 64, 64, 32)  # tensor cores: (Z rank rows, Z columns, Y output rows, Y rank cols)
+FACTORED_MAX_BLOCK_T = 64  # tokens per program of the factored path (16 to 64: tl.dot needs >= 16)
+REBUILD_TILES = (64, 64, 32)  # (Ŵ rows, Ŵ columns, rank entries per step)
 
 
 def interpreted() -> bool:
@@ -101,27 +77,105 @@ def interpreted() -> bool:
     return isinstance(_z_kernel, InterpretedFunction)
 
 
-def bqq_linear_triton(x: torch.Tensor, w: LayoutTensors, out_features: int) -> torch.Tensor:
-    """x (..., N) float32 on a CUDA device (the CPU when :func:`interpreted`) -> x Ŵᵀ (..., M) float32;
-    ``w`` on x's device."""
-    m, n = out_features, x.shape[-1]
+_UPCAST_BF16 = interpreted()  # the interpreter's tl.dot misreads bfloat16 (see bits.mma)
+_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def choose_path(tokens: int, w: LayoutTensors) -> str:
+    """The path :func:`bqq_linear_triton` takes for ``tokens`` rows of input on layout ``w``."""
+    if tokens <= SWITCH_POINTS.decode_max_tokens:
+        return "decode"
+    if tokens <= SWITCH_POINTS.factored_max_tokens_per_rank * w.z.shape[3]:  # z: (R, C, P, Lmax, NB)
+        return "factored"
+    return "rebuild"
+
+
+def bqq_linear_triton(x: torch.Tensor, w: LayoutTensors, out_features: int, bias: torch.Tensor | None = None,
+                      *, path: str | None = None) -> torch.Tensor:
+    """x (..., N) -> x Ŵᵀ + bias (..., M) in x's dtype (float32, float16 or bfloat16).
+
+    ``w`` and ``bias`` (M,) on x's device: a CUDA device, or the CPU when :func:`interpreted`.
+    ``path``: one of :data:`PATHS` (None: :func:`choose_path`). Raises ValueError for another dtype or path.
+    """
+    if x.dtype not in DTYPES:
+        raise ValueError(f"the Triton BQQ kernels take {[str(d) for d in DTYPES]}, got {x.dtype}")
+    n = x.shape[-1]
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, n).contiguous()
+    x2 = x.reshape(-1, n)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
     tokens = x2.shape[0]
-    rows, cols, stacks, l_max, nb_max = w.z.shape
-    m_max, lb_max = w.y.shape[3], w.y.shape[4]
-    out = torch.empty(tokens, m, dtype=torch.float32, device=x.device)
     if tokens == 0:
-        return out.reshape(*lead, m)
-    # Σx per token and column block (the rowterm factor): C small reductions.
-    bounds = torch.cat([w.col_start.long(), torch.tensor([n], device=x.device)]).tolist()
-    xsum = torch.stack([x2[:, lo:hi].sum(1) for lo, hi in itertools.pairwise(bounds)], dim=1)
-    u = torch.empty(tokens, rows * cols * stacks, l_max, dtype=torch.float32, device=x.device)
-    grid_z = (triton.cdiv(tokens, BLOCK_T), rows * cols * stacks, triton.cdiv(l_max, BLOCK_K))
-    _z_kernel[grid_z](x2, w.z, u, w.col_start, w.col_size, w.rank, tokens, n, cols, stacks,
-                      l_max, nb_max, BLOCK_T=BLOCK_T, BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
-    grid_y = (triton.cdiv(tokens, BLOCK_T), rows, triton.cdiv(m_max, BLOCK_M))
-    _y_kernel[grid_y](u, w.y, w.r, w.t, w.rowterm, xsum.contiguous(), out, w.row_start,
-                      w.row_size, w.rank, tokens, m, cols, stacks, l_max, lb_max, m_max,
-                      BLOCK_T=BLOCK_T, BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K)
-    return out.reshape(*lead, m)
+        return x.new_empty((*lead, out_features))
+    path = path or choose_path(tokens, w)
+    if path == "rebuild":
+        out = _rebuild_linear(x2, w, out_features, bias)
+    elif path in ("decode", "factored"):
+        out = _factored_linear(x2, w, out_features, bias, dot=path == "factored")
+    else:
+        raise ValueError(f"unknown path {path!r}; paths: {PATHS}")
+    return out.reshape(*lead, out_features)
+
+
+def linear_decode(x: torch.Tensor, w: LayoutTensors, out_features: int,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`bqq_linear_triton` on the decode path (backend ``triton-decode``)."""
+    return bqq_linear_triton(x, w, out_features, bias, path="decode")
+
+
+def linear_factored(x: torch.Tensor, w: LayoutTensors, out_features: int,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`bqq_linear_triton` on the factored tensor-core path (backend ``triton-factored``)."""
+    return bqq_linear_triton(x, w, out_features, bias, path="factored")
+
+
+def linear_rebuild(x: torch.Tensor, w: LayoutTensors, out_features: int,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`bqq_linear_triton` on the rebuild + cuBLAS path (backend ``triton-rebuild``)."""
+    return bqq_linear_triton(x, w, out_features, bias, path="rebuild")
+
+
+def _factored_linear(x: torch.Tensor, w: LayoutTensors, out_features: int, bias: torch.Tensor | None,
+                     *, dot: bool) -> torch.Tensor:
+    """x (T, N) contiguous -> (T, M) through v = Z x (work buffer) and the Y kernel."""
+    tokens, n = x.shape
+    rows, cols, stacks, l_max, nb = w.z.shape
+    m_max, lb = w.y.shape[3], w.y.shape[4]
+    v_cols = rows * cols * stacks * l_max  # v per token, then Σx per column block
+    work = torch.empty(tokens, v_cols + cols, dtype=torch.float32, device=x.device)
+    out = torch.empty(tokens, out_features, dtype=x.dtype, device=x.device)
+    if dot:
+        bt = min(FACTORED_MAX_BLOCK_T, max(16, triton.next_power_of_2(tokens)))
+        z_bk, z_bn, y_bm, y_bk = FACTORED_TILES
+    else:
+        bt = min(16, triton.next_power_of_2(tokens))
+        z_bk, z_bn, y_bm, y_bk = DECODE_TILES[bt]
+    half = x.dtype != torch.float32
+    precision = "tf32" if half else "tf32x3"  # "tf32" is tl.dot's default and has no effect on fp16/bf16
+    upcast = _UPCAST_BF16 and x.dtype == torch.bfloat16
+    t_tiles = triton.cdiv(tokens, bt)
+    _z_kernel[(t_tiles, rows * cols * stacks, triton.cdiv(l_max, z_bk))](
+        x, w.z, work, w.col_start, w.col_size, w.rank, tokens, n, cols, stacks, l_max, nb, v_cols + cols, v_cols,
+        BT=bt, BK=z_bk, BN=z_bn, DOT=dot, DOT_DTYPE=_TL_DTYPE[x.dtype], PRECISION=precision, UPCAST=upcast)
+    _y_kernel[(t_tiles, rows, triton.cdiv(m_max, y_bm))](
+        work, w.y, w.r, w.t, w.rowterm, out if bias is None else bias, out, w.row_start, w.row_size, w.rank,
+        tokens, out_features, cols, stacks, l_max, lb, m_max, v_cols + cols, v_cols,
+        HAS_BIAS=bias is not None, BT=bt, BM=y_bm, BK=y_bk, DOT=dot, SPLIT=half, PRECISION=precision,
+        UPCAST=_UPCAST_BF16 and half)
+    return out
+
+
+def rebuild_weight(w: LayoutTensors, out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """Ŵ (M, N) in ``dtype`` (float32, float16 or bfloat16) on the layout's device, by one kernel launch."""
+    rows, cols, stacks, l_max, nb = w.z.shape
+    m_max, lb = w.y.shape[3], w.y.shape[4]
+    bm, bn, bk = REBUILD_TILES
+    weight = torch.empty(out_features, in_features, dtype=dtype, device=w.z.device)
+    _rebuild_kernel[(rows * cols, triton.cdiv(m_max, bm), triton.cdiv(8 * nb, bn))](
+        w.z, w.y, w.r, w.t, w.rowterm, w.row_start, w.row_size, w.col_start, w.col_size, w.rank, weight,
+        in_features, cols, stacks, l_max, nb, lb, m_max, BM=bm, BN=bn, BK=bk)
+    return weight
+
+
+def _rebuild_linear(x: torch.Tensor, w: LayoutTensors, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x, rebuild_weight(w, out_features, x.shape[1], x.dtype), bias)
