@@ -6,6 +6,11 @@ and ``bqq.save`` writes. No dense floating-point copy is kept. BQQ layers comput
 the packed bits with the op :func:`bqq_kernels.bqq_linear` (numba on the CPU, Triton on CUDA); other
 methods, and any layer whose ``backend`` is ``"reference"``, rebuild the weight at each forward.
 Within :func:`cached_weights` every layer uses a dense cached weight instead.
+
+Layers follow ``.to(device)`` / ``.cuda()`` like parameters: the kernel layout (packed bits, fp32
+scalars) moves with them, so a forward copies nothing. Dtype casts (``.half()``,
+``.to(torch.bfloat16)``) change the bias only: the layout keeps its fp32 scalars, and a layer computes
+in its input's dtype (the Triton kernels natively, the CPU kernel in fp32 with one rounding back).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class _QuantizedLayer(nn.Module):
         self._cache: torch.Tensor | None = None
         self._affine: list[_AffineGroup] | None = None
         self._layout: bqq_kernels.BQQLayout | bool | None = False  # False: not built yet
+        self._layout_device: torch.device | None = None  # where _apply last moved the module
 
     def invalidate_kernel_layout(self) -> None:
         """Rebuild the kernel layout at the next forward (call after changing ``qweight``'s groups)."""
@@ -48,7 +54,18 @@ class _QuantizedLayer(nn.Module):
         """The packed layout the kernels read (built once); None unless the weight is BQQ."""
         if self._layout is False:
             self._layout = self.qweight.kernel_layout() if isinstance(self.qweight, BQQMatrix) else None
+            if self._layout is not None and self._layout_device is not None:
+                self._layout = self._layout.to(self._layout_device)
         return self._layout
+
+    def _apply(self, fn, *args, **kwargs):
+        # The layout is no buffer (a dtype cast such as .half() must leave its bits and fp32 scalars alone),
+        # so follow device moves here: what fn does to a float tensor tells where the module went.
+        module = super()._apply(fn, *args, **kwargs)
+        self._layout_device = fn(torch.empty(0)).device
+        if isinstance(self._layout, bqq_kernels.BQQLayout):
+            self._layout = self._layout.to(self._layout_device)
+        return module
 
     def uses_kernel(self) -> bool:
         """Whether forwards run the packed kernel (a BQQ weight, no dense cache or refit active)."""
