@@ -224,3 +224,41 @@ def test_calibration_refit_invalidates_the_layout():
     layer.backend = "reference"
     assert not torch.equal(before, after)
     assert rel_err(after, layer(x).detach()) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_quantized_model(dtype):
+    """`.half()` / `.to(torch.bfloat16)` of a quantized model: outputs in that dtype, close to the fp32 ones."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GELU(), nn.Flatten(1),
+                          nn.Linear(8 * 4 * 4, 10)).eval()
+    bqq.quantize(model, bits=2, method="bqq", group_size=32, sweeps=20, progress=False)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+        model.to(dtype)
+        layers = [layer for _, layer in quantized_layers(model)]
+        assert all(layer.bias.dtype == dtype and layer.kernel_layout().r.dtype == torch.float32 for layer in layers)
+        out = model(x.to(dtype))
+        for layer in layers:
+            layer.backend = "reference"
+        dense = model(x.to(dtype))
+    assert out.dtype == dense.dtype == dtype
+    tolerance = 2e-3 if dtype == torch.float16 else 2e-2  # a few roundings to the half type along the way
+    assert rel_err(out, ref) < tolerance and rel_err(dense, ref) < tolerance
+
+
+def test_quantized_layers_move_their_layout_with_the_module():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 12)).eval()
+    bqq.quantize(model, bits=2, method="bqq", sweeps=20, progress=False)
+    layer = model[0]
+    assert layer.kernel_layout().device.type == "cpu"
+    model.to("meta")  # the layout follows device moves (here to meta, which any machine has) ...
+    assert layer.kernel_layout().device.type == "meta" and layer.bias.device.type == "meta"
+    assert model(torch.empty(3, 16, device="meta")).shape == (3, 12)
+    layer.invalidate_kernel_layout()  # ... also when it is rebuilt after the move
+    assert layer.kernel_layout().device.type == "meta"
+    model.half()  # dtype casts leave the packed bits and fp32 scalars alone, where they are
+    assert layer.kernel_layout().r.dtype == torch.float32 and layer.bias.dtype == torch.float16
+    assert layer.kernel_layout().device.type == "meta"

@@ -54,15 +54,18 @@ class _QuantizedLayer(nn.Module):
         """The packed layout the kernels read (built once); None unless the weight is BQQ."""
         if self._layout is False:
             self._layout = self.qweight.kernel_layout() if isinstance(self.qweight, BQQMatrix) else None
-            if self._layout is not None and self._layout_device is not None:
-                self._layout = self._layout.to(self._layout_device)
+            device = getattr(self, "_layout_device", None)  # absent in layers pickled before it existed
+            if self._layout is not None and device is not None:
+                self._layout = self._layout.to(device)
         return self._layout
 
     def _apply(self, fn, *args, **kwargs):
         # The layout is no buffer (a dtype cast such as .half() must leave its bits and fp32 scalars alone),
-        # so follow device moves here: what fn does to a float tensor tells where the module went.
+        # so follow device moves here: where fn sends a float tensor from the layout's device tells where
+        # the module went (a dtype cast keeps the device).
         module = super()._apply(fn, *args, **kwargs)
-        self._layout_device = fn(torch.empty(0)).device
+        here = self._layout.device if isinstance(self._layout, bqq_kernels.BQQLayout) else self._layout_device
+        self._layout_device = fn(torch.empty(0, device=here)).device
         if isinstance(self._layout, bqq_kernels.BQQLayout):
             self._layout = self._layout.to(self._layout_device)
         return module
