@@ -43,9 +43,13 @@ def test_opcheck(device, grid):
     layout = random_layout(*grid).to(device)
     m, n = layout.shape
     gen = torch.Generator().manual_seed(0)
-    for backend, shape, grad in [("", (3, n), False), ("", (2, 4, n), True), ("reference", (5, n), True)]:
-        x = torch.randn(*shape, generator=gen).to(device).requires_grad_(grad)
-        torch.library.opcheck(torch.ops.bqq.linear.default, op_args(x, layout, backend))
+    bias = torch.randn(m, generator=gen).to(device)
+    for backend, shape, grad, b in [("", (3, n), False, None), ("", (2, 4, n), True, None),
+                                    ("reference", (5, n), True, None), ("", (2, n), True, bias),
+                                    ("reference", (1, 3, n), False, bias.half())]:
+        x = torch.randn(*shape, generator=gen).to(device).to(torch.float32 if b is None else b.dtype)
+        args = op_args(x.requires_grad_(grad), layout, backend, None if b is None else b.clone().requires_grad_(grad))
+        torch.library.opcheck(torch.ops.bqq.linear.default, args)
     for dtype in (torch.float32, torch.float64):
         torch.library.opcheck(torch.ops.bqq.dequantize.default, (*layout.tensors, m, n, dtype))
 
