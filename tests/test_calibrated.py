@@ -53,7 +53,7 @@ def test_hessian_of_a_linear_skips_padding_tokens():
     (h, count), = collect_hessians(model, ["lin"], batches).values()
     rows = torch.cat([model.embed(b["input_ids"])[b["attention_mask"].bool()] for b in batches]).double()
     assert count == rows.shape[0] == 2 * 9
-    torch.testing.assert_close(h, rows.T @ rows)
+    torch.testing.assert_close(h, rows.T @ rows, rtol=1e-5, atol=1e-5)
 
 
 def test_hessian_of_a_conv_is_over_its_patches():
@@ -70,11 +70,11 @@ def test_hessian_of_a_conv_is_over_its_patches():
                 patch = xp[:, :, i:i + 3, j:j + 3].reshape(2, -1)  # (C, kh, kw) order, as the weight's rows
                 direct += patch.T @ patch
     assert count == 3 * 2 * 16
-    torch.testing.assert_close(h, direct)
+    torch.testing.assert_close(h, direct, rtol=1e-5, atol=1e-5)
     # And H really is the output error's weight: Σ‖(ΔW) x‖² = tr(ΔW H ΔWᵀ).
     delta = torch.randn(3, 18, dtype=torch.float64)
     out = sum(((F.conv2d(x.double(), delta.reshape(3, 2, 3, 3), stride=2, padding=1)) ** 2).sum() for x in data)
-    torch.testing.assert_close(out, torch.trace(delta @ h @ delta.T))
+    torch.testing.assert_close(out, torch.trace(delta @ h @ delta.T), rtol=1e-5, atol=1e-5)
 
 
 def test_input_stages_group_layers_that_read_one_tensor():

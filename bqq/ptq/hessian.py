@@ -44,18 +44,19 @@ def _token_mask(batch: Any) -> torch.Tensor | None:
 
 
 def layer_inputs(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The rows x the layer's weight multiplies, (tokens, n) float64."""
+    """The rows x the layer's weight multiplies, (tokens, n) in float32 (float64 stays float64)."""
+    x = x if x.dtype == torch.float64 else x.float()
     if isinstance(module, nn.Conv2d):
         cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
         x = x[mask.to(x.device).bool()]  # real tokens only
-    return x.reshape(-1, x.shape[-1]).double()
+    return x.reshape(-1, x.shape[-1])
 
 
 def collect_hessians(model: nn.Module, names: Sequence[str], data: Iterable[Any],
                      ) -> dict[str, tuple[torch.Tensor, int]]:
-    """H = Σ x xᵀ (float64 (n, n), on the CPU) and the number of rows x for each named layer.
+    """H = Σ x xᵀ ((n, n) float64, on the CPU) and the number of rows x for each named layer.
 
     Runs ``model`` (in eval mode, without gradients) on every batch of ``data``; a forward stops once
     all named layers have seen their input. A layer the data never reaches gets a zero H and count 0.
@@ -69,7 +70,10 @@ def collect_hessians(model: nn.Module, names: Sequence[str], data: Iterable[Any]
     def hook(name: str):
         def record(module: nn.Module, args: tuple) -> None:
             rows = layer_inputs(module, args[0].detach(), state.get("mask"))
-            sums[name] = sums[name] + rows.T @ rows if name in sums else rows.T @ rows
+            # One batch's product in the input's precision (float32: 2-4x faster than float64 on a
+            # CPU, relative error ~1e-6 over thousands of rows), summed over batches in float64.
+            product = (rows.T @ rows).double()
+            sums[name] = sums[name] + product if name in sums else product
             counts[name] += rows.shape[0]
             seen.add(name)
             if len(seen) == len(modules):

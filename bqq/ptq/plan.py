@@ -7,8 +7,8 @@ order, to the layers it matches. Norms, biases, class/position tokens are never 
 
 ``group_size`` means what it means in :func:`bqq.compress` (None: one group per layer; an int or
 (rows, cols)), plus ``"paper"`` (the default of :func:`bqq.quantize`): square groups of the model width
-(``embed_dim``: 384 for DeiT-S, 768 for DeiT-B, 96 for Swin-T), 100×96 groups for the classification
-head, and 384×384 when the model has no ``embed_dim``.
+(``embed_dim``, or a Hugging Face model's ``config.hidden_size``: 384 for DeiT-S and MiniLM, 768 for
+DeiT-B, 96 for Swin-T), 100×96 groups for the classification head, and 384×384 without either.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def _group_shape(model: nn.Module, name: str, shape: tuple[int, int], group_size
     if name == classifier_name(model):
         return parse_group_shape(HEAD_GROUP, shape)
     width = getattr(model, "embed_dim", None)
+    if width is None:  # Hugging Face models keep the width in their config
+        width = getattr(getattr(model, "config", None), "hidden_size", None)
     if isinstance(width, int) and width > 0:
         return parse_group_shape(width, shape)
     return parse_group_shape(FALLBACK_GROUP, shape)
