@@ -1,8 +1,9 @@
-"""Packed BQQ matmul kernels against a dense fp32 matmul on the same CPU, in the same run.
+"""Packed BQQ matmul kernels against dense matmuls on the same device, in the same run.
 
-    python -m benchmarks.kernels [--quick] [--repeats 7] [--out DIR]
+    python -m benchmarks.kernels [--quick] [--repeats 7] [--out DIR]               # CPU (numba)
+    python -m benchmarks.kernels --device cuda [--quick] [--no-model] [--out DIR]  # CUDA (Triton)
 
-Layer op: ``bqq_kernels.bqq_linear`` (through the torch op ``bqq::linear``, so every call pays torch's
+CPU. Layer op: ``bqq_kernels.bqq_linear`` (through the torch op ``bqq::linear``, so every call pays torch's
 dispatch, as a model's does) on a 2* BQQ layer (two stacks, 384×384 groups as in the paper's DeiT-S
 setting, random bits: the kernel's work does not depend on their values) against
 ``torch.nn.functional.linear`` with an fp32 weight of the same shape, for weights 384×384, 1536×384
@@ -15,17 +16,32 @@ grouping (the solver is cut to one sweep: latency does not depend on the codes) 
 model, batch 1 and 8, plus the dense-rebuild reference path for context.
 
 Outputs ``kernels.md`` and ``kernels.json`` (versions, thread counts, every timing) in ``--out``.
+
+CUDA (issue 15): medians of ``triton.testing.do_bench`` (CUDA events around back-to-back calls; eager,
+so Python and launch costs count where the GPU would wait for them) and of
+``triton.testing.do_bench_cudagraph`` (graph replay: GPU time alone). 2* layers with random bits on
+the issue's shapes and groups (384×384, 1536×384, 384×1536 in 384-groups; 4096×4096, 11008×4096 in
+128-groups) at 1, 16, 197 and (for the issue's cases) 2048 tokens, against ``F.linear`` in fp16, bf16
+and fp32; ``bqq_linear`` on its automatic path in each dtype; then every path (decode, factored,
+rebuild) in fp16 over a finer sweep of token counts, with the fastest path per count and the switch
+points that sweep suggests (``bqq_kernels.gpu.SWITCH_POINTS``, unmeasured defaults until then). End to
+end: DeiT-S in fp16, 2* BQQ against the fp16 model at batch 1 and 64. Prints the issue's targets
+beside the measured ratios and writes ``kernels_cuda.md`` and ``kernels_cuda.json`` (GPU name,
+versions, every timing) in ``--out``. The official CUDA kernel's times are the issue's measurement
+(H200, torch 2.11, triton 3.6), not rerun here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numba
@@ -95,7 +111,7 @@ def dispatch_rows(repeats: int) -> list[dict]:
     with torch.inference_mode():
         med = paired_medians({"kernel function": lambda: fn(x, layout.tensors, 384),
                               "bqq_linear": lambda: kernels.bqq_linear(x, layout),
-                              "torch.ops.bqq.linear": lambda: torch.ops.bqq.linear(x, *layout.tensors, 384, "")},
+                              "torch.ops.bqq.linear": lambda: torch.ops.bqq.linear(x, *layout.tensors, None, 384, "")},
                              repeats * 5)
     return [{"path": name, "us": sec * 1e6} for name, sec in med.items()]
 
@@ -119,7 +135,8 @@ def layer_rows(shapes, tokens, repeats: int, group: int = GROUP) -> list[dict]:
     return rows
 
 
-def model_rows(batches, repeats: int) -> list[dict]:
+def deit_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(fp32 DeiT-S, its 2* BQQ copy) on the CPU, random init; the solver cut to one sweep (timing only)."""
     from bqq.compat import import_timm
 
     timm = import_timm()
@@ -130,6 +147,11 @@ def model_rows(batches, repeats: int) -> list[dict]:
     start = time.perf_counter()
     bqq.quantize(quant, bits=STACKS, method="bqq", sweeps=1, polish_rounds=0, progress=False)
     print(f"DeiT-S quantized (1-sweep solver, for timing only) in {time.perf_counter() - start:.0f} s", flush=True)
+    return fp, quant
+
+
+def model_rows(batches, repeats: int) -> list[dict]:
+    fp, quant = deit_pair()
     layers = [m for _, m in bqq.ptq.quantized_layers(quant)]
 
     def reference(x):
@@ -176,12 +198,248 @@ def markdown(layers: list[dict], models: list[dict], env: dict, dispatch: list[d
     return "\n".join(lines) + "\n"
 
 
+# --- CUDA (issue 15) ------------------------------------------------------------------------------------
+
+# (weight shape, square group, token counts): the issue's table, plus 16 and 197 tokens for every shape
+CUDA_CASES = [((384, 384), 384, (1, 16, 197)), ((1536, 384), 384, (1, 16, 197, 2048)),
+              ((384, 1536), 384, (1, 16, 197)), ((4096, 4096), 128, (1, 16, 197, 2048)),
+              ((11008, 4096), 128, (1, 16, 197, 2048))]
+CUDA_QUICK = [((384, 384), 384, (1, 197)), ((4096, 4096), 128, (1, 197))]
+SWEEP_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 197, 512, 2048)  # every path, fp16: where the paths cross
+CUDA_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DEIT_SHAPES = ("384x384", "1536x384", "384x1536")
+LARGE_SHAPES = ("4096x4096", "11008x4096")
+# The paper authors' CUDA extension, µs, as measured in issue 15 (one H200, torch 2.11, triton 3.6); not rerun.
+OFFICIAL_US = {("384x384", 1): 25.1, ("384x384", 197): 16.1, ("1536x384", 1): 25.4, ("1536x384", 2048): 36.6,
+               ("384x1536", 1): 25.7, ("4096x4096", 1): 23.6, ("4096x4096", 16): 282.4, ("4096x4096", 197): 289.6,
+               ("4096x4096", 2048): 360.2, ("11008x4096", 1): 29.4, ("11008x4096", 2048): 962.1}
+MODEL_TARGET = 1.3  # DeiT-S 2* in fp16 at batch 64: <= 1.3x the fp16 model
+
+Timer = Callable[[Callable[[], object]], float]  # seconds per call
+
+
+def cuda_timers() -> tuple[Timer, Timer]:
+    """(eager, graph-replay) timers: medians of triton.testing.do_bench / do_bench_cudagraph, in seconds."""
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    return (lambda fn: do_bench(fn, return_mode="median") * 1e-3,
+            lambda fn: do_bench_cudagraph(fn, return_mode="median") * 1e-3)
+
+
+def _graph_time(graph: Timer | None, fn: Callable[[], object]) -> float | None:
+    """Graph-replay seconds, or None without a graph timer or if capture fails (the reason is printed)."""
+    if graph is None:
+        return None
+    try:
+        return graph(fn)
+    except Exception as exc:  # a failed capture is a finding to report, not a reason to stop the run
+        print(f"  CUDA graph capture failed: {type(exc).__name__}: {exc}", flush=True)
+        return None
+
+
+def cuda_layer_rows(cases, device: str, eager: Timer, graph: Timer | None = None) -> list[dict]:
+    """Per case: F.linear in fp16/bf16/fp32 and bqq_linear (automatic path) in each dtype, seconds per call."""
+    from bqq_kernels.gpu import choose_path
+
+    rows = []
+    for shape, group, tokens in cases:
+        layout = random_layout(shape, group).to(device)
+        weights = {name: (torch.randn(shape, device=device) * 0.05).to(dt) for name, dt in CUDA_DTYPES.items()}
+        for t in tokens:
+            x32 = torch.randn(t, shape[1], device=device)
+            row = {"shape": f"{shape[0]}x{shape[1]}", "group": group, "tokens": t,
+                   "path": choose_path(t, layout.tensors)}
+            with torch.inference_mode():
+                for name, dt in CUDA_DTYPES.items():
+                    x = x32.to(dt)
+                    row[f"dense_{name}_s"] = eager(lambda x=x, w=weights[name]: F.linear(x, w))
+                    row[f"bqq_{name}_s"] = eager(lambda x=x, lay=layout: kernels.bqq_linear(x, lay))
+                x = x32.half()
+                row["dense_fp16_graph_s"] = _graph_time(graph, lambda x=x, w=weights["fp16"]: F.linear(x, w))
+                row["bqq_fp16_graph_s"] = _graph_time(graph, lambda x=x, lay=layout: kernels.bqq_linear(x, lay))
+            row["ratio_fp16"] = row["bqq_fp16_s"] / row["dense_fp16_s"]
+            official = OFFICIAL_US.get((row["shape"], t))
+            row["official_s"] = None if official is None else official * 1e-6
+            rows.append(row)
+            print(f"{row['shape']:>11} {t:>5} tokens ({row['path']}): bqq fp16 {row['bqq_fp16_s'] * 1e6:9.1f} us, "
+                  f"fp16 {row['dense_fp16_s'] * 1e6:8.1f} us, ratio {row['ratio_fp16']:.2f}", flush=True)
+    return rows
+
+
+def path_sweep_rows(cases, tokens, device: str, eager: Timer) -> list[dict]:
+    """Every path of the Triton kernel (``bqq_linear_triton(path=...)``) in fp16 at each token count."""
+    from bqq_kernels.gpu import PATHS, bqq_linear_triton, choose_path
+
+    rows = []
+    for shape, group, _ in cases:
+        layout = random_layout(shape, group).to(device)
+        for t in tokens:
+            x = torch.randn(t, shape[1], device=device).half()
+            row = {"shape": f"{shape[0]}x{shape[1]}", "group": group, "tokens": t, "l_max": layout.z.shape[3],
+                   "chosen": choose_path(t, layout.tensors)}
+            with torch.inference_mode():
+                for path in PATHS:
+                    row[f"{path}_s"] = eager(lambda p=path, x=x, w=layout.tensors, m=shape[0]:
+                                             bqq_linear_triton(x, w, m, path=p))
+            row["fastest"] = min(PATHS, key=lambda p, row=row: row[f"{p}_s"])
+            rows.append(row)
+            print(f"{row['shape']:>11} {t:>5} tokens: " + ", ".join(f"{p} {row[f'{p}_s'] * 1e6:.1f} us" for p in PATHS),
+                  flush=True)
+    return rows
+
+
+def suggest_switch_points(sweep: list[dict]) -> dict:
+    """The switch points (``bqq_kernels.gpu.SwitchPoints`` fields) under which :func:`choose_path`'s rule loses
+    least against the fastest path over the sweep (geometric mean of time taken / fastest time), with the
+    mean slowdown of that choice and of the current setting. Coarse: crossovers lie between measured counts."""
+    from bqq_kernels.gpu import SWITCH_POINTS, SwitchPoints, path_for
+
+    def slowdown(points: SwitchPoints) -> float:
+        logs = [math.log(r[f"{path_for(r['tokens'], r['l_max'], points)}_s"] / r[f"{r['fastest']}_s"]) for r in sweep]
+        return math.exp(sum(logs) / len(logs))
+
+    candidates = [SwitchPoints(d, q) for d in sorted({0, *(r["tokens"] for r in sweep)})
+                  for q in sorted({0.0, *(r["tokens"] / r["l_max"] for r in sweep)})]
+    best = min(candidates, key=lambda c: (slowdown(c), c.decode_max_tokens, c.factored_max_tokens_per_rank))
+    return {"decode_max_tokens": best.decode_max_tokens,
+            "factored_max_tokens_per_rank": round(best.factored_max_tokens_per_rank, 4),
+            "mean_slowdown": slowdown(best), "current": asdict(SWITCH_POINTS),
+            "current_mean_slowdown": slowdown(SWITCH_POINTS)}
+
+
+def cuda_model_rows(batches, eager: Timer, graph: Timer | None) -> list[dict]:
+    """DeiT-S 2* BQQ against the fp16 model, both in fp16 on the GPU, seconds per forward."""
+    fp, quant = deit_pair()
+    fp, quant = fp.cuda().half(), quant.cuda().half()
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, 224, 224, device="cuda").half()
+        with torch.inference_mode():
+            row = {"batch": batch, "bqq_s": eager(lambda x=x: quant(x)), "fp16_s": eager(lambda x=x: fp(x)),
+                   "bqq_graph_s": _graph_time(graph, lambda x=x: quant(x)),
+                   "fp16_graph_s": _graph_time(graph, lambda x=x: fp(x))}
+        row["ratio"] = row["bqq_s"] / row["fp16_s"]
+        rows.append(row)
+        print(f"DeiT-S fp16 batch {batch}: bqq {row['bqq_s'] * 1e3:.2f} ms, fp16 {row['fp16_s'] * 1e3:.2f} ms "
+              f"(ratio {row['ratio']:.2f})", flush=True)
+    return rows
+
+
+def layer_targets(row: dict) -> list[tuple[str, bool]]:
+    """Issue 15's targets that apply to a layer row, each with whether this run met it."""
+    t, shape, ratio, us = row["tokens"], row["shape"], row["ratio_fp16"], row["bqq_fp16_s"] * 1e6
+    targets = []
+    if t == 1 and shape in LARGE_SHAPES:
+        targets += [("<= 1.0x fp16", ratio <= 1.0), ("stretch <= 0.5x fp16", ratio <= 0.5)]
+    if t == 1 and shape in DEIT_SHAPES:
+        targets.append(("<= 10 us", us <= 10.0))
+    if t in (197, 2048):
+        targets.append(("<= 1.5x fp16", ratio <= 1.5))
+    if row["official_s"] is not None:
+        targets.append(("faster than official", row["bqq_fp16_s"] < row["official_s"]))
+    return targets
+
+
+def _us(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds * 1e6:.1f}"
+
+
+def cuda_markdown(layers: list[dict], sweep: list[dict], models: list[dict], env: dict,
+                  suggestion: dict | None = None) -> str:
+    lines = [f"`{' '.join(f'{k}={v}' for k, v in env.items())}`", "",
+             "Layers, µs per call (medians of triton.testing.do_bench; bqq = `bqq_linear` on its automatic path; "
+             "official = the issue's measurement, not rerun):", "",
+             "| weight (group) | tokens | path | fp16 | bf16 | fp32 | bqq fp16 | bqq bf16 | bqq fp32 | bqq/fp16 | "
+             "official | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in layers:
+        targets = layer_targets(r)
+        lines.append(f"| {r['shape']} ({r['group']}) | {r['tokens']} | {r['path']} | {_us(r['dense_fp16_s'])} | "
+                     f"{_us(r['dense_bf16_s'])} | {_us(r['dense_fp32_s'])} | {_us(r['bqq_fp16_s'])} | "
+                     f"{_us(r['bqq_bf16_s'])} | {_us(r['bqq_fp32_s'])} | {r['ratio_fp16']:.2f} | "
+                     f"{_us(r['official_s'])} | {'; '.join(t for t, _ in targets)} | "
+                     f"{'; '.join('yes' if ok else 'no' for _, ok in targets)} |")
+    if any(r.get("bqq_fp16_graph_s") for r in layers):
+        lines += ["", "Graph replay (triton.testing.do_bench_cudagraph: GPU time without launch costs), fp16, µs:", "",
+                  "| weight | tokens | bqq | fp16 | ratio |", "|---|---|---|---|---|"]
+        for r in layers:
+            b, d = r.get("bqq_fp16_graph_s"), r.get("dense_fp16_graph_s")
+            lines.append(f"| {r['shape']} | {r['tokens']} | {_us(b)} | {_us(d)} | "
+                         f"{'' if not (b and d) else f'{b / d:.2f}'} |")
+    if sweep:
+        lines += ["", "Every path in fp16, µs per call (`bqq_linear_triton(x, ..., path=...)`):", "",
+                  "| weight | tokens | decode | factored | rebuild | fastest | chosen now |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['shape']} | {r['tokens']} | {_us(r['decode_s'])} | {_us(r['factored_s'])} | "
+                  f"{_us(r['rebuild_s'])} | {r['fastest']} | {r['chosen']} |" for r in sweep]
+    if suggestion:
+        lines += ["", f"Switch points that lose least on this sweep: decode_max_tokens="
+                  f"{suggestion['decode_max_tokens']}, factored_max_tokens_per_rank="
+                  f"{suggestion['factored_max_tokens_per_rank']} (mean slowdown against the fastest path "
+                  f"{suggestion['mean_slowdown']:.3f}x; current {suggestion['current']}: "
+                  f"{suggestion['current_mean_slowdown']:.3f}x)."]
+    if models:
+        lines += ["", "| DeiT-S fp16 batch | BQQ 2* (ms) | fp16 model (ms) | ratio | target | met | "
+                  "BQQ graph (ms) | fp16 graph (ms) |", "|---|---|---|---|---|---|---|---|"]
+        for r in models:
+            target = f"<= {MODEL_TARGET}" if r["batch"] == 64 else ""
+            met = "" if not target else ("yes" if r["ratio"] <= MODEL_TARGET else "no")
+            graphs = [("" if r[k] is None else f"{r[k] * 1e3:.2f}") for k in ("bqq_graph_s", "fp16_graph_s")]
+            lines.append(f"| {r['batch']} | {r['bqq_s'] * 1e3:.2f} | {r['fp16_s'] * 1e3:.2f} | {r['ratio']:.2f} | "
+                         f"{target} | {met} | {graphs[0]} | {graphs[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def cuda_env() -> dict:
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return {"bqq": bqq.__version__, "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "gpu": props.name.replace(" ", "_"),
+            "capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count}
+
+
+def main_cuda(args: argparse.Namespace) -> dict:
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    from bqq_kernels.gpu import interpreted
+
+    if interpreted():
+        raise SystemExit("TRITON_INTERPRET=1 is set: unset it to time compiled kernels")
+    out = args.out or (Path("out/kernels-cuda-quick") if args.quick else RESULTS)
+    env = cuda_env()
+    eager, graph = cuda_timers()
+    wall = time.perf_counter()
+    cases = CUDA_QUICK if args.quick else CUDA_CASES
+    layers = cuda_layer_rows(cases, "cuda", eager, graph)
+    sweep = path_sweep_rows(cases, (1, 16, 197) if args.quick else SWEEP_TOKENS, "cuda", eager)
+    suggestion = suggest_switch_points(sweep)
+    models = [] if args.quick or args.no_model else cuda_model_rows([1, 64], eager, graph)
+    wall = time.perf_counter() - wall
+    text = cuda_markdown(layers, sweep, models, env, suggestion)
+    print(text)
+    print(f"wall time {wall:.0f} s")
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.kernels --device cuda" + (" --quick" if args.quick else "")
+    (out / "kernels_cuda.md").write_text(text + f"\nCommand: `{command}`; wall time {wall:.0f} s.\n")
+    doc = {"env": env, "layers": layers, "paths": sweep, "suggested_switch_points": suggestion, "models": models,
+           "wall_s": wall, "stacks": STACKS}
+    (out / "kernels_cuda.json").write_text(json.dumps(doc, indent=2))
+    return doc
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="384x384 and 1536x384 only, 1 and 197 tokens, no model")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--out", type=Path, default=None, help="default: results/ (--quick: out/kernels-quick/)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="two shapes, 1 and 197 tokens (cuda: and 16 in the "
+                   "path sweep), no model")
+    p.add_argument("--repeats", type=int, default=7, help="cpu: interleaved pairs per case")
+    p.add_argument("--no-model", action="store_true", help="cuda: skip DeiT-S (it runs the CPU solver first)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: results/ (--quick: out/kernels-quick/ or out/kernels-cuda-quick/)")
     args = p.parse_args(argv)
+    if args.device == "cuda":
+        return main_cuda(args)
     out = args.out or (Path("out/kernels-quick") if args.quick else RESULTS)
     env = {"bqq": bqq.__version__, "torch": torch.__version__, "numba": numba.__version__,
            "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),

@@ -7,6 +7,10 @@ shapes stay small. With a GPU the same checks run compiled on CUDA tensors, plus
 """
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -230,3 +234,25 @@ def test_torch_compile_on_cuda_in_half_precision():
         x = torch.randn(tokens, 64, device="cuda", dtype=torch.float16)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """Triton lowers the launch configurations to sm_90 machine code with the ptxas it ships (the interpreter
+    skips lowering, so this is the check of the compiled kernels on a machine without a GPU): tensor cores on
+    the factored and rebuild paths, CUDA cores at decode, no register spills."""
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("this Triton has no NVIDIA backend")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    command = [sys.executable, "-m", "bqq_kernels.gpu.compile_check", "--quick", "--json"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {row["variant"]: row for row in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert len(rows) == 14, sorted(rows)
+    if "reg" not in rows["rebuild float16"]:
+        pytest.skip("no cuobjdump to read the machine code")
+    for name, row in rows.items():
+        tensor_cores = row["HGMMA"] + row["HMMA"]
+        assert (tensor_cores > 0) == (not name.startswith("decode")), row
+        assert row["stack"] == 0 and row["LDL"] == row["STL"] == 0, row

@@ -15,6 +15,7 @@ from .bqq_matmul import (
     bqq_linear_triton,
     choose_path,
     interpreted,
+    path_for,
     rebuild_weight,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "bqq_linear_triton",
     "choose_path",
     "interpreted",
+    "path_for",
     "rebuild_weight",
 ]

@@ -24,6 +24,7 @@ the op ``bqq::linear``. Activations may be float32, float16 or bfloat16; outputs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -59,14 +60,28 @@ class SwitchPoints:
 
 SWITCH_POINTS = SwitchPoints()
 
-# Tiles (unmeasured). Decode: tokens per program -> (Z rank rows, Z columns, Y output rows, Y rank cols),
-# keeping tokens × rows × cols <= 4096 fp32 products in registers (32 per thread at 4 warps); small Y row
-# tiles give several programs per multiprocessor even for a 4096-row layer.
-DECODE_TILES = {1: (32, 128, 16, 64), 2: (32, 64, 16, 64), 4: (16, 64, 16, 64), 8: (16, 32, 16, 32),
+# Tiles (unmeasured; chosen so that Triton 3.9 compiles every variant for sm_90 without register spills,
+# see kernels/gpu/compile_check.py). Decode: tokens per program -> (Z rank rows, Z columns, Y output rows,
+# Y rank columns): tokens × rows × columns <= 4096 fp32 products in registers for Z, <= 2048 for Y (larger Y
+# tiles spilled); 16-row Y tiles give several programs per multiprocessor even for a 4096-row layer.
+DECODE_TILES = {1: (32, 128, 16, 64), 2: (32, 64, 16, 32), 4: (16, 64, 16, 32), 8: (16, 32, 16, 16),
                 16: (8, 32, 16, 16)}
-FACTORED_TILES = (32, 64, 64, 32)  # tensor cores: (Z rank rows, Z columns, Y output rows, Y rank cols)
-FACTORED_MAX_BLOCK_T = 64  # tokens per program of the factored path (16 to 64: tl.dot needs >= 16)
+DECODE_WARPS = 4
+FACTORED_TILES = (32, 64, 64, 32)  # tensor cores: (Z rank rows, Z columns, Y output rows, Y rank columns)
+FACTORED_WARPS = 8  # at 4 warps the 64-token tiles spilled
+# tokens per program of the factored path, at most (tl.dot needs >= 16); tf32x3 needs more registers
+FACTORED_MAX_BLOCK_T = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32}
 REBUILD_TILES = (64, 64, 32)  # (Ŵ rows, Ŵ columns, rank entries per step)
+REBUILD_WARPS = 4
+
+
+class LaunchConfig(NamedTuple):
+    """Compile-time parameters of the two factored kernels for one call (also used by compile_check)."""
+
+    block_t: int
+    warps: int
+    z: dict  # constexprs of _z_kernel
+    y: dict  # constexprs of _y_kernel, but HAS_BIAS
 
 
 def interpreted() -> bool:
@@ -81,11 +96,17 @@ _UPCAST_BF16 = interpreted()  # the interpreter's tl.dot misreads bfloat16 (see 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
-def choose_path(tokens: int, w: LayoutTensors) -> str:
-    """The path :func:`bqq_linear_triton` takes for ``tokens`` rows of input on layout ``w``."""
-    if tokens <= SWITCH_POINTS.decode_max_tokens:
+def choose_path(tokens: int, w: LayoutTensors, points: SwitchPoints | None = None) -> str:
+    """The path :func:`bqq_linear_triton` takes for ``tokens`` rows of input on layout ``w``
+    (with ``points``, default :data:`SWITCH_POINTS`)."""
+    return path_for(tokens, w.z.shape[3], points or SWITCH_POINTS)  # z: (R, C, P, Lmax, NB)
+
+
+def path_for(tokens: int, max_rank: int, points: SwitchPoints) -> str:
+    """The rule of :func:`choose_path` for a layout whose largest rank is ``max_rank``."""
+    if tokens <= points.decode_max_tokens:
         return "decode"
-    if tokens <= SWITCH_POINTS.factored_max_tokens_per_rank * w.z.shape[3]:  # z: (R, C, P, Lmax, NB)
+    if tokens <= points.factored_max_tokens_per_rank * max_rank:
         return "factored"
     return "rebuild"
 
@@ -144,25 +165,35 @@ def _factored_linear(x: torch.Tensor, w: LayoutTensors, out_features: int, bias:
     v_cols = rows * cols * stacks * l_max  # v per token, then Σx per column block
     work = torch.empty(tokens, v_cols + cols, dtype=torch.float32, device=x.device)
     out = torch.empty(tokens, out_features, dtype=x.dtype, device=x.device)
+    cfg = factored_config(tokens, x.dtype, dot)
+    t_tiles = triton.cdiv(tokens, cfg.block_t)
+    _z_kernel[(t_tiles, rows * cols * stacks, triton.cdiv(l_max, cfg.z["BK"]))](
+        x, w.z, work, w.col_start, w.col_size, w.rank, tokens, n, cols, stacks, l_max, nb, v_cols + cols, v_cols,
+        **cfg.z, num_warps=cfg.warps)
+    _y_kernel[(t_tiles, rows, triton.cdiv(m_max, cfg.y["BM"]))](
+        work, w.y, w.r, w.t, w.rowterm, out if bias is None else bias, out, w.row_start, w.row_size, w.rank,
+        tokens, out_features, cols, stacks, l_max, lb, m_max, v_cols + cols, v_cols,
+        HAS_BIAS=bias is not None, **cfg.y, num_warps=cfg.warps)
+    return out
+
+
+def factored_config(tokens: int, dtype: torch.dtype, dot: bool) -> LaunchConfig:
+    """Tiles and constexprs of the decode (``dot`` False) or factored path for ``tokens`` rows of ``dtype``."""
     if dot:
-        bt = min(FACTORED_MAX_BLOCK_T, max(16, triton.next_power_of_2(tokens)))
+        bt = min(FACTORED_MAX_BLOCK_T[dtype], max(16, triton.next_power_of_2(tokens)))
         z_bk, z_bn, y_bm, y_bk = FACTORED_TILES
+        warps = FACTORED_WARPS
     else:
         bt = min(16, triton.next_power_of_2(tokens))
         z_bk, z_bn, y_bm, y_bk = DECODE_TILES[bt]
-    half = x.dtype != torch.float32
+        warps = DECODE_WARPS
+    half = dtype != torch.float32
     precision = "tf32" if half else "tf32x3"  # "tf32" is tl.dot's default and has no effect on fp16/bf16
-    upcast = _UPCAST_BF16 and x.dtype == torch.bfloat16
-    t_tiles = triton.cdiv(tokens, bt)
-    _z_kernel[(t_tiles, rows * cols * stacks, triton.cdiv(l_max, z_bk))](
-        x, w.z, work, w.col_start, w.col_size, w.rank, tokens, n, cols, stacks, l_max, nb, v_cols + cols, v_cols,
-        BT=bt, BK=z_bk, BN=z_bn, DOT=dot, DOT_DTYPE=_TL_DTYPE[x.dtype], PRECISION=precision, UPCAST=upcast)
-    _y_kernel[(t_tiles, rows, triton.cdiv(m_max, y_bm))](
-        work, w.y, w.r, w.t, w.rowterm, out if bias is None else bias, out, w.row_start, w.row_size, w.rank,
-        tokens, out_features, cols, stacks, l_max, lb, m_max, v_cols + cols, v_cols,
-        HAS_BIAS=bias is not None, BT=bt, BM=y_bm, BK=y_bk, DOT=dot, SPLIT=half, PRECISION=precision,
-        UPCAST=_UPCAST_BF16 and half)
-    return out
+    z = {"BT": bt, "BK": z_bk, "BN": z_bn, "DOT": dot, "DOT_DTYPE": _TL_DTYPE[dtype], "PRECISION": precision,
+         "UPCAST": _UPCAST_BF16 and dtype == torch.bfloat16}
+    y = {"BT": bt, "BM": y_bm, "BK": y_bk, "DOT": dot, "SPLIT": half, "PRECISION": precision,
+         "UPCAST": _UPCAST_BF16 and half}
+    return LaunchConfig(bt, warps, z, y)
 
 
 def rebuild_weight(w: LayoutTensors, out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
@@ -173,7 +204,7 @@ def rebuild_weight(w: LayoutTensors, out_features: int, in_features: int, dtype:
     weight = torch.empty(out_features, in_features, dtype=dtype, device=w.z.device)
     _rebuild_kernel[(rows * cols, triton.cdiv(m_max, bm), triton.cdiv(8 * nb, bn))](
         w.z, w.y, w.r, w.t, w.rowterm, w.row_start, w.row_size, w.col_start, w.col_size, w.rank, weight,
-        in_features, cols, stacks, l_max, nb, lb, m_max, BM=bm, BN=bn, BK=bk)
+        in_features, cols, stacks, l_max, nb, lb, m_max, BM=bm, BN=bn, BK=bk, num_warps=REBUILD_WARPS)
     return weight
 
 
