@@ -86,6 +86,17 @@ def _fp32_matmuls(tf32: bool) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
+# float64 temporaries (σ_max, α fits, the refit, dequantization) are formed a slice of the batch at a time,
+# so that their memory is bounded by this, not proportional to the number of groups.
+TRANSIENT_BYTES = 1 << 30
+
+
+def _chunks(count: int, item_bytes: int) -> Iterator[slice]:
+    size = max(1, TRANSIENT_BYTES // max(int(item_bytes), 1))
+    for lo in range(0, count, size):
+        yield slice(lo, min(lo + size, count))
+
+
 def draw_starts(seeds: Sequence[Sequence[int]], m: int, n: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """The CPU solver's starts: per problem, U (m, l) then V (n, l) uniform in ±0.01 from its SeedSequence.
 
@@ -158,22 +169,30 @@ def solve_sign_factors_torch(
 
 def _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, aspect_exponent, dev, launch):
     row_sweep = _kernel_module()
-    x64 = torch.as_tensor(x, dtype=torch.float64, device=dev)
-    nbatch, m, n = x64.shape
+    nbatch, m, n = x.shape
     if len(seeds) != nbatch:
         raise ValueError(f"{len(seeds)} seeds for {nbatch} problems")
-    xc = (x64 - x64.mean(dim=(1, 2), keepdim=True)).to(torch.float32)
-    del x64  # (frees the converted copy; a float64 device tensor passed in stays the caller's)
-    u0, v0 = draw_starts(seeds, m, n, rank)
-    ut = torch.from_numpy(u0).to(dev).mT.contiguous()  # (B, l, m)
-    vt = torch.from_numpy(v0).to(dev).mT.contiguous()  # (B, l, n)
-    del u0, v0
-
-    # rms accumulated in float64 without a float64 copy of X; σ_max in float64 as on the CPU.
-    rms = torch.linalg.vector_norm(xc, dim=(1, 2), dtype=torch.float64) / math.sqrt(m * n)
+    xc = torch.empty(nbatch, m, n, dtype=torch.float32, device=dev)
+    ut = torch.empty(nbatch, rank, m, dtype=torch.float32, device=dev)  # Uᵀ
+    vt = torch.empty(nbatch, rank, n, dtype=torch.float32, device=dev)  # Vᵀ
+    sigma = torch.empty(nbatch, dtype=torch.float64, device=dev)
+    rms = torch.empty(nbatch, dtype=torch.float64, device=dev)
+    for c in _chunks(nbatch, 28 * m * n):
+        x64 = torch.as_tensor(x[c], dtype=torch.float64, device=dev)
+        xc[c] = x64 - x64.mean(dim=(1, 2), keepdim=True)  # centered in float64, stored as float32
+        del x64
+        xd = xc[c].to(torch.float64)  # as on the CPU: rms and σ_max of the float32 X, in float64
+        rms[c] = torch.sqrt((xd * xd).mean(dim=(1, 2)))
+        sigma[c] = spectral_norm_torch(xd, POWER_ITERATIONS)
+        del xd
+        u0, v0 = draw_starts(seeds[c], m, n, rank)
+        ut[c] = torch.from_numpy(u0).to(dev).mT
+        vt[c] = torch.from_numpy(v0).to(dev).mT
     alpha = (alpha_scale * rms / math.sqrt(rank)).to(torch.float32)
-    t_crit = 2.0 * alpha.to(torch.float64) * spectral_norm_torch(xc.to(torch.float64), POWER_ITERATIONS)
-    aspect = float(np.float32((n / m) ** aspect_exponent))  # float32 as on the CPU (see bqq.solver)
+    t_crit = 2.0 * alpha.to(torch.float64) * sigma
+    # float32 as on the CPU (see bqq.solver); a (B,) tensor, since dividing by a scalar may be done as a
+    # multiplication by its reciprocal (CUDA), which rounds differently.
+    aspect = torch.full((nbatch,), float(np.float32((n / m) ** aspect_exponent)), dtype=torch.float32, device=dev)
     live = t_crit > 0  # a constant residual needs no binaries: its signs stay +1
     scaled = t_crit * t_start
     u_opts = launch or row_sweep.launch_options(m, rank)
@@ -196,9 +215,8 @@ def _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, a
     ut = torch.where(ut >= 0, 1.0, -1.0)
     vt = torch.where(vt >= 0, 1.0, -1.0)
     zero = torch.zeros(nbatch, dtype=torch.float32, device=dev)
-    xd = xc.to(torch.float64) if polish_rounds else None
     for _ in range(polish_rounds):
-        alpha = _fit_alpha(xd, ut, vt)
+        alpha = _fit_alpha(xc, ut, vt)
         flips = half(xc.mT, vt, ut, n, alpha, zero, True, u_opts)
         flips += half(xc, ut, vt, m, alpha, zero, True, v_opts)
         if int(flips) == 0:  # (one device sync per round)
@@ -206,20 +224,26 @@ def _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, a
     return ut.to(torch.int8), vt.to(torch.int8)
 
 
-def _fit_terms(xc64: torch.Tensor, ut: torch.Tensor, vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """<X, U Vᵀ> and ‖U Vᵀ‖² per problem in float64, from xc64 (B, m, n), ut (B, l, m), vt (B, l, n).
+def _fit_terms(xc: torch.Tensor, ut: torch.Tensor, vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """<X, U Vᵀ> and ‖U Vᵀ‖² per problem in float64, from xc (B, m, n), ut (B, l, m), vt (B, l, n) ±1.
 
-    <X, U Vᵀ> = Σ (Uᵀ ∘ Vᵀ Xᵀ) and ‖U Vᵀ‖² = Σ (UᵀU ∘ VᵀV) (exact integers), without forming U Vᵀ.
+    <X, U Vᵀ> = Σ (Uᵀ ∘ Vᵀ Xᵀ) and ‖U Vᵀ‖² = Σ (UᵀU ∘ VᵀV) (exact integers), without forming U Vᵀ; in
+    float64 (X as given, upcast), like the CPU solver's fit, a slice of the batch at a time.
     """
-    u64, v64 = ut.to(torch.float64), vt.to(torch.float64)
-    num = (u64 * torch.bmm(v64, xc64.mT)).sum(dim=(1, 2))
-    den = (torch.bmm(u64, u64.mT) * torch.bmm(v64, v64.mT)).sum(dim=(1, 2))
+    nbatch, l, m = ut.shape
+    n = vt.shape[2]
+    num = torch.empty(nbatch, dtype=torch.float64, device=ut.device)
+    den = torch.empty(nbatch, dtype=torch.float64, device=ut.device)
+    for c in _chunks(nbatch, 8 * m * n + 16 * l * (m + n) + 16 * l * m + 24 * l * l):
+        x64, u64, v64 = xc[c].to(torch.float64), ut[c].to(torch.float64), vt[c].to(torch.float64)
+        num[c] = (u64 * torch.bmm(v64, x64.mT)).sum(dim=(1, 2))
+        den[c] = (torch.bmm(u64, u64.mT) * torch.bmm(v64, v64.mT)).sum(dim=(1, 2))
     return num, den
 
 
-def _fit_alpha(xc64: torch.Tensor, ut: torch.Tensor, vt: torch.Tensor) -> torch.Tensor:
+def _fit_alpha(xc: torch.Tensor, ut: torch.Tensor, vt: torch.Tensor) -> torch.Tensor:
     """Least-squares α of X ≈ α U Vᵀ per problem, float32 (0 for an all-zero problem)."""
-    num, den = _fit_terms(xc64, ut, vt)
+    num, den = _fit_terms(xc, ut, vt)
     return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0).to(torch.float32)
 
 
@@ -233,10 +257,15 @@ def sign_fit_error_torch(x: ArrayLike, u: torch.Tensor, v: torch.Tensor) -> torc
     Returns:
         (B,) float64 on u's device.
     """
-    x64 = torch.as_tensor(x, dtype=torch.float64, device=u.device)
-    xc = x64 - x64.mean(dim=(1, 2), keepdim=True)
-    num, den = _fit_terms(xc, u.mT, v.mT)
-    return (xc * xc).sum(dim=(1, 2)) - torch.where(den > 0, num * num / torch.where(den > 0, den, 1.0), 0.0)
+    nbatch, m = u.shape[:2]
+    n = v.shape[1]
+    err = torch.empty(nbatch, dtype=torch.float64, device=u.device)
+    for c in _chunks(nbatch, 16 * m * n):
+        x64 = torch.as_tensor(x[c], dtype=torch.float64, device=u.device)
+        xc = x64 - x64.mean(dim=(1, 2), keepdim=True)
+        num, den = _fit_terms(xc, u[c].mT, v[c].mT)
+        err[c] = (xc * xc).sum(dim=(1, 2)) - torch.where(den > 0, num * num / torch.where(den > 0, den, 1.0), 0.0)
+    return err
 
 
 def solve_stack_torch(
@@ -269,11 +298,13 @@ def solve_stack_torch(
         Y (G, m, l) and Z (G, l, n) uint8 in {0, 1} on the device, contiguous.
     """
     dev = resolve_device(device, residuals)
-    x = torch.as_tensor(residuals, dtype=torch.float64, device=dev)
-    groups = x.shape[0]
+    groups = residuals.shape[0]
     if len(seeds) != groups * restarts:
         raise ValueError(f"{len(seeds)} seeds for {groups} groups x {restarts} restarts")
-    xr = x.repeat_interleave(restarts, dim=0) if restarts > 1 else x
+    xr = residuals
+    if restarts > 1:  # (numpy residuals are repeated on the host: no float64 batch on the device)
+        xr = (residuals.repeat_interleave(restarts, dim=0) if isinstance(residuals, torch.Tensor)
+              else np.repeat(residuals, restarts, axis=0))
     u, v = solve_sign_factors_torch(xr, rank, seeds, sweeps=sweeps, t_start=t_start, t_end=t_end,
                                     alpha_scale=alpha_scale, polish_rounds=polish_rounds,
                                     aspect_exponent=aspect_exponent, device=dev, tf32=tf32, launch=launch)
@@ -306,34 +337,47 @@ def refit_scalars_torch(w: ArrayLike, ys: ArrayLike, zs: ArrayLike, *, device: s
     if device is None:
         device = w.device if isinstance(w, torch.Tensor) else "cuda"
     dev = torch.device(device)
-    w64 = torch.as_tensor(w, dtype=torch.float64, device=dev)
-    y = torch.as_tensor(ys, device=dev).to(torch.float64)
-    z = torch.as_tensor(zs, device=dev).to(torch.float64)
-    nbatch, p, m, l = y.shape
-    n = z.shape[3]
-    if w64.shape != (nbatch, m, n) or z.shape != (nbatch, p, l, n):
-        raise ValueError(f"shapes do not match: w {tuple(w64.shape)}, ys {tuple(y.shape)}, zs {tuple(z.shape)}")
-    gram = torch.empty(nbatch, 3 * p + 1, 3 * p + 1, dtype=torch.float64, device=dev)
+    ys_t, zs_t = torch.as_tensor(ys, device=dev), torch.as_tensor(zs, device=dev)
+    nbatch, p, m, l = ys_t.shape
+    n = zs_t.shape[3]
+    if tuple(w.shape) != (nbatch, m, n) or tuple(zs_t.shape) != (nbatch, p, l, n):
+        raise ValueError(f"shapes do not match: w {tuple(w.shape)}, ys {tuple(ys_t.shape)}, zs {tuple(zs_t.shape)}")
+    scales = torch.empty(nbatch, p, 3, dtype=torch.float64, device=dev)
+    offset = torch.empty(nbatch, dtype=torch.float64, device=dev)
+    for c in _chunks(nbatch, 8 * m * n + 8 * p * l * (m + n) + 8 * l * (m + n) + 16 * l * n + 24 * l * l):
+        w64 = torch.as_tensor(w[c], dtype=torch.float64, device=dev)
+        scales[c], offset[c] = _refit(w64, ys_t[c], zs_t[c])
+    return scales, offset
+
+
+def _refit(w: torch.Tensor, ys: torch.Tensor, zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`refit_scalars_torch` on one slice of the batch: w (B, m, n) float64, ys/zs on its device."""
+    nbatch, p, m = ys.shape[:3]
+    n = zs.shape[3]
+    f64 = torch.float64
+    gram = torch.empty(nbatch, 3 * p + 1, 3 * p + 1, dtype=f64, device=w.device)
     full, row, col = slice(0, 3 * p, 3), slice(1, 3 * p, 3), slice(2, 3 * p, 3)  # features 3i, 3i+1, 3i+2
 
     def put(rows: slice | int, cols: slice | int, block: torch.Tensor) -> None:  # a block and its mirror
         gram[:, rows, cols] = block
         gram[:, cols, rows] = block.mT if block.dim() == 3 else block
 
-    a = y.sum(dim=3)  # (B, p, m): Y_i 1, the row term (Y_i 1) 1ᵀ
-    b = z.sum(dim=2)  # (B, p, n): 1ᵀ Z_i, the column term 1 (1ᵀ Z_i)
-    y_cols = y.sum(dim=2)  # (B, p, l): 1ᵀ Y_i
-    z_rows = z.sum(dim=3)  # (B, p, l): Z_i 1
-    # <Y_i Z_i, Y_j Z_j> = Σ (Y_iᵀ Y_j) ∘ (Z_i Z_jᵀ); one stack i at a time bounds the temporaries to 2·l·p·l.
-    y_flat = y.permute(0, 2, 1, 3).reshape(nbatch, m, p * l)  # [Y_1 … Y_p]
-    z_flat = z.reshape(nbatch, p * l, n)  # [Z_1; …; Z_p]
+    a = ys.sum(dim=3, dtype=f64)  # (B, p, m): Y_i 1, the row term (Y_i 1) 1ᵀ
+    b = zs.sum(dim=2, dtype=f64)  # (B, p, n): 1ᵀ Z_i, the column term 1 (1ᵀ Z_i)
+    y_cols = ys.sum(dim=2, dtype=f64)  # (B, p, l): 1ᵀ Y_i
+    z_rows = zs.sum(dim=3, dtype=f64)  # (B, p, l): Z_i 1
+    rhs = torch.empty(nbatch, 3 * p + 1, dtype=f64, device=w.device)
+    row_sums = torch.empty(nbatch, p, m, dtype=f64, device=w.device)  # Y_i Z_i 1
+    col_sums = torch.empty(nbatch, p, n, dtype=f64, device=w.device)  # 1ᵀ Y_i Z_i
     for i in range(p):
-        yy = torch.bmm(y[:, i].mT, y_flat).reshape(nbatch, l, p, l)
-        zz = torch.bmm(z[:, i], z_flat.mT).reshape(nbatch, l, p, l)
-        ff = (yy * zz).sum(dim=(1, 3))  # (B, p): <Y_i Z_i, Y_j Z_j> for all j
-        gram[:, 3 * i, full] = ff
-    row_sums = torch.matmul(y, z_rows.unsqueeze(3)).squeeze(3)  # (B, p, m): Y_i Z_i 1
-    col_sums = torch.matmul(y_cols.unsqueeze(2), z).squeeze(2)  # (B, p, n): 1ᵀ Y_i Z_i
+        yi, zi = ys[:, i].to(f64), zs[:, i].to(f64)
+        rhs[:, 3 * i] = (torch.bmm(yi.mT, w) * zi).sum(dim=(1, 2))  # <Y_i Z_i, W> = Σ (Y_iᵀ W) ∘ Z_i
+        row_sums[:, i] = torch.bmm(yi, z_rows[:, i, :, None])[:, :, 0]
+        col_sums[:, i] = torch.bmm(y_cols[:, i, None, :], zi)[:, 0]
+        for j in range(i, p):  # <Y_i Z_i, Y_j Z_j> = Σ (Y_iᵀ Y_j) ∘ (Z_i Z_jᵀ): l×l products, exact integers
+            yj, zj = ys[:, j].to(f64), zs[:, j].to(f64)
+            inner = (torch.bmm(yi.mT, yj) * torch.bmm(zi, zj.mT)).sum(dim=(1, 2))
+            gram[:, 3 * i, 3 * j] = gram[:, 3 * j, 3 * i] = inner
     put(full, row, torch.bmm(row_sums, a.mT))  # [i, j] = <Y_i Z_i, (Y_j 1) 1ᵀ>
     put(full, col, torch.bmm(col_sums, b.mT))  # <Y_i Z_i, 1 (1ᵀ Z_j)>
     put(full, -1, (y_cols * z_rows).sum(dim=2))  # <Y_i Z_i, 1 1ᵀ>
@@ -343,14 +387,11 @@ def refit_scalars_torch(w: ArrayLike, ys: ArrayLike, zs: ArrayLike, *, device: s
     put(col, col, m * torch.bmm(b, b.mT))
     put(col, -1, m * b.sum(dim=2))
     gram[:, -1, -1] = m * n
-    rhs = torch.empty(nbatch, 3 * p + 1, dtype=torch.float64, device=dev)
-    for i in range(p):  # <Y_i Z_i, W> = Σ (Y_iᵀ W) ∘ Z_i
-        rhs[:, 3 * i] = (torch.bmm(y[:, i].mT, w64) * z[:, i]).sum(dim=(1, 2))
-    rhs[:, row] = (a * w64.sum(dim=2).unsqueeze(1)).sum(dim=2)
-    rhs[:, col] = (b * w64.sum(dim=1).unsqueeze(1)).sum(dim=2)
-    rhs[:, -1] = w64.sum(dim=(1, 2))
+    rhs[:, row] = (a * w.sum(dim=2).unsqueeze(1)).sum(dim=2)
+    rhs[:, col] = (b * w.sum(dim=1).unsqueeze(1)).sum(dim=2)
+    rhs[:, -1] = w.sum(dim=(1, 2))
     # numpy lstsq's default cutoff: singular values <= (3p+1)·eps·σ_max count as zero (minimum-norm solution).
-    cutoff = (3 * p + 1) * torch.finfo(torch.float64).eps
+    cutoff = (3 * p + 1) * torch.finfo(f64).eps
     coef = (torch.linalg.pinv(gram, rtol=cutoff, hermitian=True) @ rhs.unsqueeze(2)).squeeze(2)
     return coef[:, :-1].reshape(nbatch, p, 3), coef[:, -1]
 
@@ -363,43 +404,47 @@ def dequantize_groups_torch(ys: torch.Tensor, zs: torch.Tensor, scales: torch.Te
         ys: (B, p, m, l) {0,1}; zs: (B, p, l, n) {0,1}; scales: (B, p, 3) rows (r, s, t); offset: (B,).
 
     Returns:
-        (B, m, n) float64 on ys's device. Y_i Z_i is an exact float32 product (counts <= l < 2²⁴).
+        (B, m, n) float64 on ys's device. Y_i Z_i is an exact float32 product (counts <= l < 2²⁴, exact
+        with TF32 too: 0/1 inputs, fp32 accumulation).
     """
-    nbatch, p, m, _ = ys.shape
+    nbatch, p, m, l = ys.shape
     n = zs.shape[3]
     sc = scales.to(torch.float64)
     out = offset.to(torch.float64)[:, None, None].expand(nbatch, m, n).clone()
-    for i in range(p):
-        y, z = ys[:, i].to(torch.float32), zs[:, i].to(torch.float32)
-        out += sc[:, i, 0, None, None] * torch.bmm(y, z).to(torch.float64)
-        out += sc[:, i, 1, None, None] * y.sum(dim=2, dtype=torch.float64)[:, :, None]
-        out += sc[:, i, 2, None, None] * z.sum(dim=1, dtype=torch.float64)[:, None, :]
+    for c in _chunks(nbatch, 12 * m * n + 4 * l * (m + n)):
+        for i in range(p):
+            y, z = ys[c, i].to(torch.float32), zs[c, i].to(torch.float32)
+            out[c] += sc[c, i, 0, None, None] * torch.bmm(y, z)  # (float32 counts, promoted)
+            out[c] += sc[c, i, 1, None, None] * y.sum(dim=2, dtype=torch.float64)[:, :, None]
+            out[c] += sc[c, i, 2, None, None] * z.sum(dim=1, dtype=torch.float64)[:, None, :]
     return out
 
 
 # --- memory ---------------------------------------------------------------------------------------
 def bytes_per_group(shape: tuple[int, int], rank: int, stacks: int = 1, restarts: int = 1) -> int:
-    """Estimated peak device bytes per group of :func:`quantize_groups_torch` (an upper estimate).
+    """Estimated device bytes per group of :func:`quantize_groups_torch`, besides ``TRANSIENT_BYTES``.
 
-    Kept for the whole call: the float64 target and the {0,1} factors of ``stacks`` stacks. Transient,
-    the largest of: the solve (per restart: float64 residual, float32 X, a float64 copy of X for σ_max
-    and the polish, float32 factors, X V, the Gram matrix, float64 α-fit temporaries), the refit
-    (float64 copies of the p stacks' factors and l×p·l products) and the dequantization (three m×n).
+    Per group: the float64 target and residual, the {0,1} factors of ``stacks`` stacks, and per restart
+    the solver's state: float32 X, Uᵀ and Vᵀ, X V, the Gram matrix and the int8 signs (with restarts,
+    also the repeated float64 residual). float64 temporaries (σ_max, α fits, refit, dequantization)
+    are formed in slices of at most ``TRANSIENT_BYTES``. An estimate: ``benchmarks/solver.py --device
+    cuda`` prints it next to the measured peak.
     """
     m, n = shape
-    l, p, r = rank, stacks, restarts
-    keep = 8 * m * n + p * l * (m + n)
-    solve = 8 * m * n + r * (20 * m * n + 12 * l * (m + n) + 4 * l * max(m, n) + 16 * l * l
-                             + 8 * l * (m + n) + 16 * l * max(m, n) + 24 * l * l)
-    refit = 8 * m * n + 16 * p * l * m + 8 * p * l * n + 16 * l * n + 24 * p * l * l + 64 * p * (m + n)
-    dequant = 20 * m * n
-    return keep + max(solve, refit, dequant)
+    l, r = rank, restarts
+    keep = 16 * m * n + stacks * l * (m + n) + (8 * m * n * r if r > 1 else 0)
+    state = 4 * m * n + 4 * l * (m + n) + 4 * l * max(m, n) + 4 * l * l + 2 * l * (m + n)
+    return keep + r * state
 
 
 def groups_per_batch(shape: tuple[int, int], rank: int, budget_bytes: int, *, stacks: int = 1,
                      restarts: int = 1) -> int:
-    """How many groups of ``shape`` fit in ``budget_bytes`` of device memory at once (at least 1)."""
-    return max(1, int(budget_bytes) // bytes_per_group(shape, rank, stacks, restarts))
+    """How many groups of ``shape`` fit in ``budget_bytes`` of device memory at once (at least 1).
+
+    ``TRANSIENT_BYTES`` of the budget are kept for the sliced float64 temporaries.
+    """
+    usable = int(budget_bytes) - TRANSIENT_BYTES
+    return max(1, usable // bytes_per_group(shape, rank, stacks, restarts))
 
 
 def device_budget(device: str | torch.device | None = None, fraction: float = 0.8) -> int:
@@ -485,7 +530,7 @@ def quantize_groups_torch(
         scales = torch.zeros(len(batch_ids), 0, 3, dtype=torch.float32, device=dev)
         offset = torch.zeros(len(batch_ids), dtype=torch.float32, device=dev)
         for k in range(stacks):
-            residual = target - dequantize_groups_torch(ys, zs, scales, offset)
+            residual = dequantize_groups_torch(ys, zs, scales, offset).neg_().add_(target)  # in place: one m×n
             seeds = [(seed, k, g, r) for g in batch_ids for r in range(cfg.restarts)]
             y, z = solve_stack_torch(residual, l, seeds, restarts=cfg.restarts, device=dev, tf32=tf32,
                                      launch=launch, **solver_kw)

@@ -1,0 +1,195 @@
+"""The GPU solver (bqq.solver_torch and the Triton row sweep) against the CPU solver.
+
+Without a GPU the Triton kernel runs in Triton's interpreter on CPU tensors (conftest sets
+TRITON_INTERPRET=1), which is slow: shapes here are small. With a GPU the same tests run on CUDA.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from bqq import solver, solver_torch
+from bqq_kernels.cpu.binary_factorization import _row_sweep_serial, gram
+from bqq_kernels.gpu import row_sweep
+
+if row_sweep.interpreted():
+    DEVICE = "cpu"
+elif torch.cuda.is_available():
+    DEVICE = "cuda"
+else:
+    pytest.skip("Triton kernels are compiled but there is no CUDA device", allow_module_level=True)
+
+SETTINGS = {"t_start": 0.95, "t_end": 0.18, "alpha_scale": 0.9, "polish_rounds": 50}
+
+
+def standardized_batch(count: int, m: int, n: int, seed: int = 1) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((count, m, n))
+    return (x - x.mean(axis=(1, 2), keepdims=True)) / x.std(axis=(1, 2), keepdims=True)
+
+
+def sweep_inputs(nbatch: int, rows: int, other: int, l: int, hard: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((nbatch, rows, other)).astype(np.float32)
+    u = rng.uniform(-1, 1, (nbatch, rows, l)).astype(np.float32)
+    v = rng.uniform(-1, 1, (nbatch, other, l)).astype(np.float32)
+    if hard:
+        u, v = np.where(u >= 0, 1, -1).astype(np.float32), np.where(v >= 0, 1, -1).astype(np.float32)
+    alpha = np.full(nbatch, 1.0 / np.sqrt(l), np.float32)
+    inv_temp = np.linspace(0.05, 3.0, nbatch).astype(np.float32)  # up to saturation (|f/T| > 4.97)
+    return np.matmul(x, v), u, gram(v), alpha, inv_temp
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize(("shape", "launch"), [
+    ((3, 37, 29, 11), None),  # uneven rows, l = 11: one program per problem, one block
+    ((2, 45, 70, 40), {"block_rows": 16, "block_cols": 16, "num_warps": 1, "unroll": 2}),  # 3 row blocks, 16+16+8
+])
+def test_kernel_matches_numba_sweep(shape, launch, hard):
+    h, u, g, alpha, inv_temp = sweep_inputs(*shape, hard=hard)
+    expected = u.copy()
+    flips_cpu = _row_sweep_serial(h, np.matmul(u, g), expected, g, alpha, inv_temp, hard)
+    ut = torch.from_numpy(u.transpose(0, 2, 1).copy()).to(DEVICE)
+    ht = torch.from_numpy(h.transpose(0, 2, 1).copy()).to(DEVICE)
+    opts = launch or row_sweep.launch_options(shape[1], shape[3])
+    flips = row_sweep.row_sweep_triton(ht, ut, torch.from_numpy(g).to(DEVICE), torch.from_numpy(alpha).to(DEVICE),
+                                       torch.from_numpy(inv_temp).to(DEVICE), hard, **opts)
+    got = ut.cpu().numpy().transpose(0, 2, 1)
+    assert np.abs(got - expected).max() <= 1e-5
+    assert int(flips) == flips_cpu
+    if hard:
+        assert np.array_equal(np.abs(got), np.ones_like(got))
+
+
+def test_kernel_rejects_bad_input():
+    ut = torch.zeros(1, 4, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        row_sweep.row_sweep_triton(ut, ut, torch.zeros(1, 3, 3, device=DEVICE), torch.ones(1, device=DEVICE),
+                                   torch.ones(1, device=DEVICE), False)
+    with pytest.raises(ValueError, match="power of two"):
+        row_sweep.row_sweep_triton(ut, ut, torch.zeros(1, 4, 4, device=DEVICE), torch.ones(1, device=DEVICE),
+                                   torch.ones(1, device=DEVICE), False, block_rows=24)
+
+
+def mse_after_refit(x: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Per-problem MSE of the one-stack fit after the exact scalar refit (CPU reference functions)."""
+    out = []
+    for xb, ub, vb in zip(x, u, v, strict=True):
+        y, z = (ub > 0).astype(np.float64), (vb > 0).astype(np.float64).T
+        coef, off = solver.refit_scalars(xb, y[None], z[None])
+        r, s, t = coef[0]
+        fit = r * y @ z + s * y.sum(axis=1, keepdims=True) + t * z.sum(axis=0, keepdims=True) + off
+        out.append(((xb - fit) ** 2).mean())
+    return np.array(out)
+
+
+def test_small_solve_matches_cpu_error():
+    x = standardized_batch(2, 24, 20)
+    seeds = [(0, 0, g, 0) for g in range(2)]
+    u_cpu, v_cpu = solver.solve_sign_factors(x, 11, seeds, sweeps=30, **SETTINGS)
+    u, v = solver_torch.solve_sign_factors_torch(x, 11, seeds, sweeps=30, device=DEVICE, **SETTINGS)
+    assert u.shape == (2, 24, 11) and v.shape == (2, 20, 11) and u.dtype == torch.int8
+    assert set(np.unique(u.cpu().numpy())) <= {-1, 1}
+    cpu = mse_after_refit(x, u_cpu, v_cpu).mean()
+    gpu = mse_after_refit(x, u.cpu().numpy(), v.cpu().numpy()).mean()
+    assert abs(gpu / cpu - 1) <= 0.02, (gpu, cpu)
+
+
+def test_same_seed_same_codes():
+    x = standardized_batch(2, 16, 12, seed=3)
+    seeds = [(7, 0, g, 0) for g in range(2)]
+    runs = [solver_torch.solve_sign_factors_torch(x, 7, seeds, sweeps=6, device=DEVICE, **SETTINGS) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_starts_are_the_cpu_starts():
+    seeds = [(1, 2, 3, 0), (1, 2, 4, 0)]
+    u, v = solver_torch.draw_starts(seeds, 5, 4, 3)
+    rng = np.random.default_rng(np.random.SeedSequence([1, 2, 4, 0]))
+    assert np.array_equal(u[1], rng.uniform(-0.01, 0.01, (5, 3)).astype(np.float32))
+    assert np.array_equal(v[1], rng.uniform(-0.01, 0.01, (4, 3)).astype(np.float32))
+
+
+def test_spectral_norm_and_sign_fit_error_match_cpu():
+    from bqq_kernels.cpu import spectral_norm
+
+    x = standardized_batch(3, 9, 13)
+    x[2] = 0.0
+    got = solver_torch.spectral_norm_torch(torch.from_numpy(x).to(DEVICE)).cpu().numpy()
+    np.testing.assert_allclose(got, spectral_norm(x, solver.POWER_ITERATIONS), rtol=1e-12, atol=1e-12)
+    rng = np.random.default_rng(0)
+    u = np.where(rng.random((3, 9, 4)) < 0.5, 1, -1).astype(np.int8)
+    v = np.where(rng.random((3, 13, 4)) < 0.5, 1, -1).astype(np.int8)
+    err = solver_torch.sign_fit_error_torch(x, torch.from_numpy(u).to(DEVICE), torch.from_numpy(v).to(DEVICE))
+    np.testing.assert_allclose(err.cpu().numpy(), solver.sign_fit_error(x, u, v), rtol=1e-12, atol=1e-12)
+
+
+def test_batched_refit_equals_refit_scalars():
+    rng = np.random.default_rng(0)
+    nbatch, p, m, n, l = 4, 3, 17, 13, 7
+    w = rng.standard_normal((nbatch, m, n))
+    ys = (rng.random((nbatch, p, m, l)) < 0.5).astype(np.uint8)
+    zs = (rng.random((nbatch, p, l, n)) < 0.5).astype(np.uint8)
+    ys[1, 0] = 1  # degenerate designs: an all-ones Y, an all-zero Z
+    zs[2, 1] = 0
+    scales, offset = solver_torch.refit_scalars_torch(w, ys, zs, device=DEVICE)
+    assert scales.shape == (nbatch, p, 3) and scales.dtype == torch.float64
+    for b in range(nbatch):
+        coef, off = solver.refit_scalars(w[b], ys[b], zs[b])
+        np.testing.assert_allclose(scales[b].cpu().numpy(), coef, rtol=1e-9, atol=1e-11)
+        assert offset[b].item() == pytest.approx(off, rel=1e-9, abs=1e-11)
+
+
+def test_quantize_groups_matches_cpu_stacks():
+    """Two stacks of the device driver against the same steps written with the CPU solver."""
+    from bqq.methods.bqq import BQQConfig
+
+    cfg = BQQConfig(sweeps=8, polish_rounds=5)
+    w = standardized_batch(2, 16, 12, seed=5)
+    codes = solver_torch.quantize_groups_torch(w, 2, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE)
+    l = 7  # inner_dim((16, 12), 1.0)
+    assert codes.ys.shape == (2, 2, 16, l) and codes.zs.shape == (2, 2, l, 12)
+    assert codes.scales.dtype == torch.float32 and codes.offset.shape == (2,)
+    kw = {k: getattr(cfg, k) for k in ("t_start", "t_end", "alpha_scale", "polish_rounds", "aspect_exponent")}
+    ys = np.zeros((2, 0, 16, l), np.uint8)
+    zs = np.zeros((2, 0, l, 12), np.uint8)
+    residual = w.copy()
+    for k in range(2):
+        u, v = solver.solve_sign_factors(residual, l, [(3, k, g, 0) for g in (4, 9)], sweeps=8, **kw)
+        ys = np.concatenate([ys, (u > 0).astype(np.uint8)[:, None]], axis=1)
+        zs = np.concatenate([zs, (v > 0).astype(np.uint8).transpose(0, 2, 1)[:, None]], axis=1)
+        fits = [solver.refit_scalars(w[b], ys[b], zs[b]) for b in range(2)]
+        scales = torch.tensor(np.stack([c for c, _ in fits]), dtype=torch.float32)
+        offset = torch.tensor([o for _, o in fits], dtype=torch.float32)
+        residual = w - solver_torch.dequantize_groups_torch(torch.from_numpy(ys), torch.from_numpy(zs), scales,
+                                                            offset).numpy()
+    cpu_mse = (residual ** 2).mean()
+    gpu_mse = ((w - codes.dequantize().cpu().numpy()) ** 2).mean()
+    assert abs(gpu_mse / cpu_mse - 1) <= 0.02, (gpu_mse, cpu_mse)
+
+
+def test_memory_estimate():
+    per = solver_torch.bytes_per_group((384, 384), 192, stacks=2)
+    assert 16 * 384 * 384 < per < 40 * 384 * 384  # float64 target and residual, float32 state
+    budget = solver_torch.TRANSIENT_BYTES + 10 * per
+    assert solver_torch.groups_per_batch((384, 384), 192, budget, stacks=2) == 10
+    assert solver_torch.groups_per_batch((384, 384), 192, 1, stacks=2) == 1
+    assert solver_torch.bytes_per_group((384, 384), 192, restarts=2) > solver_torch.bytes_per_group((384, 384), 192)
+
+
+def test_unsupported_device_is_refused():
+    with pytest.raises(RuntimeError, match="CUDA"):
+        solver_torch.resolve_device("meta")
+
+
+def test_missing_triton_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)
+    for name in [k for k in sys.modules if k == "bqq_kernels.gpu" or k.startswith("bqq_kernels.gpu.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError, match="'triton' package"):
+        solver_torch.resolve_device(None)
