@@ -18,6 +18,7 @@ from .bqq_matmul import (
     path_for,
     rebuild_weight,
 )
+from .row_sweep import row_sweep_triton
 
 __all__ = [
     "DECODE_MAX_TOKENS",
@@ -30,4 +31,5 @@ __all__ = [
     "interpreted",
     "path_for",
     "rebuild_weight",
+    "row_sweep_triton",
 ]
