@@ -36,9 +36,14 @@ class BQQConfig:
         polish_rounds: maximum rounds of exact bit-flip descent after annealing.
         restarts: independent anneals per group and stack; the best is kept.
         batch_groups: groups of one shape solved together (bounds memory: ~5 m n · 4 bytes each).
+        weighted_t_start, weighted_t_end, weighted_alpha_scale: the same settings for the output-aware
+            objective (a ``hessian``). Calibration inputs have a few outlier directions (MiniLM: H's
+            largest eigenvalue ~70× its mean), which dominate T_c = 2 α σ_max(X H) while most directions
+            order at far lower temperatures; this colder schedule with a smaller α lowered the output
+            error of 2-stack MiniLM layers by 15 % (geometric mean of 5 layers: 0.258 -> 0.220).
     """
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: the weighted_* fields (version-1 configs read unchanged)
 
     rank_scale: float = 1.0
     sweeps: int | None = None
@@ -49,6 +54,9 @@ class BQQConfig:
     polish_rounds: int = 50
     restarts: int = 1
     batch_groups: int = 64
+    weighted_t_start: float = 0.1
+    weighted_t_end: float = 0.005
+    weighted_alpha_scale: float = 0.5
 
     def __post_init__(self) -> None:
         check_settings(self, {
@@ -61,7 +69,17 @@ class BQQConfig:
             "polish_rounds": is_int(self.polish_rounds) and self.polish_rounds >= 0,
             "restarts": is_int(self.restarts) and 1 <= self.restarts <= 64,
             "batch_groups": is_int(self.batch_groups) and self.batch_groups >= 1,
+            "weighted_t_start": is_number(self.weighted_t_start) and self.weighted_t_start > 0,
+            "weighted_t_end": is_number(self.weighted_t_end) and 0 < self.weighted_t_end <= self.weighted_t_start,
+            "weighted_alpha_scale": is_number(self.weighted_alpha_scale) and self.weighted_alpha_scale > 0,
         })
+
+    def schedule(self, weighted: bool) -> dict[str, float]:
+        """t_start, t_end and alpha_scale for the plain or the output-aware (``weighted``) objective."""
+        if weighted:
+            return {"t_start": self.weighted_t_start, "t_end": self.weighted_t_end,
+                    "alpha_scale": self.weighted_alpha_scale}
+        return {"t_start": self.t_start, "t_end": self.t_end, "alpha_scale": self.alpha_scale}
 
 
 SWEEP_BUDGET = 1.4e10  # (m + n) · l² · sweeps: about 500 sweeps for a 384×384 group
@@ -193,9 +211,9 @@ class BQQMatrix(QuantizedMatrix):
         h = None if hessian is None else np.repeat(hessian, restarts, axis=0)
         seeds = [(self.seed, stack, self.first_group + g, r) for g in groups for r in range(restarts)]
         sweeps = cfg.sweeps or auto_sweeps(x.shape[1:], rank, weighted=h is not None)
-        u, v = solver.solve_sign_factors(
-            x, rank, seeds, sweeps=sweeps, t_start=cfg.t_start, t_end=cfg.t_end, alpha_scale=cfg.alpha_scale,
-            polish_rounds=cfg.polish_rounds, aspect_exponent=cfg.aspect_exponent, hessian=h)
+        u, v = solver.solve_sign_factors(x, rank, seeds, sweeps=sweeps, polish_rounds=cfg.polish_rounds,
+                                         aspect_exponent=cfg.aspect_exponent, hessian=h,
+                                         **cfg.schedule(h is not None))
         best = solver.sign_fit_error(x, u, v, h).reshape(len(groups), restarts).argmin(axis=1)
         pick = np.arange(len(groups)) * restarts + best
         ys = [(u[k] > 0).astype(np.uint8) for k in pick]

@@ -11,6 +11,7 @@ file named by a hash of everything that determines it; a rerun loads those and s
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -50,8 +51,10 @@ class GroupJob:
     def key(self) -> str:
         """Hash of the group's values and settings: the cache file name."""
         h = hashlib.sha256()
+        # The whole config, defaults included: a default that changes must not reuse old groups.
+        config = dataclasses.asdict(method_config(self.method, self.bits, self.opts)[1])
         settings = [__version__, self.layer, self.index, self.dtype, self.method, self.bits, self.seed,
-                    sorted(self.opts.items()), self.matrix.shape, self.matrix.dtype.str, self.group_shape,
+                    sorted(config.items()), self.matrix.shape, self.matrix.dtype.str, self.group_shape,
                     self.hessian is not None]
         h.update(json.dumps(settings, default=str).encode())
         h.update(np.ascontiguousarray(self.matrix).tobytes())
