@@ -161,7 +161,9 @@ def solve_sign_factors_torch(
         arrays, not contiguous), with X ≈ α U Vᵀ + row/col/const terms.
     """
     dev = resolve_device(device, x)
-    with _fp32_matmuls(tf32):
+    # (Triton launches on the current CUDA device: make it the tensors' one.)
+    on_device = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with _fp32_matmuls(tf32), on_device:
         ut, vt = _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, aspect_exponent, dev,
                         launch)
     return ut.mT, vt.mT
@@ -203,14 +205,20 @@ def _solve(x, rank, seeds, sweeps, t_start, t_end, alpha_scale, polish_rounds, a
         ht = torch.bmm(other, xop)
         g = torch.bmm(other, other.mT)
         g.diagonal(dim1=1, dim2=2).fill_(other_rows)
-        return row_sweep.row_sweep_triton(ht, own, g, a, inv_temp, hard, **opts)
+        return row_sweep.row_sweep_triton(ht, own, g, a, inv_temp, hard, count=hard, **opts)
 
-    for k in range(sweeps):
-        frac = k / max(sweeps - 1, 1)
-        temp = scaled * (t_end / t_start) ** frac
+    ratio = t_end / t_start
+    rows_per_block = max(1, (1 << 24) // max(nbatch, 1))  # schedule rows computed together (<= 128 MB)
+    for k0 in range(0, sweeps, rows_per_block):
+        # 1/T for sweeps k0.. at once: T_k = T_c·t_start·(t_end/t_start)^(k/(sweeps-1)), float64 as on the CPU.
+        factors = torch.tensor([ratio ** (k / max(sweeps - 1, 1)) for k in range(k0, min(k0 + rows_per_block, sweeps))],
+                               dtype=torch.float64, device=dev)
+        temp = scaled[None, :] * factors[:, None]
         inv_temp = torch.where(live, 1.0 / torch.where(live, temp, 1.0), 0.0).to(torch.float32)
-        half(xc.mT, vt, ut, n, alpha, inv_temp / aspect, False, u_opts)
-        half(xc, ut, vt, m, alpha, inv_temp * aspect, False, v_opts)
+        inv_u, inv_v = inv_temp / aspect, inv_temp * aspect
+        for i in range(len(factors)):
+            half(xc.mT, vt, ut, n, alpha, inv_u[i], False, u_opts)
+            half(xc, ut, vt, m, alpha, inv_v[i], False, v_opts)
 
     ut = torch.where(ut >= 0, 1.0, -1.0)
     vt = torch.where(vt >= 0, 1.0, -1.0)

@@ -131,7 +131,8 @@ def launch_options(rows: int, l: int) -> dict[str, int]:
 
 def row_sweep_triton(ht: torch.Tensor, ut: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
                      inv_temp: torch.Tensor, hard: bool, *, block_rows: int = BLOCK_ROWS,
-                     block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS, unroll: int = UNROLL) -> torch.Tensor:
+                     block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS, unroll: int = UNROLL,
+                     count: bool = True) -> torch.Tensor | None:
     """One Gauss-Seidel pass over every entry of u, in place; returns the number of sign changes.
 
     Args:
@@ -142,6 +143,7 @@ def row_sweep_triton(ht: torch.Tensor, ut: torch.Tensor, g: torch.Tensor, alpha:
         hard: sign updates (T = 0) instead of tanh.
         block_rows, block_cols: rows per program and entries per block (powers of two).
         num_warps, unroll: launch shape and unrolling of the G·u loop.
+        count: return the number of sign changes (False: None, two launches fewer; for soft sweeps).
 
     Returns:
         A 0-d int64 tensor on ut's device: entries whose sign changed (as in the numba kernel: the
@@ -165,8 +167,11 @@ def row_sweep_triton(ht: torch.Tensor, ut: torch.Tensor, g: torch.Tensor, alpha:
         if size < 1 or size & (size - 1):
             raise ValueError(f"{name} must be a power of two, got {size}")
     grid = (triton.cdiv(rows, block_rows), nbatch)
-    flips = torch.zeros(grid[0] * nbatch, dtype=torch.int32, device=ut.device)
+    # One int32 count per program, written by it (every program writes its slot: no clearing needed).
+    flips = torch.empty(grid[0] * nbatch, dtype=torch.int32, device=ut.device)
     if nbatch and rows and l:
         _row_sweep_kernel[grid](ht, ut, g, alpha, inv_temp, flips, rows, l, HARD=bool(hard), BLOCK_R=block_rows,
                                 BLOCK_J=block_cols, UNROLL=unroll, num_warps=num_warps)
-    return flips.sum(dtype=torch.int64)
+    elif count:
+        flips.zero_()
+    return flips.sum(dtype=torch.int64) if count else None
