@@ -288,6 +288,34 @@ def path_sweep_rows(cases, tokens, device: str, eager: Timer) -> list[dict]:
     return rows
 
 
+STEP_CHOICES = (2, 4, 6, 8, 16, 1 << 20)  # Y_STEPS_PER_PROGRAM values tried at one token (the last: no split)
+
+
+def decode_step_rows(cases, device: str, eager: Timer, steps=STEP_CHOICES) -> list[dict]:
+    """One-token decode in fp16 for each ``Y_STEPS_PER_PROGRAM`` in ``steps`` (seconds per call)."""
+    from bqq_kernels.gpu import bqq_linear_triton, bqq_matmul
+
+    rows, before = [], bqq_matmul.Y_STEPS_PER_PROGRAM
+    try:
+        for shape, group, _ in cases:
+            layout = random_layout(shape, group).to(device)
+            x = torch.randn(1, shape[1], device=device).half()
+            row = {"shape": f"{shape[0]}x{shape[1]}", "group": group}
+            for step in steps:
+                bqq_matmul.Y_STEPS_PER_PROGRAM = step
+                with torch.inference_mode():
+                    row[f"steps_{step}_s"] = eager(lambda x=x, w=layout.tensors, m=shape[0]:
+                                                   bqq_linear_triton(x, w, m, path="decode"))
+            row["fastest_steps"] = min(steps, key=lambda st, row=row: row[f"steps_{st}_s"])
+            row["current"] = before
+            rows.append(row)
+            print(f"{row['shape']:>11} 1 token decode, steps per program: " +
+                  ", ".join(f"{st}: {row[f'steps_{st}_s'] * 1e6:.1f} us" for st in steps), flush=True)
+    finally:
+        bqq_matmul.Y_STEPS_PER_PROGRAM = before
+    return rows
+
+
 def suggest_switch_points(sweep: list[dict]) -> dict:
     """The switch points (``bqq_kernels.gpu.SwitchPoints`` fields) under which :func:`choose_path`'s rule loses
     least against the fastest path over the sweep (geometric mean of time taken / fastest time), with the
@@ -345,7 +373,7 @@ def _us(seconds: float | None) -> str:
 
 
 def cuda_markdown(layers: list[dict], sweep: list[dict], models: list[dict], env: dict,
-                  suggestion: dict | None = None) -> str:
+                  suggestion: dict | None = None, steps: list[dict] | None = None) -> str:
     lines = [f"`{' '.join(f'{k}={v}' for k, v in env.items())}`", "",
              "Layers, µs per call (medians of triton.testing.do_bench; bqq = `bqq_linear` on its automatic path; "
              "official = the issue's measurement, not rerun):", "",
@@ -378,6 +406,15 @@ def cuda_markdown(layers: list[dict], sweep: list[dict], models: list[dict], env
                   f"{suggestion['factored_max_tokens_per_rank']} (mean slowdown against the fastest path "
                   f"{suggestion['mean_slowdown']:.3f}x; current {suggestion['current']}: "
                   f"{suggestion['current_mean_slowdown']:.3f}x)."]
+    if steps:
+        choices = [int(k[6:-2]) for k in steps[0] if k.startswith("steps_")]
+        names = ["no split" if c >= 1 << 20 else str(c) for c in choices]
+        lines += ["", "Decode at 1 token (fp16), µs, by `bqq_kernels.gpu.bqq_matmul.Y_STEPS_PER_PROGRAM` "
+                  f"(now {steps[0].get('current', '')}):", "",
+                  f"| weight | {' | '.join(names)} | fastest |", "|---|" + "---|" * (len(choices) + 1)]
+        for r in steps:
+            fastest = "no split" if r["fastest_steps"] >= 1 << 20 else r["fastest_steps"]
+            lines.append(f"| {r['shape']} | {' | '.join(_us(r[f'steps_{c}_s']) for c in choices)} | {fastest} |")
     if models:
         lines += ["", "| DeiT-S fp16 batch | BQQ 2* (ms) | fp16 model (ms) | ratio | target | met | "
                   "BQQ graph (ms) | fp16 graph (ms) |", "|---|---|---|---|---|---|---|---|"]
@@ -414,16 +451,17 @@ def main_cuda(args: argparse.Namespace) -> dict:
     layers = cuda_layer_rows(cases, "cuda", eager, graph)
     sweep = path_sweep_rows(cases, (1, 16, 197) if args.quick else SWEEP_TOKENS, "cuda", eager)
     suggestion = suggest_switch_points(sweep)
+    steps = decode_step_rows(cases, "cuda", eager)
     models = [] if args.quick or args.no_model else cuda_model_rows([1, 64], eager, graph)
     wall = time.perf_counter() - wall
-    text = cuda_markdown(layers, sweep, models, env, suggestion)
+    text = cuda_markdown(layers, sweep, models, env, suggestion, steps)
     print(text)
     print(f"wall time {wall:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.kernels --device cuda" + (" --quick" if args.quick else "")
     (out / "kernels_cuda.md").write_text(text + f"\nCommand: `{command}`; wall time {wall:.0f} s.\n")
-    doc = {"env": env, "layers": layers, "paths": sweep, "suggested_switch_points": suggestion, "models": models,
-           "wall_s": wall, "stacks": STACKS}
+    doc = {"env": env, "layers": layers, "paths": sweep, "suggested_switch_points": suggestion,
+           "decode_steps": steps, "models": models, "wall_s": wall, "stacks": STACKS}
     (out / "kernels_cuda.json").write_text(json.dumps(doc, indent=2))
     return doc
 

@@ -33,8 +33,11 @@ def test_cuda_mode_rows_and_table_run_on_the_interpreter():
     assert all(r["ratio_fp16"] == 1.0 and r["official_s"] is None for r in layers)
     sweep = bench.path_sweep_rows([((40, 72), 32, ())], (1, 17), "cpu", timer)
     assert all(r["fastest"] in PATHS and all(r[f"{p}_s"] == 1e-5 for p in PATHS) for r in sweep)
-    text = bench.cuda_markdown(layers, sweep, [], {"gpu": "none"}, bench.suggest_switch_points(sweep))
+    steps = bench.decode_step_rows([((40, 72), 32, ())], "cpu", timer, steps=(1, 1 << 20))
+    assert steps[0]["fastest_steps"] == 1 and steps[0]["current"] == 6
+    text = bench.cuda_markdown(layers, sweep, [], {"gpu": "none"}, bench.suggest_switch_points(sweep), steps)
     assert "| 40x72 (32) | 1 | decode |" in text and "Switch points that lose least" in text
+    assert "| 40x72 | 10.0 | 10.0 | 1 |" in text and "no split" in text
 
 
 def test_cuda_targets_and_switch_point_suggestion():

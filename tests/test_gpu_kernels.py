@@ -35,6 +35,12 @@ def gpu():
     return gpu
 
 
+def bqq_matmul():
+    from bqq_kernels.gpu import bqq_matmul
+
+    return bqq_matmul
+
+
 def devices() -> list[str]:
     """CUDA when there is one; the CPU when the kernels are interpreted."""
     if importlib.util.find_spec("triton") is None:
@@ -63,9 +69,10 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref).norm() / ref.norm())
 
 
-# (row part sizes, column part sizes, stacks, seed): uneven parts with ranks differing per group, odd widths,
-# several stacks; ranks 35 and 60 and 70 rows and columns span several rank, row and column tiles of each path.
-GRIDS = [((16, 14), (9, 12, 5), 2, 0), ((40,), (45, 19), 3, 0), ((70,), (70,), 1, 0)]
+# (row part sizes, column part sizes, stacks, seed, steps per Y program): uneven parts with ranks differing per
+# group, odd widths, several stacks; ranks 35 and 60 and 70 rows and columns span several rank, row and column
+# tiles of each path; 2 steps split the first grid's 6 (column block, stack) pairs over 3 programs per row tile.
+GRIDS = [((16, 14), (9, 12, 5), 2, 0, 2), ((40,), (45, 19), 3, 0, 8), ((70,), (70,), 1, 0, 8)]
 # tokens per path: 0, one, tile remainders (decode tiles of 1-16 tokens, factored of 16-64)
 TOKENS = {"decode": [0, 1, 3, 21], "factored": [5, 37], "rebuild": [0, 2, 19]}
 
@@ -73,9 +80,10 @@ TOKENS = {"decode": [0, 1, 3, 21], "factored": [5, 37], "rebuild": [0, 2, 19]}
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("path", ["decode", "factored", "rebuild"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_every_path_equals_the_dense_rebuild(device, path, dtype):
+def test_every_path_equals_the_dense_rebuild(device, path, dtype, monkeypatch):
     run = gpu().bqq_linear_triton
-    for index, grid in enumerate(GRIDS):
+    for index, (*grid, steps) in enumerate(GRIDS):
+        monkeypatch.setattr(bqq_matmul(), "Y_STEPS_PER_PROGRAM", steps)
         layout = random_layout(*grid).to(device)
         m, n = layout.shape
         w = kernels.dequantize_layout(layout, torch.float64)
@@ -151,11 +159,11 @@ def test_forward_reads_no_tensor_on_the_host(monkeypatch):
     """Structural check of the no-sync promise (CUDA graphs, no stalls): from bqq_linear down to the kernel
     launches no tensor value reaches Python. The Triton launches are recorded instead of run (the interpreter
     itself copies tensors to the host), so this runs without a GPU on CPU tensors."""
-    g = gpu()
-    bqq_matmul = __import__("bqq_kernels.gpu.bqq_matmul", fromlist=["_"])
+    g, module = gpu(), bqq_matmul()
     calls: list = []
-    for name in ("_z_kernel", "_y_kernel", "_rebuild_kernel"):
-        monkeypatch.setattr(bqq_matmul, name, _Launch(calls))
+    for name in ("_z_kernel", "_y_kernel", "_sum_kernel", "_rebuild_kernel"):
+        monkeypatch.setattr(module, name, _Launch(calls))
+    monkeypatch.setattr(module, "Y_STEPS_PER_PROGRAM", 2)  # 3 splits: the partial-sum launch too
     # the cpu device gets the triton backend for this test, through the same dispatch as CUDA
     monkeypatch.setitem(dispatch._REGISTRY["cpu"], "triton", "bqq_kernels.gpu.bqq_matmul:bqq_linear_triton")
     monkeypatch.setitem(dispatch._TRAITS, ("cpu", "triton"), dispatch._TRITON)
@@ -164,19 +172,19 @@ def test_forward_reads_no_tensor_on_the_host(monkeypatch):
     m, n = layout.shape
     bias = torch.randn(m, dtype=torch.float16)
     inputs = [torch.randn(t, n).half() for t in (1, 9, 40)]
-    choose = bqq_matmul.choose_path
+    choose = module.choose_path
     for name in ("tolist", "item", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__", "__array__"):
         monkeypatch.setattr(torch.Tensor, name, _refuse)
     launches = []
     with torch.no_grad():
         for x in inputs:
             for path in (*g.PATHS, None):  # each path forced, then the policy's choice
-                monkeypatch.setattr(bqq_matmul, "choose_path", choose if path is None else lambda t, w, p=path: p)
+                monkeypatch.setattr(module, "choose_path", choose if path is None else lambda t, w, p=path: p)
                 before = len(calls)
                 kernels.bqq_linear(x, layout, bias, backend="triton")
                 launches.append((path, len(calls) - before))
     monkeypatch.undo()
-    assert all(count == (1 if path == "rebuild" else 2) for path, count in launches if path), launches
+    assert all(count == (1 if path == "rebuild" else 3) for path, count in launches if path), launches
     for grid, args, kwargs in calls:
         assert all(type(v) is int and v > 0 for v in grid), grid
         for value in (*args, *kwargs.values()):
@@ -249,10 +257,10 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {row["variant"]: row for row in json.loads(result.stdout.strip().splitlines()[-1])}
-    assert len(rows) == 14, sorted(rows)
+    assert len(rows) == 16, sorted(rows)
     if "reg" not in rows["rebuild float16"]:
         pytest.skip("no cuobjdump to read the machine code")
     for name, row in rows.items():
         tensor_cores = row["HGMMA"] + row["HMMA"]
-        assert (tensor_cores > 0) == (not name.startswith("decode")), row
+        assert (tensor_cores > 0) == name.startswith(("factored", "rebuild")), row
         assert row["stack"] == 0 and row["LDL"] == row["STL"] == 0, row

@@ -33,7 +33,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from ..layout import LayoutTensors
-from .factored import _y_kernel, _z_kernel
+from .factored import _sum_kernel, _y_kernel, _z_kernel
 from .rebuild import _rebuild_kernel
 
 PATHS = ("decode", "factored", "rebuild")
@@ -62,15 +62,21 @@ SWITCH_POINTS = SwitchPoints()
 
 # Tiles (unmeasured; chosen so that Triton 3.9 compiles every variant for sm_90 without register spills,
 # see kernels/gpu/compile_check.py). Decode: tokens per program -> (Z rank rows, Z columns, Y output rows,
-# Y rank columns): tokens × rows × columns <= 4096 fp32 products in registers for Z, <= 2048 for Y (larger Y
-# tiles spilled); 16-row Y tiles give several programs per multiprocessor even for a 4096-row layer.
-DECODE_TILES = {1: (32, 128, 16, 64), 2: (32, 64, 16, 32), 4: (16, 64, 16, 32), 8: (16, 32, 16, 16),
-                16: (8, 32, 16, 16)}
+# Y rank columns): tokens × rows × columns <= 4096 fp32 products in registers; Y steps of 64 rank columns
+# cover a 128-group's rank (64) in one step, since each step waits for memory.
+DECODE_TILES = {1: (32, 128, 64, 64), 2: (32, 64, 32, 64), 4: (16, 64, 16, 64), 8: (16, 32, 8, 64),
+                16: (8, 32, 8, 32)}
 DECODE_WARPS = 4
 FACTORED_TILES = (32, 64, 64, 32)  # tensor cores: (Z rank rows, Z columns, Y output rows, Y rank columns)
 FACTORED_WARPS = 8  # at 4 warps the 64-token tiles spilled
 # tokens per program of the factored path, at most (tl.dot needs >= 16); tf32x3 needs more registers
 FACTORED_MAX_BLOCK_T = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32}
+# Steps (column block, stack, rank chunk) per _y_kernel program, at most about (unmeasured): each step waits
+# for packed bits from memory (~1 µs), so a group row's pairs are split over programs, whose partial sums
+# _sum_kernel adds (one launch more, ~2 µs), when a row has more steps than this. 6 leaves DeiT-S's 384-groups
+# (2 stacks × 3 steps of 64 ranks) unsplit and cuts a 4096-wide layer's 64 steps (128-groups) into 11.
+Y_STEPS_PER_PROGRAM = 6
+SUM_BLOCK = 1024  # outputs per _sum_kernel program
 REBUILD_TILES = (64, 64, 32)  # (Ŵ rows, Ŵ columns, rank entries per step)
 REBUILD_WARPS = 4
 
@@ -158,7 +164,8 @@ def linear_rebuild(x: torch.Tensor, w: LayoutTensors, out_features: int,
 
 def _factored_linear(x: torch.Tensor, w: LayoutTensors, out_features: int, bias: torch.Tensor | None,
                      *, dot: bool) -> torch.Tensor:
-    """x (T, N) contiguous -> (T, M) through v = Z x (work buffer) and the Y kernel."""
+    """x (T, N) contiguous -> (T, M) through v = Z x (work buffer), the Y kernel and, when a group row's
+    (column block, stack) pairs are split over programs, the in-order sum of their partials."""
     tokens, n = x.shape
     rows, cols, stacks, l_max, nb = w.z.shape
     m_max, lb = w.y.shape[3], w.y.shape[4]
@@ -167,14 +174,32 @@ def _factored_linear(x: torch.Tensor, w: LayoutTensors, out_features: int, bias:
     out = torch.empty(tokens, out_features, dtype=x.dtype, device=x.device)
     cfg = factored_config(tokens, x.dtype, dot)
     t_tiles = triton.cdiv(tokens, cfg.block_t)
-    _z_kernel[(t_tiles, rows * cols * stacks, triton.cdiv(l_max, cfg.z["BK"]))](
+    # group axes first: CUDA caps grid axes 1 and 2 at 65535 (token tiles stay below that up to a million
+    # tokens, which choose_path sends to the rebuild long before)
+    _z_kernel[(rows * cols * stacks, t_tiles, triton.cdiv(l_max, cfg.z["BK"]))](
         x, w.z, work, w.col_start, w.col_size, w.rank, tokens, n, cols, stacks, l_max, nb, v_cols + cols, v_cols,
         **cfg.z, num_warps=cfg.warps)
-    _y_kernel[(t_tiles, rows, triton.cdiv(m_max, cfg.y["BM"]))](
-        work, w.y, w.r, w.t, w.rowterm, out if bias is None else bias, out, w.row_start, w.row_size, w.rank,
-        tokens, out_features, cols, stacks, l_max, lb, m_max, v_cols + cols, v_cols,
-        HAS_BIAS=bias is not None, **cfg.y, num_warps=cfg.warps)
+    pairs_per_split, splits = split_pairs(cols * stacks, triton.cdiv(l_max, cfg.y["BK"]))
+    m_tiles = triton.cdiv(m_max, cfg.y["BM"])
+    target = out if splits == 1 else torch.empty(splits, tokens, out_features, dtype=torch.float32, device=x.device)
+    _y_kernel[(rows, t_tiles, m_tiles * splits)](
+        work, w.y, w.r, w.t, w.rowterm, out if bias is None else bias, target, w.row_start, w.row_size,
+        tokens, out_features, cols, stacks, l_max, lb, m_max, v_cols + cols, v_cols, m_tiles, pairs_per_split,
+        HAS_BIAS=bias is not None, FINAL=splits == 1, **cfg.y, num_warps=cfg.warps)
+    if splits > 1:
+        count = tokens * out_features
+        _sum_kernel[(triton.cdiv(count, SUM_BLOCK),)](target, out if bias is None else bias, out, count,
+                                                      out_features, splits, HAS_BIAS=bias is not None,
+                                                      BLOCK=SUM_BLOCK)
     return out
+
+
+def split_pairs(pairs: int, chunks: int) -> tuple[int, int]:
+    """(pairs per split, splits) for a group row of ``pairs`` (column block, stack) pairs of ``chunks`` rank
+    chunks each: the fewest splits with at most about Y_STEPS_PER_PROGRAM steps each."""
+    splits = min(pairs, max(1, triton.cdiv(pairs * chunks, Y_STEPS_PER_PROGRAM)))
+    per_split = triton.cdiv(pairs, splits)
+    return per_split, triton.cdiv(pairs, per_split)
 
 
 def factored_config(tokens: int, dtype: torch.dtype, dot: bool) -> LaunchConfig:

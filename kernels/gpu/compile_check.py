@@ -26,13 +26,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import bqq_matmul
-from .factored import _y_kernel, _z_kernel
+from .factored import _sum_kernel, _y_kernel, _z_kernel
 from .rebuild import _rebuild_kernel
 
 _SASS_OPS = ("HGMMA", "HMMA", "FFMA", "LDL", "STL")
 _TYPE = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 _BYTES = ("z_ptr", "y_ptr")
-_FLOATS = ("work_ptr", "r_ptr", "t_ptr", "rowterm_ptr")
+_FLOATS = ("work_ptr", "r_ptr", "t_ptr", "rowterm_ptr", "partial_ptr")
 _INTS = ("row_start_ptr", "row_size_ptr", "col_start_ptr", "col_size_ptr", "rank_ptr")
 
 
@@ -63,7 +63,10 @@ def variants(quick: bool = False) -> list[tuple[str, object, torch.dtype, dict, 
         configs.append(("factored", bqq_matmul.factored_config(1 << 20, dtype, True)))  # the largest token tile
         for label, cfg in configs:
             out.append((f"{label} z {name}", _z_kernel, dtype, cfg.z, cfg.warps))
-            out.append((f"{label} y {name}", _y_kernel, dtype, {**cfg.y, "HAS_BIAS": True}, cfg.warps))
+            # FINAL False: the partial sums that layers of more than Y_STEPS_PER_PROGRAM steps per row write
+            out.append((f"{label} y {name}", _y_kernel, dtype, {**cfg.y, "HAS_BIAS": True, "FINAL": False},
+                        cfg.warps))
+        out.append((f"sum {name}", _sum_kernel, dtype, {"HAS_BIAS": True, "BLOCK": bqq_matmul.SUM_BLOCK}, 4))
         bm, bn, bk = bqq_matmul.REBUILD_TILES
         out.append((f"rebuild {name}", _rebuild_kernel, dtype, {"BM": bm, "BN": bn, "BK": bk},
                     bqq_matmul.REBUILD_WARPS))
