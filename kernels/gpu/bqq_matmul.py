@@ -3,10 +3,11 @@
 Three paths, all deterministic (no atomics; every output is summed in a fixed order):
 
 * ``decode`` (few tokens): the factored form v = Z x, out = Y (r v) + ... in two kernels
-  (:mod:`kernels.gpu.factored`) on the CUDA cores in fp32. Each packed byte is read once per 16
-  tokens; at 2* that is 1/8 of an fp16 weight's bytes.
-* ``factored`` (more tokens, small ranks relative to tokens not yet reached): the same two kernels
-  with ``tl.dot`` on tensor cores.
+  (:mod:`kernels.gpu.factored`; a third adds partial sums for layers with many column blocks) on the
+  CUDA cores in fp32. Each packed byte is read once per 16 tokens; at 2* the bits are 1/8 of an fp16
+  weight's bytes.
+* ``factored`` (more tokens, while they are few beside the groups' ranks): the same kernels with
+  ``tl.dot`` on tensor cores.
 * ``rebuild`` (many tokens): Ŵ rebuilt in the activations' dtype by one kernel
   (:mod:`kernels.gpu.rebuild`), then ``F.linear`` (cuBLAS) on tensor cores.
 
@@ -87,7 +88,7 @@ class LaunchConfig(NamedTuple):
     block_t: int
     warps: int
     z: dict  # constexprs of _z_kernel
-    y: dict  # constexprs of _y_kernel, but HAS_BIAS
+    y: dict  # constexprs of _y_kernel, except HAS_BIAS and FINAL
 
 
 def interpreted() -> bool:
@@ -134,6 +135,8 @@ def bqq_linear_triton(x: torch.Tensor, w: LayoutTensors, out_features: int, bias
     tokens = x2.shape[0]
     if tokens == 0:
         return x.new_empty((*lead, out_features))
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()  # the kernels index it with unit stride
     path = path or choose_path(tokens, w)
     if path == "rebuild":
         out = _rebuild_linear(x2, w, out_features, bias)
