@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -493,12 +493,15 @@ def quantize_groups_torch(
     budget_bytes: int | None = None,
     tf32: bool = False,
     launch: dict[str, int] | None = None,
+    initial: GroupCodes | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> GroupCodes:
     """BQQ codes of same-shape groups on the device: ``stacks`` greedy stacks, each followed by the exact refit.
 
     What ``BQQMatrix._add_stacks`` does for one shape, on the device: stack k is solved on the residual
     of the stored (float32) scalars of stacks < k with seeds ``(seed, k, group_ids[g], restart)``, then
-    all 3k + 3 + 1 scalars are refitted and stored as float32.
+    all 3(k+1) + 1 scalars are refitted and stored as float32. ``initial`` continues existing codes
+    (``extend``): stack numbering then starts at its stack count.
 
     Args:
         targets: (G, m, n) group matrices.
@@ -508,36 +511,50 @@ def quantize_groups_torch(
         config: solver settings (:class:`bqq.methods.bqq.BQQConfig`; None: defaults). ``batch_groups``
             is ignored: batches are sized by memory instead.
         budget_bytes: device memory for one batch (None: 80 % of free memory on CUDA, everything at once
-            elsewhere); groups are processed in batches of :func:`groups_per_batch`.
+            elsewhere); groups are processed in batches of :func:`groups_per_batch`, targets moved to
+            the device one batch at a time.
+        tf32, launch: as for :func:`solve_sign_factors_torch`.
+        initial: codes of the same groups to extend (on any device).
+        progress: called with the number of groups of a batch after each of its stacks (e.g. a tqdm
+            bar's ``update``).
 
     Returns:
-        :class:`GroupCodes` on the device.
+        :class:`GroupCodes` with all stacks (``initial``'s first), on the device.
     """
     from .methods.bqq import BQQConfig, auto_sweeps, inner_dim
 
     cfg = config or BQQConfig()
     dev = resolve_device(device, targets)
-    w = torch.as_tensor(targets, dtype=torch.float64, device=dev)
-    groups, m, n = w.shape
+    groups, m, n = targets.shape
     ids = list(range(groups)) if group_ids is None else list(group_ids)
     if len(ids) != groups:
         raise ValueError(f"{len(ids)} group ids for {groups} groups")
     l = inner_dim((m, n), cfg.rank_scale) if rank is None else int(rank)
+    first = 0 if initial is None else initial.ys.shape[1]
+    if initial is not None and (initial.ys.shape != (groups, first, m, l) or initial.zs.shape != (groups, first, l, n)):
+        raise ValueError(f"initial codes {tuple(initial.ys.shape)}, {tuple(initial.zs.shape)} do not match "
+                         f"{groups} groups of {m}x{n} with l = {l}")
     if budget_bytes is None:
         budget_bytes = device_budget(dev) if dev.type == "cuda" else 1 << 62
-    size = groups_per_batch((m, n), l, budget_bytes, stacks=stacks, restarts=cfg.restarts)
+    size = groups_per_batch((m, n), l, budget_bytes, stacks=first + stacks, restarts=cfg.restarts)
     solver_kw = {"sweeps": cfg.sweeps or auto_sweeps((m, n), l), "t_start": cfg.t_start, "t_end": cfg.t_end,
                  "alpha_scale": cfg.alpha_scale, "polish_rounds": cfg.polish_rounds,
                  "aspect_exponent": cfg.aspect_exponent}
     parts = []
     for lo in range(0, groups, size):
-        target = w[lo:lo + size]
-        batch_ids = ids[lo:lo + size]
-        ys = torch.zeros(len(batch_ids), 0, m, l, dtype=torch.uint8, device=dev)
-        zs = torch.zeros(len(batch_ids), 0, l, n, dtype=torch.uint8, device=dev)
-        scales = torch.zeros(len(batch_ids), 0, 3, dtype=torch.float32, device=dev)
-        offset = torch.zeros(len(batch_ids), dtype=torch.float32, device=dev)
-        for k in range(stacks):
+        part = slice(lo, min(lo + size, groups))
+        target = torch.as_tensor(targets[part], dtype=torch.float64, device=dev)
+        batch_ids = ids[part]
+        count = len(batch_ids)
+        if initial is None:
+            ys = torch.zeros(count, 0, m, l, dtype=torch.uint8, device=dev)
+            zs = torch.zeros(count, 0, l, n, dtype=torch.uint8, device=dev)
+            scales = torch.zeros(count, 0, 3, dtype=torch.float32, device=dev)
+            offset = torch.zeros(count, dtype=torch.float32, device=dev)
+        else:
+            ys, zs = initial.ys[part].to(dev, torch.uint8), initial.zs[part].to(dev, torch.uint8)
+            scales, offset = initial.scales[part].to(dev, torch.float32), initial.offset[part].to(dev, torch.float32)
+        for k in range(first, first + stacks):
             residual = dequantize_groups_torch(ys, zs, scales, offset).neg_().add_(target)  # in place: one m×n
             seeds = [(seed, k, g, r) for g in batch_ids for r in range(cfg.restarts)]
             y, z = solve_stack_torch(residual, l, seeds, restarts=cfg.restarts, device=dev, tf32=tf32,
@@ -547,5 +564,8 @@ def quantize_groups_torch(
             zs = torch.cat([zs, z[:, None]], dim=1)
             coef, off = refit_scalars_torch(target, ys, zs, device=dev)
             scales, offset = coef.to(torch.float32), off.to(torch.float32)
+            if progress is not None:
+                progress(count)
         parts.append(GroupCodes(ys, zs, scales, offset))
+        del target
     return GroupCodes(*(torch.cat([getattr(part, f) for part in parts]) for f in ("ys", "zs", "scales", "offset")))

@@ -171,6 +171,14 @@ def test_quantize_groups_matches_cpu_stacks():
     cpu_mse = (residual ** 2).mean()
     gpu_mse = ((w - codes.dequantize().cpu().numpy()) ** 2).mean()
     assert abs(gpu_mse / cpu_mse - 1) <= 0.02, (gpu_mse, cpu_mse)
+    # extend: one stack, then one more from those codes, equals two at once (as compress(2) = compress(1).extend(1))
+    steps = []
+    one = solver_torch.quantize_groups_torch(w, 1, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE,
+                                             progress=steps.append)
+    two = solver_torch.quantize_groups_torch(w, 1, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE, initial=one)
+    assert steps == [2]
+    assert torch.equal(two.ys, codes.ys) and torch.equal(two.zs, codes.zs)
+    assert torch.equal(two.scales, codes.scales) and torch.equal(two.offset, codes.offset)
 
 
 def test_memory_estimate():
