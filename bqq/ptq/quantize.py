@@ -168,8 +168,8 @@ def relative_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None
     if hessian is None:
         norm, err = float(np.linalg.norm(w)), float(np.linalg.norm(diff))
     else:
-        norm = float(np.sqrt(max(np.einsum("ij,jk,ik->", w, hessian, w), 0.0)))
-        err = float(np.sqrt(max(np.einsum("ij,jk,ik->", diff, hessian, diff), 0.0)))
+        norm = float(np.sqrt(max(float(((w @ hessian) * w).sum()), 0.0)))  # BLAS; einsum here was 100x slower
+        err = float(np.sqrt(max(float(((diff @ hessian) * diff).sum()), 0.0)))
     return err / norm if norm > 0 else err
 
 
