@@ -14,11 +14,15 @@ Same steps, settings and seeds as the CPU solver (see :mod:`bqq.solver` for the 
 The factors are kept entry-major on the device, Uᵀ (B, l, m) and Vᵀ (B, l, n) (the kernel's layout;
 Vᵀ > 0 is directly the {0,1} Z of the stack).
 
-Results: same seeds, device, batch and library versions give bit-identical codes. They are not bit-
-identical to the CPU path (another summation order for G·u and the GEMMs), so trajectories part
-after a while and the error agrees statistically (within 1 % on average on standard test matrices),
-not per bit. cuBLAS may pick another GEMM algorithm for another batch size, so regrouping a batch can
-change codes at rounding level too.
+Results: same seeds, device, batch and library versions give bit-identical codes (no atomics
+anywhere; the kernel counts sign changes per program). They are not bit-identical to the CPU path
+(another summation order for G·u and in the GEMMs): the annealing trajectories part after a while
+and the error agrees on average, not per bit. cuBLAS may pick another GEMM algorithm for another
+batch size, so regrouping a batch can change codes at rounding level too.
+
+Memory: the state is float32 X, Uᵀ, Vᵀ, X V and the Gram matrix per problem (plus what the caller
+keeps); float64 temporaries are formed a slice of the batch at a time (``TRANSIENT_BYTES``), see
+:func:`bytes_per_group` and :func:`groups_per_batch` for sizing batches.
 
 Without a GPU the kernel runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1 set before
 ``bqq_kernels.gpu`` is imported): slow, for tests only.

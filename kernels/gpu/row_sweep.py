@@ -38,8 +38,8 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-# Launch defaults for compiled runs, chosen from the compiled code only (sm_90 target: 112 registers,
-# no spills, no shared memory) and NOT timed: no GPU was available when they were set.
+# Launch defaults for compiled runs, chosen from the compiled code only (Triton 3.9, sm_90 target: 105
+# registers, no spills, no shared memory, no shuffles) and NOT timed: no GPU was available when they were set.
 # `benchmarks/solver.py --device cuda --tune` times alternatives. Results do not depend on BLOCK_ROWS,
 # NUM_WARPS or UNROLL (every row sees the same arithmetic); BLOCK_COLS changes float32 rounding only.
 BLOCK_ROWS = 32  # rows per program: one row per thread with one warp
@@ -54,8 +54,8 @@ def _row_sweep_kernel(h_ptr, u_ptr, g_ptr, alpha_ptr, beta_ptr, flips_ptr, rows,
                       UNROLL: tl.constexpr):
     # u and h are stored entry-major, (B, l, rows): entry j of all the program's rows is one contiguous
     # vector, and the (entries, rows) tiles put rows along threads, so a row's entries sit in one thread.
-    pid_r = tl.program_id(0)
-    b = tl.program_id(1)
+    b = tl.program_id(0)  # (the batch on the grid's x axis: y and z are limited to 65535)
+    pid_r = tl.program_id(1)
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < rows
     blk = tl.arange(0, BLOCK_J)
@@ -108,7 +108,7 @@ def _row_sweep_kernel(h_ptr, u_ptr, g_ptr, alpha_ptr, beta_ptr, flips_ptr, rows,
         tl.store(u_ptr + base + jcols[:, None] * rows + offs_r[None, :], u_blk,
                  mask=(jcols[:, None] < l) & row_ok[None, :])
         tl.debug_barrier()
-    tl.store(flips_ptr + b * tl.num_programs(0) + pid_r, tl.sum(count, axis=0))
+    tl.store(flips_ptr + b * tl.num_programs(1) + pid_r, tl.sum(count, axis=0))
 
 
 def interpreted() -> bool:
@@ -166,12 +166,13 @@ def row_sweep_triton(ht: torch.Tensor, ut: torch.Tensor, g: torch.Tensor, alpha:
                        ("num_warps", num_warps)):
         if size < 1 or size & (size - 1):
             raise ValueError(f"{name} must be a power of two, got {size}")
-    grid = (triton.cdiv(rows, block_rows), nbatch)
+    grid = (nbatch, triton.cdiv(rows, block_rows))
     # One int32 count per program, written by it (every program writes its slot: no clearing needed).
-    flips = torch.empty(grid[0] * nbatch, dtype=torch.int32, device=ut.device)
+    flips = torch.empty(nbatch * grid[1], dtype=torch.int32, device=ut.device)
     if nbatch and rows and l:
         _row_sweep_kernel[grid](ht, ut, g, alpha, inv_temp, flips, rows, l, HARD=bool(hard), BLOCK_R=block_rows,
-                                BLOCK_J=block_cols, UNROLL=unroll, num_warps=num_warps)
+                                BLOCK_J=block_cols, UNROLL=unroll, num_warps=num_warps,
+                                enable_fp_fusion=True)  # (FMAs; explicit: Triton's default is changing)
     elif count:
         flips.zero_()
     return flips.sum(dtype=torch.int64) if count else None
