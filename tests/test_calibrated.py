@@ -322,3 +322,34 @@ def test_calibration_settings_are_checked():
         bqq.Calibration([torch.zeros(1)], damping=2)
     with pytest.raises(ValueError, match="no batches"):
         bqq.quantize(tiny(), bits=1, calibration=[], **FAST)
+
+
+# --- Hugging Face transformers --------------------------------------------------------------------
+def test_a_transformers_model_quantizes_with_token_batches_and_round_trips(tmp_path):
+    pytest.importorskip("transformers")  # the [hf] extra; CI installs it
+    from bqq.compat import import_transformers
+
+    transformers = import_transformers()
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=16)
+
+    def fresh(seed: int):
+        torch.manual_seed(seed)
+        return transformers.BertModel(config).eval()
+
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(4):
+        ids = torch.randint(0, 50, (6, 12), generator=gen)
+        mask = (torch.arange(12)[None] < torch.randint(4, 13, (6, 1), generator=gen)).long()
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    model = bqq.quantize(fresh(0), bits=2, include="encoder.*", calibration=batches, **FAST)
+    layers = dict(bqq.ptq.quantized_layers(model))
+    assert len(layers) == 12 and all(layer.selection["objective"] == "output" for layer in layers.values())
+    assert layers["encoder.layer.0.intermediate.dense"].qweight.group_shape == (32, 32)  # config.hidden_size
+
+    bqq.save_quantized(model, tmp_path / "bert.safetensors")
+    restored = bqq.load_quantized(tmp_path / "bert.safetensors", fresh(1))
+    with torch.no_grad():
+        for batch in batches:
+            assert torch.equal(restored(**batch).last_hidden_state, model(**batch).last_hidden_state)
