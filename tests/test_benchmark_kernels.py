@@ -34,7 +34,9 @@ def test_cuda_mode_rows_and_table_run_on_the_interpreter():
     sweep = bench.path_sweep_rows([((40, 72), 32, ())], (1, 17), "cpu", timer)
     assert all(r["fastest"] in PATHS and all(r[f"{p}_s"] == 1e-5 for p in PATHS) for r in sweep)
     steps = bench.decode_step_rows([((40, 72), 32, ())], "cpu", timer, steps=(1, 1 << 20))
-    assert steps[0]["fastest_steps"] == 1 and steps[0]["current"] == 6
+    from bqq_kernels.gpu import bqq_matmul
+
+    assert steps[0]["fastest_steps"] == 1 and steps[0]["current"] == bqq_matmul.Y_STEPS_PER_PROGRAM
     text = bench.cuda_markdown(layers, sweep, [], {"gpu": "none"}, bench.suggest_switch_points(sweep), steps)
     assert "| 40x72 (32) | 1 | decode |" in text and "Switch points that lose least" in text
     assert "| 40x72 | 10.0 | 10.0 | 1 |" in text and "no split" in text
