@@ -119,6 +119,52 @@ def interpreted() -> bool:
     return isinstance(_row_sweep_kernel, InterpretedFunction)
 
 
+def compile_report(arch: int = 90, launch: dict[str, int] | None = None) -> list[dict]:
+    """Compile the kernel (soft and hard) for sm_<arch> without a GPU and read its machine code.
+
+    Runs Triton's lowering and the ptxas it ships, so lowering errors show on a machine without a GPU or
+    driver; per mode: registers and stack bytes (spills), and the counts of local-memory (LDL/STL),
+    shuffle (SHFL) and shared-memory (LDS) instructions in the SASS when a cuobjdump is at hand. Says
+    nothing about speed. Needs the compiled kernel: TRITON_INTERPRET unset or 0 at import.
+    """
+    import os
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if interpreted():
+        raise RuntimeError("TRITON_INTERPRET=1 is set: the interpreted kernel cannot be compiled")
+    opts = launch or {"block_rows": BLOCK_ROWS, "block_cols": BLOCK_COLS, "num_warps": NUM_WARPS, "unroll": UNROLL}
+    kinds = {"h_ptr": "*fp32", "u_ptr": "*fp32", "g_ptr": "*fp32", "alpha_ptr": "*fp32", "beta_ptr": "*fp32",
+             "flips_ptr": "*i32", "rows": "i32", "l": "i32"}
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tool = bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+    rows = []
+    for hard in (False, True):
+        constexprs = {"HARD": hard, "BLOCK_R": opts["block_rows"], "BLOCK_J": opts["block_cols"],
+                      "UNROLL": opts["unroll"]}
+        signature = {name: "constexpr" if name in constexprs else kinds[name] for name in _row_sweep_kernel.arg_names}
+        src = ASTSource(fn=_row_sweep_kernel, signature=signature, constexprs=constexprs)
+        kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                options={"num_warps": opts["num_warps"], "enable_fp_fusion": True})
+        row = {"hard": hard, **opts, "shared_bytes": kernel.metadata.shared}
+        if tool is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                cubin = os.path.join(tmp, "row_sweep.cubin")
+                with open(cubin, "wb") as f:
+                    f.write(kernel.asm["cubin"])
+                usage = subprocess.run([tool, "-res-usage", cubin], capture_output=True, text=True).stdout
+                sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True).stdout
+            row |= {key.lower(): int(value) for key, value in re.findall(r"(REG|STACK):(\d+)", usage)}
+            row |= {op: len(re.findall(rf"\b{op}\b", sass)) for op in ("LDL", "STL", "SHFL", "LDS")}
+        rows.append(row)
+    return rows
+
+
 def launch_options(rows: int, l: int) -> dict[str, int]:
     """Launch shape for ``rows`` rows of inner dimension ``l``: the compiled defaults, or under the
     interpreter (which runs programs one after another and pays per operation, not per element) one
