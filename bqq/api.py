@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .common import as_float_matrix, check_seed, hessian_matrix, is_number, make_config
+from .common import as_float_matrix, check_seed, hessian_matrix, make_config
 from .grouping import GroupGrid, parse_group_shape
 from .methods import available_methods, get_method
 from .quantized import QuantizedMatrix
@@ -26,7 +26,6 @@ def compress(
     seed: int = 0,
     progress: bool | None = None,
     hessian: torch.Tensor | np.ndarray | None = None,
-    damping: float = 0.01,
     **opts: Any,
 ) -> QuantizedMatrix:
     """Compress a real matrix.
@@ -43,8 +42,8 @@ def compress(
         progress: show a tqdm bar (None: only on a terminal).
         hessian: None (minimize ‖W - Ŵ‖²), or the (n, n) second moment H = Σ x xᵀ of the inputs x the
             matrix multiplies (W x): then the output error tr((W - Ŵ) H (W - Ŵ)ᵀ) = Σ ‖(W - Ŵ) x‖² is
-            minimized, for methods with ``output_aware`` (``"bqq"``, ``"gptq"``).
-        damping: added to H's diagonal as a fraction of its mean (GPTQ's percdamp), with ``hessian``.
+            minimized, for methods with ``output_aware`` (``"bqq"``, ``"gptq"``; their ``damping``
+            option adds that fraction of H's mean diagonal to its diagonal).
         **opts: fields of the method's config dataclass, e.g. ``sweeps=600`` or ``rank_scale=1.5``
             (l = round(rank_scale · m n / (m + n)) per group) for BQQ.
 
@@ -54,7 +53,7 @@ def compress(
     cls, config = method_config(method, bits, opts)
     array, dtype = as_float_matrix(w)
     check_seed(seed)
-    h = None if hessian is None else prepared_hessian(cls, hessian, array.shape[1], damping)
+    h = None if hessian is None else prepared_hessian(cls, hessian, array.shape[1])
     grid = GroupGrid.build(array.shape, parse_group_shape(group_size, array.shape))
     q = solve(cls, array, grid, bits, seed, config, progress=progress, hessian=h)
     q.dtype = dtype
@@ -69,21 +68,19 @@ def method_config(method: str, bits: Any, opts: Mapping[str, Any]) -> tuple[type
     return cls, make_config(cls.config_class, dict(opts), f"method {method!r}")
 
 
-def prepared_hessian(cls: type[QuantizedMatrix], hessian: Any, n: int, damping: float) -> np.ndarray:
-    """A user's H checked (shape, dtype, finiteness, a method that uses it), damped and normalized."""
+def prepared_hessian(cls: type[QuantizedMatrix], hessian: Any, n: int) -> np.ndarray:
+    """A user's H checked (shape, dtype, finiteness, a method that uses it) and normalized."""
     if not cls.output_aware:
         raise TypeError(f"method {cls.method!r} does not use a hessian (output-aware methods: "
                         f"{sorted(m for m in available_methods() if get_method(m).output_aware)})")
-    if not (is_number(damping) and 0 <= damping <= 1):
-        raise ValueError(f"damping must be a number in [0, 1], got {damping!r}")
-    return prepare_hessian(hessian_matrix(hessian, n), damping)
+    return prepare_hessian(hessian_matrix(hessian, n))
 
 
 def solve(cls: type[QuantizedMatrix], w: np.ndarray, grid: GroupGrid, bits: float, seed: int, config: Any, *,
           progress: bool | None = None, first_group: int = 0, hessian: np.ndarray | None = None
           ) -> QuantizedMatrix:
     """Run ``cls.quantize`` on a validated float64 matrix (the one place that sets the thread policy);
-    ``hessian``: None or H prepared by :func:`prepared_hessian`."""
+    ``hessian``: None or H from :func:`prepared_hessian` (the method damps it)."""
     extra = {} if hessian is None else {"hessian": hessian}
     # numba's worker threads stay hot between sweeps; BLAS threads beside them ran up to ~60x slower.
     with threadpool_limits(limits=1, user_api="blas"):

@@ -153,10 +153,9 @@ def sign_fit_error(x: np.ndarray, u: np.ndarray, v: np.ndarray, hessian: np.ndar
     return (xc * xw).sum(axis=(1, 2)) - np.where(den > 0, num * num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def prepare_hessian(h: np.ndarray, damping: float) -> np.ndarray:
-    """H (n, n) made solver-ready: symmetric, ``damping`` · mean(diag) added to the diagonal (as GPTQ
-    does, so that dead inputs keep a small weight and the problem stays well posed), then scaled to
-    mean diagonal 1 (the objective's minimizers do not change; float32 sums stay in range).
+def prepare_hessian(h: np.ndarray) -> np.ndarray:
+    """H (n, n) made solver-ready: symmetric and scaled to mean diagonal 1 (the objective's minimizers
+    do not change; float32 sums stay in range; a method's ``damping`` is then a fraction of the mean).
 
     Raises ValueError for a non-square, non-finite or all-zero H.
     """
@@ -169,8 +168,13 @@ def prepare_hessian(h: np.ndarray, damping: float) -> np.ndarray:
     mean_diag = float(np.trace(h)) / h.shape[0]
     if not mean_diag > 0:
         raise ValueError("hessian has no positive diagonal: the layer saw no (non-zero) inputs")
-    h = h + damping * mean_diag * np.eye(h.shape[0])
-    return h / (mean_diag * (1 + damping))
+    return h / mean_diag
+
+
+def damped(h: np.ndarray, damping: float) -> np.ndarray:
+    """h + damping · I, for an H from :func:`prepare_hessian` (mean diagonal 1): what a method solves
+    under. Damping keeps inputs the calibration data rarely excites from being free to absorb error."""
+    return h + damping * np.eye(h.shape[0])
 
 
 def refit_scalars(w: np.ndarray, ys: np.ndarray, zs: np.ndarray, hessian: np.ndarray | None = None

@@ -17,8 +17,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..common import check_settings, is_int, progress_bar
+from ..common import check_settings, is_int, is_number, progress_bar
 from ..format import pack_bits
+from ..solver import damped
 from . import register_method
 from .uniform import UQMatrix, search_clip_range
 
@@ -30,17 +31,20 @@ class GPTQConfig:
     Attributes:
         grid_points: the clip-range search of each group's grid, as in UQ.
         block_size: columns updated exactly before the rest get one batched update (speed only).
+        damping: solve under H + damping·I (H with mean diagonal 1): GPTQ's percdamp, 0.01.
     """
 
     VERSION: ClassVar[int] = 1
 
     grid_points: int = 100
     block_size: int = 128
+    damping: float = 0.01
 
     def __post_init__(self) -> None:
         check_settings(self, {
             "grid_points": is_int(self.grid_points) and 2 <= self.grid_points <= 10_000,
             "block_size": is_int(self.block_size) and self.block_size >= 1,
+            "damping": is_number(self.damping) and 0 < self.damping <= 100,
         })
 
 
@@ -70,7 +74,8 @@ class GPTQMatrix(UQMatrix):
         for g, x in enumerate(grid.split(w)):
             lo, hi = search_clip_range(x.ravel(), bits, config.grid_points)
             zero[g], scale[g] = lo, (hi - lo) / (2**bits - 1)
-        codes = _gptq_codes(w, grid, zero, scale, bits, hessian, config.block_size, progress)
+        h = None if hessian is None else damped(hessian, config.damping)
+        codes = _gptq_codes(w, grid, zero, scale, bits, h, config.block_size, progress)
         planes = [pack_bits(np.stack([(codes[rs, cs] >> j) & 1 for j in range(bits)]))
                   for _, _, rs, cs in grid.blocks()]
         return cls(w.shape, "float64", grid, bits, seed, config, codes=planes, scale=scale, zero=zero)

@@ -44,7 +44,6 @@ class Calibration:
             forward order, each seeing the outputs of the already-quantized layers before it (GPTQ's
             order; one partial forward over ``data`` per stage); ``"float"``: every H from the
             floating-point model in one pass (cheaper, errors do not get corrected downstream).
-        damping: added to H's diagonal as a fraction of its mean (GPTQ's percdamp).
         epochs, lr: c-BQQ after quantization: Adam on biases and norm parameters for ``epochs`` passes
             over ``data`` (0: none).
         refit_scales: in c-BQQ, also train the FP32 scalars of groups with binary codes (BQQ, BCQ), the
@@ -54,7 +53,6 @@ class Calibration:
     data: Iterable[Any]
     output_aware: bool = True
     inputs: str = "quantized"
-    damping: float = 0.01
     epochs: int = 0
     lr: float = 1e-3
     refit_scales: bool = False
@@ -64,8 +62,6 @@ class Calibration:
             raise ValueError(f"epochs must be an integer >= 0, got {self.epochs!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.damping, (int, float)) and 0 <= self.damping <= 1):
-            raise ValueError(f"damping must be a number in [0, 1], got {self.damping!r}")
         if self.inputs not in INPUT_MODES:
             raise ValueError(f"inputs must be one of {INPUT_MODES}, got {self.inputs!r}")
         if not isinstance(self.output_aware, bool):

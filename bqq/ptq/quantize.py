@@ -99,7 +99,7 @@ def quantize(
             stages = input_stages(model, list(by_name), first_batch(calibration.data))
         for stage in progress_bar(stages, progress=progress if len(stages) > 1 else False, desc="stages", unit="stage"):
             stats = collect_hessians(model, stage, calibration.data)
-            hessians = {name: prepare_hessian(h.numpy(), calibration.damping) for name, (h, count) in stats.items()
+            hessians = {name: prepare_hessian(h.numpy()) for name, (h, count) in stats.items()
                         if count > 0 and float(h.diagonal().sum()) > 0}  # no data: the layer falls back to data-free
             _quantize_layers(model, [by_name[name] for name in stage], hessians, seed, run)
     if teacher is not None:
