@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 from .common import as_float_matrix, check_seed, hessian_matrix, make_config
 from .grouping import GroupGrid, parse_group_shape
 from .methods import available_methods, get_method
+from .methods.bqq import solver_device
 from .quantized import QuantizedMatrix
 from .solver import prepare_hessian
 
@@ -26,6 +27,7 @@ def compress(
     seed: int = 0,
     progress: bool | None = None,
     hessian: torch.Tensor | np.ndarray | None = None,
+    device: str | torch.device | None = None,
     **opts: Any,
 ) -> QuantizedMatrix:
     """Compress a real matrix.
@@ -44,6 +46,12 @@ def compress(
             matrix multiplies (W x): then the output error tr((W - Ŵ) H (W - Ŵ)ᵀ) = Σ ‖(W - Ŵ) x‖² is
             minimized, for methods with ``output_aware`` (``"bqq"``, ``"gptq"``; their ``damping``
             option adds that fraction of H's mean diagonal to its diagonal).
+        device: where the BQQ solver runs: None (default) means the device of ``w`` (a CUDA tensor is
+            solved on its GPU, anything else on the CPU); ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` choose.
+            On a GPU all groups of one shape are solved together (:mod:`bqq.solver_torch`); the same
+            seed on the same GPU and versions gives bit-identical codes, and CPU and GPU codes differ
+            at rounding level with the same error on average. The output-aware objective (``hessian``)
+            and the other methods (milliseconds) run on the CPU.
         **opts: fields of the method's config dataclass, e.g. ``sweeps=600`` or ``rank_scale=1.5``
             (l = round(rank_scale · m n / (m + n)) per group) for BQQ.
 
@@ -55,7 +63,7 @@ def compress(
     check_seed(seed)
     h = None if hessian is None else prepared_hessian(cls, hessian, array.shape[1])
     grid = GroupGrid.build(array.shape, parse_group_shape(group_size, array.shape))
-    q = solve(cls, array, grid, bits, seed, config, progress=progress, hessian=h)
+    q = solve(cls, array, grid, bits, seed, config, progress=progress, hessian=h, device=weight_device(w, device))
     q.dtype = dtype
     q._source = array  # kept for continuation (BQQ extend); release_source() drops it
     return q
@@ -76,12 +84,21 @@ def prepared_hessian(cls: type[QuantizedMatrix], hessian: Any, n: int) -> np.nda
     return prepare_hessian(hessian_matrix(hessian, n))
 
 
+def weight_device(w: Any, device: Any) -> torch.device | None:
+    """The solver device for ``device`` (None: ``w``'s device when ``w`` is a torch tensor); None is the CPU."""
+    if device is None and isinstance(w, torch.Tensor):
+        device = w.device
+    return solver_device(device)
+
+
 def solve(cls: type[QuantizedMatrix], w: np.ndarray, grid: GroupGrid, bits: float, seed: int, config: Any, *,
-          progress: bool | None = None, first_group: int = 0, hessian: np.ndarray | None = None
-          ) -> QuantizedMatrix:
+          progress: bool | None = None, first_group: int = 0, hessian: np.ndarray | None = None,
+          device: torch.device | None = None) -> QuantizedMatrix:
     """Run ``cls.quantize`` on a validated float64 matrix (the one place that sets the thread policy);
     ``hessian``: None or H from :func:`prepared_hessian` (the method damps it)."""
     extra = {} if hessian is None else {"hessian": hessian}
+    if device is not None and cls.solves_on_devices:
+        extra["device"] = device
     # numba's worker threads stay hot between sweeps; BLAS threads beside them ran up to ~60x slower.
     with threadpool_limits(limits=1, user_api="blas"):
         return cls.quantize(w, grid, bits, seed, config, progress=progress, first_group=first_group, **extra)

@@ -108,6 +108,9 @@ class QuantizedMatrix(abc.ABC):
     # Methods whose groups cannot be solved apart (GPTQ carries errors across all columns): the model
     # pass gives them the whole layer as one job.
     whole_matrix: ClassVar[bool] = False
+    # Methods whose quantize takes ``device=`` (a torch.device from bqq.methods.bqq.solver_device, or None
+    # for the CPU); the others run on the CPU whatever the device.
+    solves_on_devices: ClassVar[bool] = False
 
     def __init__(self, shape: tuple[int, int], dtype: str, grid: GroupGrid, bits: float, seed: int, config: Any,
                  **arrays: Any) -> None:

@@ -490,7 +490,7 @@ def quantize_groups_torch(
     stacks: int,
     *,
     rank: int | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     group_ids: Sequence[int] | None = None,
     config: BQQConfig | None = None,
     device: str | torch.device | None = None,
@@ -511,7 +511,8 @@ def quantize_groups_torch(
         targets: (G, m, n) group matrices.
         stacks: p, the number of stacks to add.
         rank: l; None: :func:`bqq.methods.bqq.inner_dim` of the shape with ``config.rank_scale``.
-        seed, group_ids: the seeds' first and third entries (group_ids default 0..G-1).
+        seed, group_ids: the seeds' first and third entries (group_ids default 0..G-1); ``seed`` may
+            be one int per group (groups of different layers solved together by the model pass).
         config: solver settings (:class:`bqq.methods.bqq.BQQConfig`; None: defaults). ``batch_groups``
             is ignored: batches are sized by memory instead.
         budget_bytes: device memory for one batch (None: 80 % of free memory on CUDA, everything at once
@@ -533,6 +534,9 @@ def quantize_groups_torch(
     ids = list(range(groups)) if group_ids is None else list(group_ids)
     if len(ids) != groups:
         raise ValueError(f"{len(ids)} group ids for {groups} groups")
+    group_seeds = [int(seed)] * groups if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if len(group_seeds) != groups:
+        raise ValueError(f"{len(group_seeds)} seeds for {groups} groups")
     l = inner_dim((m, n), cfg.rank_scale) if rank is None else int(rank)
     first = 0 if initial is None else initial.ys.shape[1]
     if initial is not None and (initial.ys.shape != (groups, first, m, l) or initial.zs.shape != (groups, first, l, n)):
@@ -548,7 +552,7 @@ def quantize_groups_torch(
     for lo in range(0, groups, size):
         part = slice(lo, min(lo + size, groups))
         target = torch.as_tensor(targets[part], dtype=torch.float64, device=dev)
-        batch_ids = ids[part]
+        batch_ids, batch_seeds = ids[part], group_seeds[part]
         count = len(batch_ids)
         if initial is None:
             ys = torch.zeros(count, 0, m, l, dtype=torch.uint8, device=dev)
@@ -560,7 +564,7 @@ def quantize_groups_torch(
             scales, offset = initial.scales[part].to(dev, torch.float32), initial.offset[part].to(dev, torch.float32)
         for k in range(first, first + stacks):
             residual = dequantize_groups_torch(ys, zs, scales, offset).neg_().add_(target)  # in place: one m×n
-            seeds = [(seed, k, g, r) for g in batch_ids for r in range(cfg.restarts)]
+            seeds = [(s, k, g, r) for s, g in zip(batch_seeds, batch_ids, strict=True) for r in range(cfg.restarts)]
             y, z = solve_stack_torch(residual, l, seeds, restarts=cfg.restarts, device=dev, tf32=tf32,
                                      launch=launch, **solver_kw)
             del residual

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 import bqq_kernels
 
-from .. import solver
+from .. import solver, solver_torch
 from ..common import as_float_matrix, check_settings, hessian_matrix, is_int, is_number, progress_bar
 from ..format import pack_bits, packed_length, unpack_bits
+from ..grouping import GroupGrid
 from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
 
@@ -126,6 +128,7 @@ class BQQMatrix(QuantizedMatrix):
     bits_meaning = "stacks p: p binary products per group, about p bits per weight (the paper's p*)"
     meta_key = meta_attr = "ranks"
     output_aware = True
+    solves_on_devices = True
     group_fields = (
         GroupField("y", "uint8", lambda g: (g.bits, g.rows, packed_length(g.meta)), packed_bits=lambda g: g.meta),
         GroupField("z", "uint8", lambda g: (g.bits, g.meta, packed_length(g.cols)), packed_bits=lambda g: g.cols),
@@ -144,7 +147,8 @@ class BQQMatrix(QuantizedMatrix):
 
     # --- building ---------------------------------------------------------------------------
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None) -> BQQMatrix:
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None, device=None
+                 ) -> BQQMatrix:
         shapes = grid.group_shapes()
         ranks = [inner_dim(s, config.rank_scale) for s in shapes]
         empty = cls(w.shape, "float64", grid, 0, seed, config,
@@ -152,11 +156,26 @@ class BQQMatrix(QuantizedMatrix):
                     z=[np.zeros((0, r, packed_length(n)), np.uint8) for (_, n), r in zip(shapes, ranks, strict=True)],
                     scales=np.zeros((len(grid), 0, 3), np.float32), offset=np.zeros(len(grid), np.float32))
         empty.first_group = first_group
-        empty._add_stacks(w, int(bits), progress, hessian)
+        empty._add_stacks(w, int(bits), progress, hessian, device)
         return empty
 
-    def extend(self, extra_bits: int, w: Any = None, progress: bool | None = None, hessian: Any = None
-               ) -> BQQMatrix:
+    @classmethod
+    def quantize_many(cls, matrices: list[np.ndarray], bits: int, seeds: list[int], first_groups: list[int],
+                      config: BQQConfig, device: Any, progress: Any = None) -> list[BQQMatrix]:
+        """Single-group problems of one shape, each as ``quantize(matrix, one group, bits, seed, config,
+        first_group=...)``, solved together on ``device`` (the model pass batches groups of one shape
+        across layers this way). ``progress``: called with a group count after each stack of a batch."""
+        m, n = matrices[0].shape
+        grid = GroupGrid.build((m, n), (m, n))
+        codes = solver_torch.quantize_groups_torch(np.stack(matrices), int(bits), seed=seeds, group_ids=first_groups,
+                                                   config=config, device=device, progress=progress)
+        arrays = _packed_codes(codes)
+        return [cls((m, n), "float64", grid, int(bits), seed, config, y=[arrays["y"][j]], z=[arrays["z"][j]],
+                    scales=arrays["scales"][j:j + 1], offset=arrays["offset"][j:j + 1])
+                for j, seed in enumerate(seeds)]
+
+    def extend(self, extra_bits: int, w: Any = None, progress: bool | None = None, hessian: Any = None,
+               device: Any = None) -> BQQMatrix:
         """Add ``extra_bits`` stacks on the current residual, keeping every earlier binary.
 
         Args:
@@ -165,6 +184,7 @@ class BQQMatrix(QuantizedMatrix):
                 compressed from is kept in memory otherwise).
             hessian: solve the new stacks (and refit all scalars) under tr(E H Eᵀ), as in
                 :func:`bqq.compress`.
+            device: where to solve, as in :func:`bqq.compress` (None: the CPU).
 
         Returns:
             self, extended in place. All scalars are refitted, so the error never increases.
@@ -174,7 +194,7 @@ class BQQMatrix(QuantizedMatrix):
         if self.stacks + extra_bits > self.max_bits:
             raise ValueError(f"{self.stacks} + {extra_bits} stacks exceed the maximum of {self.max_bits}")
         if w is not None:
-            source, _ = as_float_matrix(w)
+            source, _ = as_float_matrix(w)  # on the CPU: the solver's device is the ``device`` argument
             if source.shape != self.shape:
                 raise ValueError(f"w has shape {source.shape}, this matrix was compressed from {self.shape}")
         elif self._source is not None:
@@ -183,11 +203,13 @@ class BQQMatrix(QuantizedMatrix):
             raise ValueError("extend() needs the original matrix: this one was loaded from a file or "
                              "released its source; call q.extend(bits, w=original)")
         h = None if hessian is None else solver.prepare_hessian(hessian_matrix(hessian, self.shape[1]))
-        self._add_stacks(source, int(extra_bits), progress, h)
+        self._add_stacks(source, int(extra_bits), progress, h, solver_device(device))
         return self
 
-    def _add_stacks(self, w: np.ndarray, count: int, progress: bool | None, hessian: np.ndarray | None = None
-                    ) -> None:
+    def _add_stacks(self, w: np.ndarray, count: int, progress: bool | None, hessian: np.ndarray | None = None,
+                    device: Any = None) -> None:
+        if device is not None and hessian is None:
+            return self._add_stacks_on(device, w, count, progress)
         targets = self.grid.split(w)
         # Group (a, b) sees the block of H of its columns (cross-block terms are not modelled).
         weights = None if hessian is None else [solver.damped(hessian[cs, cs], self.config.damping)
@@ -211,6 +233,33 @@ class BQQMatrix(QuantizedMatrix):
                     new_z.update(zip(idx, zs, strict=True))
                     bar.update(len(idx))
                 self._append_stack(targets, new_y, new_z, weights)
+
+    def _add_stacks_on(self, device: Any, w: np.ndarray, count: int, progress: bool | None) -> None:
+        """:meth:`_add_stacks` with :mod:`bqq.solver_torch` on ``device``: the groups of each shape at once
+        (batched by device memory), stack by stack, refit on the device; same seeds as on the CPU."""
+        targets = self.grid.split(w)
+        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for g, shape in enumerate(self.grid.group_shapes()):
+            by_shape[shape].append(g)
+        total = self.stacks + count
+        scales = np.zeros((len(self.grid), total, 3), np.float32)
+        offset = np.zeros(len(self.grid), np.float32)
+        with progress_bar(total=count * len(self.grid), progress=progress, unit="group",
+                          desc=f"bqq {self.shape[0]}x{self.shape[1]} on {device}") as bar:
+            for idx in by_shape.values():
+                initial = None if self.stacks == 0 else solver_torch.GroupCodes(
+                    *(torch.from_numpy(np.stack(a)) for a in (
+                        [self._unpacked_y(g) for g in idx], [self._unpacked_z(g) for g in idx],
+                        [self.scales[g] for g in idx], [self.offset[g] for g in idx])))
+                codes = solver_torch.quantize_groups_torch(
+                    np.stack([targets[g] for g in idx]), count, rank=self.ranks[idx[0]], seed=self.seed,
+                    group_ids=[self.first_group + g for g in idx], config=self.config, device=device,
+                    initial=initial, progress=bar.update)
+                arrays = _packed_codes(codes)
+                for j, g in enumerate(idx):
+                    self.y[g], self.z[g] = arrays["y"][j], arrays["z"][j]
+                scales[idx], offset[idx] = arrays["scales"], arrays["offset"]
+        self.scales, self.offset, self.bits = scales, offset, total
 
     def _solve_batch(self, residuals: list[np.ndarray], rank: int, stack: int, groups: list[int],
                      hessian: np.ndarray | None = None):
@@ -283,4 +332,34 @@ class BQQMatrix(QuantizedMatrix):
         return bqq_kernels.build_layout(factors, self.grid.row_sizes, self.grid.col_sizes)
 
 
-__all__ = ["BQQConfig", "BQQMatrix", "auto_sweeps", "inner_dim"]
+def _packed_codes(codes: solver_torch.GroupCodes) -> dict[str, Any]:
+    """Device codes (G, p, m, l) / (G, p, l, n) as this class stores them: packed bits per group, float32
+    scalars (G, p, 3) and offsets (G,), on the CPU."""
+    ys, zs = codes.ys.cpu().numpy(), codes.zs.cpu().numpy()
+    return {"y": [pack_bits(y) for y in ys], "z": [pack_bits(z) for z in zs],
+            "scales": codes.scales.cpu().numpy().astype(np.float32),
+            "offset": codes.offset.cpu().numpy().astype(np.float32)}
+
+
+def solver_device(device: Any) -> torch.device | None:
+    """The device the BQQ solver runs on for a ``device`` argument: None for the CPU (numba), else a
+    :class:`torch.device` handled by :mod:`bqq.solver_torch` (CUDA; the CPU only in tests, through
+    :data:`TORCH_SOLVER_DEVICE_TYPES`). ValueError for a device string torch does not know."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if dev.type not in TORCH_SOLVER_DEVICE_TYPES:
+        if dev.type == "cpu":
+            return None
+        raise ValueError(f"the BQQ solver runs on the CPU or on CUDA devices, got {device!r}")
+    return dev
+
+
+# Device types the torch/Triton solver handles. Tests add "cpu" (Triton's interpreter) to run that path.
+TORCH_SOLVER_DEVICE_TYPES = {"cuda"}
+
+
+__all__ = ["BQQConfig", "BQQMatrix", "auto_sweeps", "inner_dim", "solver_device"]

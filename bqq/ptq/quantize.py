@@ -17,6 +17,7 @@ from ..api import method_config
 from ..common import dtype_name, progress_bar, replace_module
 from ..grouping import GroupGrid
 from ..methods import get_method
+from ..methods.bqq import solver_device
 from ..quantized import QuantizedMatrix
 from ..solver import prepare_hessian
 from .calibrate import Calibration, calibrate
@@ -48,6 +49,7 @@ def quantize(
     seed: int = 0,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool | None = None,
+    device: str | torch.device | None = None,
     **opts: Any,
 ) -> nn.Module:
     """Quantize ``model``'s weights in place (weight-only PTQ) and return it.
@@ -78,6 +80,11 @@ def quantize(
         cache_dir: persist each finished group; a rerun with the same arguments resumes.
         seed: every layer's seed derives from it and the layer name.
         progress: tqdm bar over groups (None: only on a terminal).
+        device: where the BQQ solver runs (as in :func:`bqq.compress`): None (default) means the device of
+            the model's weights, so a model on a GPU is quantized there; ``"cpu"`` / ``"cuda"`` choose. On
+            a GPU all BQQ groups of one shape, across all layers, are solved together stack by stack in
+            batches bounded by free GPU memory; ``cache_dir`` and resume work as on the CPU. Calibrated
+            (output-aware) BQQ and the other methods run on the CPU.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -89,7 +96,9 @@ def quantize(
     for plan in plans:
         _validate(plan, aware)
     teacher = copy.deepcopy(model) if calibration is not None and calibration.epochs > 0 else None
-    run = {"workers": workers, "cache_dir": cache_dir, "progress": progress}
+    if device is None:
+        device = next((p.device for p in model.parameters()), None)
+    run = {"workers": workers, "cache_dir": cache_dir, "progress": progress, "device": solver_device(device)}
     if not aware:
         _quantize_layers(model, plans, {}, seed, run)
     else:

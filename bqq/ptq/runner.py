@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..api import method_config, solve
 from ..common import as_float_matrix, progress_bar
 from ..format import FormatError
 from ..grouping import GroupGrid
 from ..io import load, save
+from ..methods import get_method
 from ..quantized import QuantizedMatrix
 from ..version import __version__
 
@@ -84,7 +86,7 @@ def solve_group(job: GroupJob) -> QuantizedMatrix:
 
 def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
              cache_dir: str | os.PathLike | None = None, progress: bool | None = None,
-             max_in_flight: int | None = None) -> list[QuantizedMatrix]:
+             max_in_flight: int | None = None, device: torch.device | None = None) -> list[QuantizedMatrix]:
     """Solve every job (cached ones are loaded) and return the results in job order.
 
     Args:
@@ -94,6 +96,9 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
         cache_dir: folder for finished groups; an interrupted run (Ctrl-C, kill -9) resumes from it.
         max_in_flight: jobs submitted ahead to an executor (default 2 per local worker, 64 otherwise),
             bounding the memory held by queued group data.
+        device: a GPU (from :func:`bqq.methods.bqq.solver_device`) for the jobs whose method solves on
+            devices (BQQ without calibration data): those are solved in this process, all groups of one
+            shape and settings together, whatever layer they come from; the rest run as above.
     """
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
@@ -115,6 +120,10 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
                 save(q, _cache_path(cache, jobs[i]))
             bar.update(1)
 
+        if device is not None:
+            batched = [i for i in todo if _on_device(jobs[i])]
+            _solve_on_device(jobs, batched, device, finish)
+            todo = [i for i in todo if not _on_device(jobs[i])]
         if workers is None or workers == 1:
             for i in todo:
                 finish(i, solve_group(jobs[i]))
@@ -133,6 +142,33 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
         else:
             raise ValueError(f"workers must be None, an int >= 1 or a concurrent.futures.Executor, got {workers!r}")
     return results  # type: ignore[return-value]
+
+
+def _on_device(job: GroupJob) -> bool:
+    return get_method(job.method).solves_on_devices and job.hessian is None and job.group_shape is None
+
+
+HOST_BATCH_BYTES = 1 << 31  # float64 group data handed to one device call (the device batches again by its memory)
+
+
+def _solve_on_device(jobs: list[GroupJob], todo: list[int], device: torch.device,
+                     finish: Callable[[int, QuantizedMatrix], None]) -> None:
+    """Jobs of one method, shape, bits and settings solved together on ``device``, in host chunks."""
+    same: dict[tuple, list[int]] = {}
+    for i in todo:
+        job = jobs[i]
+        config = method_config(job.method, job.bits, job.opts)[1]
+        same.setdefault((job.method, job.matrix.shape, job.bits, config), []).append(i)
+    for (method, shape, bits, config), idx in same.items():
+        per_chunk = max(1, HOST_BATCH_BYTES // (8 * shape[0] * shape[1]))
+        for lo in range(0, len(idx), per_chunk):
+            chunk = idx[lo:lo + per_chunk]
+            solved = get_method(method).quantize_many(
+                [as_float_matrix(jobs[i].matrix)[0] for i in chunk], int(bits), [jobs[i].seed for i in chunk],
+                [jobs[i].index for i in chunk], config, device)
+            for i, q in zip(chunk, solved, strict=True):
+                q.dtype = jobs[i].dtype
+                finish(i, q)
 
 
 def _run_on(executor: cf.Executor, jobs: list[GroupJob], todo: Iterable[int],

@@ -1,0 +1,75 @@
+"""`device=` in bqq.compress / bqq.quantize: the torch/Triton solver behind the public API.
+
+Without a GPU the Triton kernel runs in Triton's interpreter on CPU tensors; these tests then route the
+CPU through the device path (``TORCH_SOLVER_DEVICE_TYPES``) and keep the problems tiny.
+"""
+
+import numpy as np
+import pytest
+import torch
+from test_ptq import tiny
+
+import bqq
+from bqq.methods import bqq as bqq_method
+
+pytest.importorskip("triton")
+from bqq_kernels.gpu import interpreted
+
+SMALL = {"sweeps": 12, "polish_rounds": 5}
+
+
+@pytest.fixture
+def cpu_through_device_path(monkeypatch):
+    if not interpreted():
+        pytest.skip("the Triton kernels are compiled here (a GPU machine): they take CUDA tensors only")
+    monkeypatch.setattr(bqq_method, "TORCH_SOLVER_DEVICE_TYPES", {"cuda", "cpu"})
+
+
+def mse(w, q):
+    return float(((w - q.dequantize().double().numpy()) ** 2).mean())
+
+
+def test_compress_on_the_device_path_matches_the_cpu_solver(cpu_through_device_path):
+    w = np.random.default_rng(0).standard_normal((20, 30))
+    on_device = bqq.compress(w, 2, group_size=(10, 15), seed=1, device="cpu", **SMALL)
+    bqq_method.TORCH_SOLVER_DEVICE_TYPES.discard("cpu")
+    on_cpu = bqq.compress(w, 2, group_size=(10, 15), seed=1, device="cpu", **SMALL)
+    assert mse(w, on_device) == pytest.approx(mse(w, on_cpu), rel=0.02)
+    bqq_method.TORCH_SOLVER_DEVICE_TYPES.add("cpu")
+    again = bqq.compress(w, 2, group_size=(10, 15), seed=1, device="cpu", **SMALL)
+    assert all(np.array_equal(a, b) for a, b in zip(on_device.y, again.y, strict=True))  # deterministic
+    assert np.array_equal(on_device.scales, again.scales)
+    continued = bqq.compress(w, 1, group_size=(10, 15), seed=1, device="cpu", **SMALL).extend(1, device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(on_device.z, continued.z, strict=True))
+    assert np.array_equal(on_device.offset, continued.offset)
+
+
+def test_quantize_solves_same_shape_groups_of_all_layers_together(cpu_through_device_path, tmp_path, monkeypatch):
+    calls = []
+    real = bqq_method.BQQMatrix.quantize_many.__func__
+
+    def spy(cls, matrices, *args, **kwargs):
+        calls.append(len(matrices))
+        return real(cls, matrices, *args, **kwargs)
+
+    monkeypatch.setattr(bqq_method.BQQMatrix, "quantize_many", classmethod(spy))
+    model = bqq.quantize(tiny(), bits=1, method="bqq", include="blocks.*", device="cpu", cache_dir=tmp_path, **SMALL)
+    # 24x24 groups: qkv 3 + proj 1 + fc1 2 + fc2 2 per block, two blocks: one call for all 16.
+    assert calls == [16]
+    reference = bqq.quantize(tiny(), bits=1, method="bqq", include="blocks.*", cache_dir=tmp_path, **SMALL)
+    assert calls == [16]  # the second run loaded every group from the cache
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_a_cuda_device_without_a_gpu_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    w = np.random.default_rng(0).standard_normal((8, 8))
+    with pytest.raises((RuntimeError, ValueError), match=r"(?i)cuda|gpu"):
+        bqq.compress(w, 1, device="cuda", sweeps=5)
+    with pytest.raises(ValueError, match="device must be"):
+        bqq.compress(w, 1, device="gpu0", sweeps=5)
+    with pytest.raises(ValueError, match="CPU or on CUDA"):
+        bqq.compress(w, 1, device="meta", sweeps=5)
