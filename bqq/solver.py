@@ -177,6 +177,26 @@ def damped(h: np.ndarray, damping: float) -> np.ndarray:
     return h + damping * np.eye(h.shape[0])
 
 
+def clipped_channels(h: np.ndarray, clip: float) -> np.ndarray:
+    """H with every input channel's scale capped: channel i is scaled by min(1, sqrt(clip · median(diag)
+    / H_ii)) on both sides, so no channel weighs more than ``clip`` times the median one; then scaled to
+    mean diagonal 1.
+
+    Why: transformers carry "massive activations", a few input channels hundreds of times larger than
+    the rest (MiniLM layer 0's FFN output: one channel at 636× the median). The raw objective then
+    spends a whole BQQ group's few scalars and shared binaries on reproducing those channels exactly
+    and sacrifices all others; the output error under H falls while the model breaks (MiniLM sentence
+    embeddings: cosine 0.77 with that one layer quantized, against 0.98 data-free and 0.99 with the
+    cap at 3).
+    """
+    diag = np.clip(np.diag(h), 0.0, None)
+    cap = clip * float(np.median(diag))
+    if cap > 0:
+        scale = np.sqrt(np.minimum(1.0, cap / np.where(diag > 0, diag, cap)))
+        h = h * scale[:, None] * scale[None, :]
+    return h / (float(np.trace(h)) / h.shape[0])
+
+
 def refit_scalars(w: np.ndarray, ys: np.ndarray, zs: np.ndarray, hessian: np.ndarray | None = None
                   ) -> tuple[np.ndarray, float]:
     """Exact least squares of all scalars of one group given its binaries.

@@ -13,7 +13,7 @@ from bqq.methods.gptq import encode_rows
 from bqq.methods.uniform import encode
 from bqq.ptq.hessian import collect_hessians, input_stages
 from bqq.ptq.runner import layer_seed
-from bqq.solver import prepare_hessian, refit_scalars, solve_sign_factors
+from bqq.solver import clipped_channels, prepare_hessian, refit_scalars, solve_sign_factors
 from bqq_kernels.cpu import coupled_row_sweep, gram, row_sweep
 
 SOLVE = {"sweeps": 80, "t_start": 0.95, "t_end": 0.18, "alpha_scale": 0.9, "polish_rounds": 50}
@@ -353,3 +353,18 @@ def test_a_transformers_model_quantizes_with_token_batches_and_round_trips(tmp_p
     with torch.no_grad():
         for batch in batches:
             assert torch.equal(restored(**batch).last_hidden_state, model(**batch).last_hidden_state)
+
+
+def test_a_massive_input_channel_is_capped_before_bqq_sees_it():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 12))
+    x[:, 3] *= 40.0  # one "massive activation" channel
+    h = prepare_hessian(x.T @ x)
+    capped = clipped_channels(h, 3.0)
+    diag = np.diag(capped)
+    assert diag[3] <= 3.0 * np.median(diag) * (1 + 1e-9)
+    assert np.trace(capped) == pytest.approx(12.0)
+    # Correlations are kept: the cap rescales channels, it does not decorrelate them.
+    corr = lambda m: m / np.sqrt(np.outer(np.diag(m), np.diag(m)))  # noqa: E731
+    np.testing.assert_allclose(corr(capped), corr(h), atol=1e-12)
+    np.testing.assert_allclose(clipped_channels(h, 1e9), h, rtol=1e-12)
