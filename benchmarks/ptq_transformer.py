@@ -19,7 +19,9 @@ Rows: a method name is data-free; a trailing ``+`` means calibrated (``bqq.Calib
 solved under its output error on the calibration sentences, in forward order). ``auto+`` picks per
 layer among BQQ, GPTQ, UQ and BCQ by output error; ``bqq+`` is output-aware BQQ alone; ``gptq+`` is
 GPTQ with UQ codes. ``auto+float`` is ``auto+`` with every H taken from the FP model in one pass
-(``inputs="float"``), to compare the two input modes. Finished groups are cached in ``OUT/cache``.
+(``inputs="float"``), to compare the two input modes; ``auto+tune`` adds c-BQQ (biases and LayerNorms
+tuned for ``TUNE_EPOCHS`` epochs on the calibration sentences to match the FP hidden states).
+Finished groups are cached in ``OUT/cache``.
 """
 
 from __future__ import annotations
@@ -144,17 +146,21 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows))
 
 
-def parse_row(spec: str) -> tuple[str, bool, str]:
-    """"auto+float" -> ("auto", calibrated True, inputs "float"); "bqq" -> ("bqq", False, "quantized")."""
+def parse_row(spec: str) -> tuple[str, bool, str, int]:
+    """"auto+float" -> ("auto", calibrated, inputs "float", 0 tuning epochs); "auto+tune" -> (..., "quantized",
+    TUNE_EPOCHS); "bqq" -> ("bqq", False, "quantized", 0)."""
     method, plus, mode = spec.partition("+")
-    return method, bool(plus), "float" if mode == "float" else "quantized"
+    return method, bool(plus), "float" if mode == "float" else "quantized", TUNE_EPOCHS if mode == "tune" else 0
+
+
+TUNE_EPOCHS = 15  # c-BQQ on top of output-aware solving ("+tune" rows): the paper's 15 epochs
 
 
 def run_row(fp, bits: int, spec: str, calib, evaluation, reference, opts: dict, args) -> dict:
-    method, calibrated, inputs = parse_row(spec)
+    method, calibrated, inputs, epochs = parse_row(spec)
     model = copy.deepcopy(fp)
     settings = dict(opts) if method in ("bqq", "auto") else {}
-    calibration = bqq.Calibration(calib, inputs=inputs) if calibrated else None
+    calibration = bqq.Calibration(calib, inputs=inputs, epochs=epochs) if calibrated else None
     start = time.perf_counter()
     bqq.quantize(model, bits=bits, method=method, include="encoder.*", calibration=calibration,
                  cache_dir=args.out / "cache", seed=args.seed, progress=False, **settings)
@@ -176,8 +182,9 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| bits | method | calibrated | mean cosine | Spearman | bits/weight | layers chosen | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        method, calibrated, inputs = parse_row(r["row"])
+        method, calibrated, inputs, epochs = parse_row(r["row"])
         label = (method if method == "auto" else method.upper()) + (" (FP inputs)" if inputs == "float" else "")
+        label += f" + c-BQQ {epochs} epochs" if epochs else ""
         chosen = ", ".join(f"{k} {v}" for k, v in sorted(r["chosen"].items()))
         lines.append(f"| {r['bits']}{'*' if method == 'bqq' else ''} | {label} | "
                      f"{'yes' if calibrated else 'no'} | {r['cosine']:.4f} | {r['spearman']:.4f} | "
