@@ -15,13 +15,13 @@ hidden states over real tokens, L2-normalized. Reported per row: the mean cosine
 and FP embeddings of the evaluation sentences, the Spearman correlation between all pairwise
 similarities of the quantized and the FP embeddings, bits per weight, and the quantization time.
 
-Rows: a method name is data-free; a trailing ``+`` means calibrated (``bqq.Calibration``: each layer
-solved under its output error on the calibration sentences, in forward order). ``auto+`` picks per
-layer among BQQ, GPTQ, UQ and BCQ by output error; ``bqq+`` is output-aware BQQ alone; ``gptq+`` is
-GPTQ with UQ codes. ``auto+float`` is ``auto+`` with every H taken from the FP model in one pass
-(``inputs="float"``), to compare the two input modes; ``auto+tune`` adds c-BQQ (biases and LayerNorms
-tuned for ``TUNE_EPOCHS`` epochs on the calibration sentences to match the FP hidden states).
-Finished groups are cached in ``OUT/cache``.
+Rows: a method name is data-free; ``method+`` is calibrated with ``bqq.Calibration``'s defaults (each
+layer solved under its output error on the calibration sentences, H from the FP model), ``method+quantized``
+with each layer's H from the already-quantized layers before it (GPTQ's order), ``method+float`` says
+the default explicitly; a further ``+tune`` adds c-BQQ (biases and LayerNorms tuned for ``TUNE_EPOCHS``
+epochs on the calibration sentences to match the FP hidden states), e.g. ``auto++tune``. ``auto+``
+picks per layer among BQQ, GPTQ, UQ and BCQ by output error; ``bqq+`` is output-aware BQQ alone;
+``gptq+`` is GPTQ with UQ codes. Finished groups are cached in ``OUT/cache``.
 """
 
 from __future__ import annotations
@@ -146,11 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows))
 
 
-def parse_row(spec: str) -> tuple[str, bool, str, int]:
-    """"auto+float" -> ("auto", calibrated, inputs "float", 0 tuning epochs); "auto+tune" -> (..., "quantized",
-    TUNE_EPOCHS); "bqq" -> ("bqq", False, "quantized", 0)."""
-    method, plus, mode = spec.partition("+")
-    return method, bool(plus), "float" if mode == "float" else "quantized", TUNE_EPOCHS if mode == "tune" else 0
+def parse_row(spec: str) -> tuple[str, bool, str | None, int]:
+    """"bqq" -> ("bqq", calibrated False, inputs None, 0 tuning epochs); "gptq+quantized" -> ("gptq", True,
+    "quantized", 0); "auto+" -> ("auto", True, None: Calibration's default, 0); "auto++tune" or
+    "auto+float+tune" -> (..., TUNE_EPOCHS)."""
+    method, plus, rest = spec.partition("+")
+    parts = set(rest.split("+")) - {""}
+    if not parts <= {"float", "quantized", "tune"} or {"float", "quantized"} <= parts:
+        raise SystemExit(f"bad row {spec!r}: method[+[float|quantized][+tune]]")
+    inputs = next((p for p in ("float", "quantized") if p in parts), None)
+    return method, bool(plus), inputs, TUNE_EPOCHS if "tune" in parts else 0
 
 
 TUNE_EPOCHS = 15  # c-BQQ on top of output-aware solving ("+tune" rows): the paper's 15 epochs
@@ -160,11 +165,15 @@ def run_row(fp, bits: int, spec: str, calib, evaluation, reference, opts: dict, 
     method, calibrated, inputs, epochs = parse_row(spec)
     model = copy.deepcopy(fp)
     settings = dict(opts) if method in ("bqq", "auto") else {}
-    calibration = bqq.Calibration(calib, inputs=inputs, epochs=epochs) if calibrated else None
+    settings_c = {} if inputs is None else {"inputs": inputs}
+    calibration = bqq.Calibration(calib, epochs=epochs, **settings_c) if calibrated else None
+    cache = args.out / "cache"
+    cached_before = set(cache.glob("*.safetensors")) if cache.exists() else set()
     start = time.perf_counter()
     bqq.quantize(model, bits=bits, method=method, include="encoder.*", calibration=calibration,
-                 cache_dir=args.out / "cache", seed=args.seed, progress=False, **settings)
+                 cache_dir=cache, seed=args.seed, progress=False, **settings)
     seconds = time.perf_counter() - start
+    solved = len(set(cache.glob("*.safetensors")) - cached_before)  # the rest came from earlier rows' cache
     cosine, spearman = agreement(embed(model, evaluation), reference)
     layers = [m.qweight for _, m in bqq.ptq.quantized_layers(model)]
     bpw = sum(w.total_bits for w in layers) / sum(w.shape[0] * w.shape[1] for w in layers)
@@ -172,23 +181,25 @@ def run_row(fp, bits: int, spec: str, calib, evaluation, reference, opts: dict, 
     for _, m in bqq.ptq.quantized_layers(model):
         chosen[m.qweight.method] = chosen.get(m.qweight.method, 0) + 1
     row = {"bits": bits, "row": spec, "cosine": cosine, "spearman": spearman, "bits_per_weight": bpw,
-           "seconds": seconds, "chosen": chosen}
+           "seconds": seconds, "solved": solved, "chosen": chosen}
     print(f"{bits} bits {spec:10s} cosine {cosine:.4f} spearman {spearman:.4f} ({bpw:.3f} bits/weight, "
           f"{seconds:.0f} s, layers {chosen})", flush=True)
     return row
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| bits | method | calibrated | mean cosine | Spearman | bits/weight | layers chosen | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| bits | method | calibrated | mean cosine | Spearman | bits/weight | layers chosen | seconds | "
+             "jobs solved (rest cached) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         method, calibrated, inputs, epochs = parse_row(r["row"])
-        label = (method if method == "auto" else method.upper()) + (" (FP inputs)" if inputs == "float" else "")
+        label = method if method == "auto" else method.upper()
+        if calibrated:
+            label += f" ({'quantized' if inputs == 'quantized' else 'FP'} inputs)"
         label += f" + c-BQQ {epochs} epochs" if epochs else ""
         chosen = ", ".join(f"{k} {v}" for k, v in sorted(r["chosen"].items()))
         lines.append(f"| {r['bits']}{'*' if method == 'bqq' else ''} | {label} | "
                      f"{'yes' if calibrated else 'no'} | {r['cosine']:.4f} | {r['spearman']:.4f} | "
-                     f"{r['bits_per_weight']:.3f} | {chosen} | {r['seconds']:.0f} |")
+                     f"{r['bits_per_weight']:.3f} | {chosen} | {r['seconds']:.0f} | {r.get('solved', '–')} |")
     return "\n".join(lines)
 
 

@@ -105,8 +105,8 @@ class QuantizedMatrix(abc.ABC):
     meta_attr: ClassVar[str | None] = None  # its attribute ("ranks", "counts")
     # Methods that solve the output-aware objective tr((W - Ŵ) H (W - Ŵ)ᵀ) take ``hessian=`` in quantize.
     output_aware: ClassVar[bool] = False
-    # Methods whose groups cannot be solved apart (GPTQ carries errors across all columns): the model
-    # pass gives them the whole layer as one job.
+    # Methods whose groups cannot be solved apart under H (GPTQ carries errors across all columns, BQQ
+    # across column blocks): with calibration data the model pass gives them the whole layer as one job.
     whole_matrix: ClassVar[bool] = False
     # Methods whose quantize takes ``device=`` (a torch.device from bqq.methods.bqq.solver_device, or None
     # for the CPU); the others run on the CPU whatever the device.
@@ -141,7 +141,7 @@ class QuantizedMatrix(abc.ABC):
         separately (the model pass solves one group per job): group g's randomness derives from
         (seed, first_group + g), so the assembled groups equal the whole matrix solved at once.
         Methods with ``output_aware`` also take ``hessian``: None, or (n, n) float64 H prepared by
-        :func:`bqq.solver.prepare_hessian`; group (a, b) then uses the block of H of its columns.
+        :func:`bqq.solver.prepare_hessian`, for the whole matrix's columns.
         """
 
     @abc.abstractmethod

@@ -18,6 +18,9 @@ Output-aware (calibrated) solving replaces ‖E‖² by tr(E H Eᵀ), H = Σ x x
 group's columns): the U phase stays row-separable with h = X H V and G = Vᵀ H V, the V phase couples
 its rows through H (:func:`bqq_kernels.cpu.coupled_row_sweep`), T_c = 2 α σ_max(X H), the polish refits α
 under H and the refit solves the H-weighted normal equations. H = None is the plain Frobenius objective.
+A matrix cut into several column groups is solved column block by column block, each under its Schur
+complement of H, its error carried onto the later columns (:func:`column_blocks`), so the cross-block
+terms of H count.
 
 Everything is batched over same-shape groups; randomness comes from one SeedSequence per
 (seed, stack, group, restart), so results do not depend on batching or thread count.
@@ -195,6 +198,40 @@ def clipped_channels(h: np.ndarray, clip: float) -> np.ndarray:
         scale = np.sqrt(np.minimum(1.0, cap / np.where(diag > 0, diag, cap)))
         h = h * scale[:, None] * scale[None, :]
     return h / (float(np.trace(h)) / h.shape[0])
+
+
+def column_blocks(h: np.ndarray, col_sizes: Sequence[int]) -> list[tuple[slice, np.ndarray, np.ndarray | None]]:
+    """Split the objective tr(E H Eᵀ) over column blocks solved one after another.
+
+    With E = W - Ŵ in column blocks E_1 … E_C, block k is solved under S_k (the Schur complement of
+    the later blocks in H restricted to blocks >= k) on a target that carries the earlier blocks'
+    errors: after block k, W[:, later] += E_k F_k with F_k = H[k, later] H[later, later]⁻¹ (the best
+    continuous correction of the later columns). Then tr(E H Eᵀ) = Σ_k tr(E_k S_k E_kᵀ) exactly, with
+    each E_k taken against its carried target. Solving every block under its own diagonal block
+    H[k, k] instead drops the cross-block terms (GPTQ is the one-column case of this scheme).
+
+    From one Cholesky factor U of H⁻¹ = Uᵀ U (upper): S_k = U_kk⁻¹ U_kk⁻ᵀ and F_k = -U_kk⁻¹ U_k,later.
+
+    Args:
+        h: (n, n) symmetric positive definite (damped) H.
+        col_sizes: the block widths, summing to n.
+
+    Returns:
+        (column slice, S_k (n_k, n_k), F_k (n_k, n - end_k) or None for the last block) per block. One
+        block returns H itself.
+    """
+    if len(col_sizes) == 1:
+        return [(slice(0, h.shape[0]), h, None)]
+    upper = np.linalg.cholesky(np.linalg.inv(h)).T
+    out, start = [], 0
+    for size in col_sizes:
+        stop = start + size
+        inv_diag = np.linalg.inv(upper[start:stop, start:stop])  # U_kk⁻¹ (upper triangular)
+        schur = inv_diag @ inv_diag.T
+        carry = -inv_diag @ upper[start:stop, stop:] if stop < h.shape[0] else None
+        out.append((slice(start, stop), (schur + schur.T) / 2, carry))
+        start = stop
+    return out
 
 
 def refit_scalars(w: np.ndarray, ys: np.ndarray, zs: np.ndarray, hessian: np.ndarray | None = None

@@ -13,7 +13,7 @@ from bqq.methods.gptq import encode_rows
 from bqq.methods.uniform import encode
 from bqq.ptq.hessian import collect_hessians, input_stages
 from bqq.ptq.runner import layer_seed
-from bqq.solver import clipped_channels, prepare_hessian, refit_scalars, solve_sign_factors
+from bqq.solver import clipped_channels, column_blocks, prepare_hessian, refit_scalars, solve_sign_factors
 from bqq_kernels.cpu import coupled_row_sweep, gram, row_sweep
 
 SOLVE = {"sweeps": 80, "t_start": 0.95, "t_end": 0.18, "alpha_scale": 0.9, "polish_rounds": 50}
@@ -183,6 +183,41 @@ def test_compress_with_a_hessian_lowers_the_output_error_and_is_deterministic():
     before = output_error(w, aware.dequantize().double().numpy(), h)
     aware.extend(1, hessian=h)
     assert output_error(w, aware.dequantize().double().numpy(), h) <= before
+
+
+def test_column_blocks_split_the_output_error_exactly():
+    rng = np.random.default_rng(2)
+    x = anisotropic_inputs(23, 300, 1)
+    h = prepare_hessian(x.T @ x) + 0.1 * np.eye(23)
+    w, w_hat = rng.standard_normal((5, 23)), rng.standard_normal((5, 23))
+    blocks = column_blocks(h, [7, 9, 7])
+    target, total = w.copy(), 0.0
+    for cs, schur, carry in blocks:
+        error = target[:, cs] - w_hat[:, cs]  # block k's error against its carried target
+        total += np.trace(error @ schur @ error.T)
+        if carry is not None:
+            target[:, cs.stop:] += error @ carry
+    assert total == pytest.approx(output_error(w, w_hat, h), rel=1e-10)
+    # The last block is solved under its own block of H; the first under its Schur complement.
+    np.testing.assert_allclose(blocks[-1][1], h[16:, 16:], atol=1e-10)
+    schur = h[:7, :7] - h[:7, 7:] @ np.linalg.solve(h[7:, 7:], h[7:, :7])
+    np.testing.assert_allclose(blocks[0][1], schur, atol=1e-10)
+    assert column_blocks(h, [23])[0][1] is h
+
+
+def test_column_groups_under_h_carry_their_errors():
+    # Inputs with a strong component shared by all channels: the column groups' errors interact through
+    # H's off-diagonal blocks. Solving the blocks in order with the error carried forward must beat
+    # solving each block under its own diagonal block of H alone.
+    rng = np.random.default_rng(3)
+    n = 48
+    x = rng.standard_normal((600, n)) + 2.0 * rng.standard_normal((600, 3)) @ rng.standard_normal((3, n))
+    h = x.T @ x
+    w = rng.standard_normal((16, n))
+    carried = bqq.compress(w, 2, group_size=(16, 16), seed=1, hessian=h, sweeps=120, damping=0.01)
+    apart = np.concatenate([bqq.compress(w[:, c:c + 16], 2, seed=1, hessian=h[c:c + 16, c:c + 16], sweeps=120,
+                                         damping=0.01).dequantize().double().numpy() for c in range(0, n, 16)], 1)
+    assert output_error(w, carried.dequantize().double().numpy(), h) < 0.8 * output_error(w, apart, h)
 
 
 def test_bad_hessians_are_refused():

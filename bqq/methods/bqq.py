@@ -133,6 +133,7 @@ class BQQMatrix(QuantizedMatrix):
     bits_meaning = "stacks p: p binary products per group, about p bits per weight (the paper's p*)"
     meta_key = meta_attr = "ranks"
     output_aware = True
+    whole_matrix = True
     solves_on_devices = True
     group_fields = (
         GroupField("y", "uint8", lambda g: (g.bits, g.rows, packed_length(g.meta)), packed_bits=lambda g: g.meta),
@@ -215,30 +216,51 @@ class BQQMatrix(QuantizedMatrix):
                     device: Any = None) -> None:
         if device is not None and hessian is None:
             return self._add_stacks_on(device, w, count, progress)
-        targets = self.grid.split(w)
-        # Group (a, b) sees the block of H of its columns (cross-block terms are not modelled).
-        weights = None if hessian is None else [
-            solver.damped(solver.clipped_channels(hessian[cs, cs], self.config.channel_clip), self.config.damping)
-            for _, _, _, cs in self.grid.blocks()]
-        by_shape: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-        for g, (shape, rank) in enumerate(zip(self.grid.group_shapes(), self.ranks, strict=True)):
-            by_shape[(*shape, rank)].append(g)
-        batches = [(key[2], idx[i:i + self.config.batch_groups]) for key, idx in by_shape.items()
-                   for i in range(0, len(idx), self.config.batch_groups)]
+        codes = _Codes.of(self)
         with progress_bar(total=count * len(self.grid), progress=progress, unit="group",
                           desc=f"bqq {self.shape[0]}x{self.shape[1]}") as bar:
-            for _ in range(count):
-                stack = self.stacks
-                residuals = [t - self.dequantize_group(g) for g, t in enumerate(targets)]
-                new_y: dict[int, np.ndarray] = {}
-                new_z: dict[int, np.ndarray] = {}
-                for rank, idx in batches:
-                    h = None if weights is None else np.stack([weights[g] for g in idx])
-                    ys, zs = self._solve_batch([residuals[g] for g in idx], rank, stack, idx, h)
-                    new_y.update(zip(idx, ys, strict=True))
-                    new_z.update(zip(idx, zs, strict=True))
-                    bar.update(len(idx))
-                self._append_stack(targets, new_y, new_z, weights)
+            if hessian is None:
+                self._grow(dict(enumerate(self.grid.split(w))), None, count, codes, bar)
+            else:
+                self._grow_column_blocks(w, hessian, count, codes, bar)
+        codes.store(self)
+
+    def _grow_column_blocks(self, w: np.ndarray, hessian: np.ndarray, count: int, codes: _Codes, bar: Any) -> None:
+        """Under tr(E H Eᵀ): column block after column block (:func:`bqq.solver.column_blocks`), each
+        block's groups under its Schur complement, their error carried onto the later columns."""
+        h = solver.damped(solver.clipped_channels(hessian, self.config.channel_clip), self.config.damping)
+        target = np.array(w, np.float64)
+        for b, (cs, weight, carry) in enumerate(solver.column_blocks(h, self.grid.col_sizes)):
+            rows = {g: rs for g, (_, col, rs, _) in enumerate(self.grid.blocks()) if col == b}
+            targets = {g: np.ascontiguousarray(target[rs, cs]) for g, rs in rows.items()}
+            self._grow(targets, weight, count, codes, bar)
+            if carry is not None:
+                error = np.empty((self.shape[0], cs.stop - cs.start))
+                for g, rs in rows.items():
+                    error[rs] = targets[g] - codes.rebuild(g)
+                target[:, cs.stop:] += error @ carry
+
+    def _grow(self, targets: dict[int, np.ndarray], weight: np.ndarray | None, count: int, codes: _Codes,
+              bar: Any) -> None:
+        """Add ``count`` stacks to the groups in ``targets`` (group -> (m_g, n_g) target), greedily, each
+        followed by the exact refit of the group's scalars (under ``weight``, an H shared by these groups)."""
+        by_shape: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+        for g in targets:
+            by_shape[(*targets[g].shape, self.ranks[g])].append(g)
+        batches = [(key[2], idx[i:i + self.config.batch_groups]) for key, idx in by_shape.items()
+                   for i in range(0, len(idx), self.config.batch_groups)]
+        for _ in range(count):
+            residuals = {g: t - codes.rebuild(g) for g, t in targets.items()}
+            for rank, idx in batches:
+                h = None if weight is None else np.broadcast_to(weight, (len(idx), *weight.shape))
+                ys, zs = self._solve_batch([residuals[g] for g in idx], rank, len(codes.ys[idx[0]]), idx, h)
+                for g, y, z in zip(idx, ys, zs, strict=True):
+                    codes.ys[g].append(y)
+                    codes.zs[g].append(z)
+                bar.update(len(idx))
+            for g, t in targets.items():
+                coef, u = solver.refit_scalars(t, np.stack(codes.ys[g]), np.stack(codes.zs[g]), weight)
+                codes.scales[g], codes.offset[g] = coef.astype(np.float32), np.float32(u)
 
     def _add_stacks_on(self, device: Any, w: np.ndarray, count: int, progress: bool | None) -> None:
         """:meth:`_add_stacks` with :mod:`bqq.solver_torch` on ``device``: the groups of each shape at once
@@ -284,18 +306,6 @@ class BQQMatrix(QuantizedMatrix):
         zs = [np.ascontiguousarray((v[k] > 0).astype(np.uint8).T) for k in pick]
         return ys, zs
 
-    def _append_stack(self, targets, new_y, new_z, weights=None) -> None:
-        scales = np.empty((len(self.grid), self.stacks + 1, 3), np.float32)
-        offset = np.empty(len(self.grid), np.float32)
-        for g, target in enumerate(targets):
-            ys = np.concatenate([self._unpacked_y(g), new_y[g][None]])
-            zs = np.concatenate([self._unpacked_z(g), new_z[g][None]])
-            coef, u = solver.refit_scalars(target, ys, zs, None if weights is None else weights[g])
-            scales[g], offset[g] = coef, u
-            self.y[g] = np.concatenate([self.y[g], pack_bits(new_y[g])[None]])
-            self.z[g] = np.concatenate([self.z[g], pack_bits(new_z[g])[None]])
-        self.scales, self.offset, self.bits = scales, offset, scales.shape[1]
-
     # --- reading ----------------------------------------------------------------------------
     def _unpacked_y(self, g: int) -> np.ndarray:
         return unpack_bits(self.y[g], self.ranks[g])
@@ -304,15 +314,8 @@ class BQQMatrix(QuantizedMatrix):
         return unpack_bits(self.z[g], self.grid.group_shapes()[g][1])
 
     def dequantize_group(self, index: int) -> np.ndarray:
-        m, n = self.grid.group_shapes()[index]
-        out = np.full((m, n), float(self.offset[index]))
-        ys = self._unpacked_y(index).astype(np.float32)
-        zs = self._unpacked_z(index).astype(np.float32)
-        for (r, s, t), y, z in zip(self.scales[index].astype(np.float64), ys, zs, strict=True):
-            yz = (y @ z).astype(np.float64)  # counts <= l: exact in float32, and twice as fast as float64
-            out += r * yz + s * y.sum(axis=1, keepdims=True, dtype=np.float64) + t * z.sum(axis=0, keepdims=True,
-                                                                                           dtype=np.float64)
-        return out
+        return _rebuild(self.grid.group_shapes()[index], self._unpacked_y(index), self._unpacked_z(index),
+                        self.scales[index], self.offset[index])
 
     def group_scalars(self, index: int) -> np.ndarray:
         """(r, s, t) of every stack of group ``index``, then its offset u."""
@@ -336,6 +339,46 @@ class BQQMatrix(QuantizedMatrix):
         factors = [bqq_kernels.BQQGroupFactors(self.y[g], self.z[g], self.scales[g], float(self.offset[g]))
                    for g in range(len(self.grid))]
         return bqq_kernels.build_layout(factors, self.grid.row_sizes, self.grid.col_sizes)
+
+
+def _rebuild(shape: tuple[int, int], ys: Any, zs: Any, scales: np.ndarray, offset: float) -> np.ndarray:
+    """One group (m, n) in float64 from its unpacked binaries ys (p, m, l), zs (p, l, n), float32 scales
+    (p, 3) and offset."""
+    out = np.full(shape, float(offset))
+    for (r, s, t), y, z in zip(np.asarray(scales, np.float64), ys, zs, strict=True):
+        y, z = y.astype(np.float32), z.astype(np.float32)
+        yz = (y @ z).astype(np.float64)  # counts <= l: exact in float32, and twice as fast as float64
+        out += r * yz + s * y.sum(axis=1, keepdims=True, dtype=np.float64) + t * z.sum(axis=0, keepdims=True,
+                                                                                       dtype=np.float64)
+    return out
+
+
+@dataclass
+class _Codes:
+    """A BQQ matrix's codes while stacks are added: per group the unpacked binaries and the scalars."""
+
+    shapes: list[tuple[int, int]]
+    ys: list[list[np.ndarray]]  # group -> p arrays (m, l) in {0, 1}
+    zs: list[list[np.ndarray]]  # group -> p arrays (l, n)
+    scales: list[np.ndarray]  # group -> (p, 3) float32
+    offset: list[np.float32]
+
+    @classmethod
+    def of(cls, q: BQQMatrix) -> _Codes:
+        groups = range(len(q.grid))
+        return cls(q.grid.group_shapes(), [list(q._unpacked_y(g)) for g in groups],
+                   [list(q._unpacked_z(g)) for g in groups], [q.scales[g] for g in groups],
+                   [q.offset[g] for g in groups])
+
+    def rebuild(self, g: int) -> np.ndarray:
+        return _rebuild(self.shapes[g], self.ys[g], self.zs[g], self.scales[g], self.offset[g])
+
+    def store(self, q: BQQMatrix) -> None:
+        """Write the codes into ``q`` (packed bits, float32 scalars)."""
+        q.y = [pack_bits(np.stack(y)) for y in self.ys]
+        q.z = [pack_bits(np.stack(z)) for z in self.zs]
+        q.scales, q.offset = np.stack(self.scales).astype(np.float32), np.array(self.offset, np.float32)
+        q.bits = q.scales.shape[1]
 
 
 def _packed_codes(codes: solver_torch.GroupCodes) -> dict[str, Any]:

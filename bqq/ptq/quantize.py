@@ -103,9 +103,10 @@ def quantize(
         _quantize_layers(model, plans, {}, seed, run)
     else:
         by_name = {plan.name: plan for plan in plans}
+        batch = first_batch(calibration.data)  # fails now on empty data, before any work
         stages = [list(by_name)]
         if calibration.inputs == "quantized":
-            stages = input_stages(model, list(by_name), first_batch(calibration.data))
+            stages = input_stages(model, list(by_name), batch)
         for stage in progress_bar(stages, progress=progress if len(stages) > 1 else False, desc="stages", unit="stage"):
             stats = collect_hessians(model, stage, calibration.data)
             hessians = {name: prepare_hessian(h.numpy()) for name, (h, count) in stats.items()
