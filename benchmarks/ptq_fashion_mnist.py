@@ -175,10 +175,11 @@ def main(argv: list[str] | None = None) -> None:
          "seeds": args.seeds}, indent=2))
 
 
-AWARE_ROWS = (("BQQ", "bqq", None, ""), ("auto", "auto", None, ""), ("GPTQ", "gptq", 0, "quantized"),
-              ("BQQ (output-aware)", "bqq", 0, "quantized"), ("auto (output-aware)", "auto", 0, "quantized"),
-              ("auto (output-aware, FP inputs)", "auto", 0, "float"),
-              ("auto (output-aware) + c-BQQ", "auto", 15, "quantized"))
+AWARE_ROWS = (("BQQ", "bqq", None, ""), ("auto", "auto", None, ""),
+              ("GPTQ", "gptq", 0, "quantized"), ("GPTQ", "gptq", 0, "float"),
+              ("BQQ (output-aware)", "bqq", 0, "float"), ("BQQ (output-aware)", "bqq", 0, "quantized"),
+              ("auto (output-aware)", "auto", 0, "float"), ("auto (output-aware)", "auto", 0, "quantized"),
+              ("auto (output-aware) + c-BQQ", "auto", 15, "float"))
 
 
 def aware_table(args: argparse.Namespace) -> None:
@@ -189,8 +190,8 @@ def aware_table(args: argparse.Namespace) -> None:
     x_test, y_test = load_fashion_mnist("t10k")
     fp_acc = accuracy(fp, x_test, y_test)
     loader = calibration_loader(args.calib_size)
-    lines = ["| Wbit | Method | Calibration | Top-1 (%) | vs FP | bits/weight | quantize s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| Wbit | Method | Calibration | Layer inputs | Top-1 (%) | vs FP | bits/weight | quantize s |",
+             "|---|---|---|---|---|---|---|---|"]
     rows = []
     for bits in args.bits:
         for label, method, epochs, inputs in AWARE_ROWS:
@@ -206,10 +207,11 @@ def aware_table(args: argparse.Namespace) -> None:
                          "quantize_s": seconds, "layers": bqq.ptq.layer_report(q)})
             star = "*" if method == "bqq" else ""
             how = "none" if calib is None else "H" + (f" + {epochs} epochs" if epochs else "")
-            lines.append(f"| {bits}{star} | {label} | {how} | {acc:.2f} | {acc - fp_acc:+.2f} | "
+            source = {"float": "FP model", "quantized": "quantized model"}.get(inputs, "–")
+            lines.append(f"| {bits}{star} | {label} | {how} | {source} | {acc:.2f} | {acc - fp_acc:+.2f} | "
                          f"{rows[-1]['bits_per_weight']:.3f} | {seconds:.0f} |")
             print(lines[-1], flush=True)
-    lines.append(f"| 32 | FP | – | {fp_acc:.2f} | – | 32 | – |")
+    lines.append(f"| 32 | FP | – | – | {fp_acc:.2f} | – | 32 | – |")
     command = " ".join(["python -m benchmarks.ptq_fashion_mnist", *sys.argv[1:]])
     table = "\n".join(lines) + (f"\n\nCommand: `{command}`\nModel {args.model}; {args.calib_size} calibration "
                                 f"images (Fashion-MNIST train); BQQ sweeps {args.sweeps or 'auto'}; "

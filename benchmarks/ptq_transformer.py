@@ -131,19 +131,36 @@ def main(argv: list[str] | None = None) -> None:
     env = {"bqq": bqq.__version__, "torch": torch.__version__, "transformers": import_transformers().__version__,
            "python": platform.python_version(), "threads": torch.get_num_threads()}
     command = " ".join(["python -m benchmarks.ptq_transformer", *(sys.argv[1:] if argv is None else argv)])
-    notes = (f"\nCommand: `{command}`\nall-MiniLM-L6-v2, every encoder Linear; {args.calib} calibration and "
-             f"{args.eval} evaluation sentences from standard-library docstrings (Python {env['python']}); BQQ "
-             f"sweeps {args.sweeps or 'auto'}; {env['threads']} threads.\n")
+    settings = {"calib": args.calib, "eval": args.eval, "sweeps": args.sweeps, "seed": args.seed}
     args.out.mkdir(parents=True, exist_ok=True)
+    earlier, commands = earlier_rows(args.out / "ptq_transformer.json", settings)
+    commands = [c for c in commands if c != command] + [command]
+    notes = (f"\nCommands: {', '.join(f'`{c}`' for c in commands)}\nall-MiniLM-L6-v2, every encoder Linear; "
+             f"{args.calib} calibration and {args.eval} evaluation sentences from standard-library docstrings (Python "
+             f"{env['python']}); BQQ sweeps {args.sweeps or 'auto'}; {env['threads']} threads.\n")
     rows = []
     for bits in args.bits:
         for spec in args.rows:
             rows.append(run_row(fp, bits, spec, calib, evaluation, reference, opts, args))
-            # Written after every row, so an interrupted run keeps what it measured.
-            (args.out / "ptq_transformer.md").write_text(format_table(rows) + "\n" + notes)
+            # Written after every row, so an interrupted run keeps what it measured; rows of earlier runs
+            # with the same settings stay unless measured again.
+            done = {(r["bits"], r["row"]) for r in rows}
+            table = sorted([r for r in earlier if (r["bits"], r["row"]) not in done] + rows, key=lambda r: r["bits"])
+            (args.out / "ptq_transformer.md").write_text(format_table(table) + "\n" + notes)
             (args.out / "ptq_transformer.json").write_text(json.dumps(
-                {"env": env, "rows": rows, "calib": args.calib, "eval": args.eval, "sweeps": args.sweeps}, indent=2))
+                {"env": env, "rows": table, "commands": commands, **settings}, indent=2))
     print(format_table(rows))
+
+
+def earlier_rows(path: Path, settings: dict) -> tuple[list[dict], list[str]]:
+    """Rows and commands of an earlier run written to ``path`` with the same ``settings`` (else none)."""
+    if not path.exists():
+        return [], []
+    old = json.loads(path.read_text())
+    if any(old.get(k) != v for k, v in settings.items()):
+        print(f"{path}: written with other settings; starting a new table", flush=True)
+        return [], []
+    return old.get("rows", []), old.get("commands", [])
 
 
 def parse_row(spec: str) -> tuple[str, bool, str | None, int]:
