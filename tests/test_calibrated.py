@@ -403,3 +403,29 @@ def test_a_massive_input_channel_is_capped_before_bqq_sees_it():
     corr = lambda m: m / np.sqrt(np.outer(np.diag(m), np.diag(m)))  # noqa: E731
     np.testing.assert_allclose(corr(capped), corr(h), atol=1e-12)
     np.testing.assert_allclose(clipped_channels(h, 1e9), h, rtol=1e-12)
+
+
+def test_auto_compares_candidates_with_massive_channels_capped():
+    """A candidate that reproduces one huge input channel and wrecks the others must not win."""
+    from bqq.ptq.quantize import relative_error, select
+
+    class Rebuilt:  # the one thing select() reads from a candidate
+        def __init__(self, w_hat):
+            self.w_hat = w_hat
+
+        def _dequantize64(self):
+            return self.w_hat
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 32))
+    h = np.eye(32)
+    h[5, 5] = 600.0  # a massive activation channel
+    h = prepare_hessian(h)
+    channel_only = w + rng.standard_normal(w.shape)  # every column off by ~100 % ...
+    channel_only[:, 5] = w[:, 5]  # ... except the massive one, exact
+    the_rest = w + 0.1 * rng.standard_normal(w.shape)
+    the_rest[:, 5] = 0.0
+    candidates = {"a": Rebuilt(channel_only), "b": Rebuilt(the_rest)}
+    assert relative_error(w, candidates["a"], h) < relative_error(w, candidates["b"], h)  # raw H ranks it first
+    best, info = select(candidates, w, h)
+    assert best is candidates["b"] and info["objective"] == "output"

@@ -17,9 +17,9 @@ from ..api import method_config
 from ..common import dtype_name, progress_bar, replace_module
 from ..grouping import GroupGrid
 from ..methods import get_method
-from ..methods.bqq import solver_device
+from ..methods.bqq import BQQConfig, solver_device
 from ..quantized import QuantizedMatrix
-from ..solver import prepare_hessian
+from ..solver import clipped_channels, prepare_hessian
 from .calibrate import Calibration, calibrate
 from .hessian import collect_hessians, first_batch, input_stages
 from .modules import QuantizedConv2d, QuantizedLinear
@@ -162,7 +162,15 @@ def select(solved: dict[str, QuantizedMatrix], w: np.ndarray, hessian: np.ndarra
            ) -> tuple[QuantizedMatrix, dict[str, Any]]:
     """The candidate with the lowest relative error (the first of equal ones: candidates come in
     preference order) and what was measured: ``{"rel_error": e, "candidates": {method: e}}``. With
-    ``hessian`` the error is the output error (:func:`relative_error`)."""
+    ``hessian`` the error is the output error (:func:`relative_error`) with input channels capped as
+    BQQ's objective caps them (:func:`bqq.solver.clipped_channels`, ``BQQConfig.channel_clip``).
+
+    Why capped: under a raw H one "massive" input channel can dominate the measure and rank candidates
+    backwards. MiniLM layer 0's FFN output (one channel 636x the median): a BQQ fit of that channel at
+    the cost of all others scored 0.19 and broke the model (embedding cosine 0.66), GPTQ scored 0.97
+    and kept it (0.994)."""
+    if hessian is not None:
+        hessian = clipped_channels(hessian, BQQConfig.channel_clip)
     errors = {name: relative_error(w, q, hessian) for name, q in solved.items()}
     best = min(errors, key=errors.get)
     return solved[best], {"rel_error": errors[best], "candidates": errors if len(errors) > 1 else {},
