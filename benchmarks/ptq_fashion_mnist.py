@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 AWARE_ROWS = (("BQQ", "bqq", None, ""), ("auto", "auto", None, ""),
-              ("GPTQ", "gptq", 0, "quantized"), ("GPTQ", "gptq", 0, "float"),
-              ("BQQ (output-aware)", "bqq", 0, "float"), ("BQQ (output-aware)", "bqq", 0, "quantized"),
-              ("auto (output-aware)", "auto", 0, "float"), ("auto (output-aware)", "auto", 0, "quantized"),
-              ("auto (output-aware) + c-BQQ", "auto", 15, "float"))
+              *[(label, method, 0, inputs) for label, method in (("GPTQ", "gptq"), ("BQQ (output-aware)", "bqq"),
+                                                                 ("auto (output-aware)", "auto"))
+                for inputs in ("float", "quantized", "corrected")],
+              ("auto (output-aware) + c-BQQ", "auto", 15, "float"),
+              ("auto (output-aware) + c-BQQ", "auto", 15, "corrected"))
 
 
 def aware_table(args: argparse.Namespace) -> None:
@@ -207,7 +208,8 @@ def aware_table(args: argparse.Namespace) -> None:
                          "quantize_s": seconds, "layers": bqq.ptq.layer_report(q)})
             star = "*" if method == "bqq" else ""
             how = "none" if calib is None else "H" + (f" + {epochs} epochs" if epochs else "")
-            source = {"float": "FP model", "quantized": "quantized model"}.get(inputs, "–")
+            source = {"float": "FP model", "quantized": "quantized model",
+                      "corrected": "quantized model, FP outputs as targets"}.get(inputs, "–")
             lines.append(f"| {bits}{star} | {label} | {how} | {source} | {acc:.2f} | {acc - fp_acc:+.2f} | "
                          f"{rows[-1]['bits_per_weight']:.3f} | {seconds:.0f} |")
             print(lines[-1], flush=True)

@@ -17,7 +17,8 @@ similarities of the quantized and the FP embeddings, bits per weight, and the qu
 
 Rows: a method name is data-free; ``method+`` is calibrated with ``bqq.Calibration``'s defaults (each
 layer solved under its output error on the calibration sentences, H from the FP model), ``method+quantized``
-with each layer's H from the already-quantized layers before it (GPTQ's order), ``method+float`` says
+with each layer's H from the already-quantized layers before it (GPTQ's order), ``method+corrected``
+the same with the FP model's layer outputs as targets (``inputs="corrected"``), ``method+float`` says
 the default explicitly; a further ``+tune`` adds c-BQQ (biases and LayerNorms tuned for ``TUNE_EPOCHS``
 epochs on the calibration sentences to match the FP hidden states), e.g. ``auto++tune``. ``auto+``
 picks per layer among BQQ, GPTQ, UQ and BCQ by output error; ``bqq+`` is output-aware BQQ alone;
@@ -43,6 +44,7 @@ from scipy.stats import spearmanr
 
 import bqq
 from bqq.compat import import_transformers
+from bqq.ptq.calibrate import INPUT_MODES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOC_MODULES = ("argparse", "asyncio", "collections", "concurrent.futures", "contextlib", "csv", "dataclasses",
@@ -169,9 +171,10 @@ def parse_row(spec: str) -> tuple[str, bool, str | None, int]:
     "auto+float+tune" -> (..., TUNE_EPOCHS)."""
     method, plus, rest = spec.partition("+")
     parts = set(rest.split("+")) - {""}
-    if not parts <= {"float", "quantized", "tune"} or {"float", "quantized"} <= parts:
-        raise SystemExit(f"bad row {spec!r}: method[+[float|quantized][+tune]]")
-    inputs = next((p for p in ("float", "quantized") if p in parts), None)
+    modes = parts & set(INPUT_MODES)
+    if not parts <= {*INPUT_MODES, "tune"} or len(modes) > 1:
+        raise SystemExit(f"bad row {spec!r}: method[+[{'|'.join(INPUT_MODES)}][+tune]]")
+    inputs = modes.pop() if modes else None
     return method, bool(plus), inputs, TUNE_EPOCHS if "tune" in parts else 0
 
 
@@ -211,7 +214,8 @@ def format_table(rows: list[dict]) -> str:
         method, calibrated, inputs, epochs = parse_row(r["row"])
         label = method if method == "auto" else method.upper()
         if calibrated:
-            label += f" ({'quantized' if inputs == 'quantized' else 'FP'} inputs)"
+            label += {"quantized": " (quantized inputs)", "corrected": " (quantized inputs, FP targets)"}.get(
+                inputs, " (FP inputs)")
         label += f" + c-BQQ {epochs} epochs" if epochs else ""
         chosen = ", ".join(f"{k} {v}" for k, v in sorted(r["chosen"].items()))
         lines.append(f"| {r['bits']}{'*' if method == 'bqq' else ''} | {label} | "

@@ -1,5 +1,7 @@
 """Data-aware quantization: H collection, the output-aware BQQ solver and refit, GPTQ, the calibrated model pass."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ import bqq
 from bqq.methods.bqq import inner_dim
 from bqq.methods.gptq import encode_rows
 from bqq.methods.uniform import encode
-from bqq.ptq.hessian import collect_hessians, input_stages
+from bqq.ptq.hessian import collect_cross_moments, collect_hessians, input_stages
 from bqq.ptq.runner import layer_seed
 from bqq.solver import clipped_channels, column_blocks, prepare_hessian, refit_scalars, solve_sign_factors
 from bqq_kernels.cpu import coupled_row_sweep, gram, row_sweep
@@ -305,7 +307,7 @@ def test_a_calibrated_layer_equals_compress_with_its_hessian():
     assert model.blocks[1].fc1.selection["objective"] == "output"
 
 
-@pytest.mark.parametrize("inputs", ["quantized", "float"])
+@pytest.mark.parametrize("inputs", ["quantized", "float", "corrected"])
 def test_calibrated_auto_beats_data_free_on_held_out_inputs(inputs, tmp_path):
     fp = tiny()
     batches = calibration_batches(24)
@@ -314,11 +316,41 @@ def test_calibrated_auto_beats_data_free_on_held_out_inputs(inputs, tmp_path):
     aware = bqq.quantize(tiny(), bits=2, calibration=bqq.Calibration(data, inputs=inputs), **FAST)
     ref = outputs(fp, held_out)
     err = {name: float(((outputs(m, held_out) - ref) ** 2).mean()) for name, m in (("free", free), ("aware", aware))}
-    assert err["aware"] < 0.85 * err["free"]  # measured: 0.76 (quantized inputs), 0.69 (float)
+    assert err["aware"] < 0.85 * err["free"]  # measured: 0.76 (quantized inputs), 0.69 (float), 0.30 (corrected)
     assert all("gptq" in layer.selection["candidates"] for _, layer in quantized_layers(aware))
     bqq.save_quantized(aware, tmp_path / "aware.safetensors")
     restored = bqq.load_quantized(tmp_path / "aware.safetensors", tiny(seed=9))
     assert torch.equal(outputs(restored, held_out), outputs(aware, held_out))
+
+
+def test_corrected_inputs_fit_the_float_model_from_quantized_inputs():
+    fp = tiny()
+    batches = calibration_batches(24)
+    data, held_out = batches[:16], batches[16:]
+    ref = outputs(fp, held_out)
+    err = {}
+    for inputs in ("quantized", "corrected"):
+        q = bqq.quantize(tiny(), bits=2, method="gptq", calibration=bqq.Calibration(data, inputs=inputs))
+        err[inputs] = float(((outputs(q, held_out) - ref) ** 2).mean())
+    assert err["corrected"] < 0.7 * err["quantized"]  # measured: 0.53
+
+
+def test_cross_moments_pair_the_float_and_the_quantized_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        model[0].weight.add_(0.3 * torch.randn(8, 6))  # the "quantized" first layer
+    data = [torch.randn(5, 6) for _ in range(3)]
+    (h, cross, count), = collect_cross_moments(model, reference, ["2"], data).values()
+    x = torch.cat([torch.relu(reference[0](b)) for b in data]).double().detach()
+    x_q = torch.cat([torch.relu(model[0](b)) for b in data]).double().detach()
+    assert count == 15
+    torch.testing.assert_close(h, x_q.T @ x_q)
+    torch.testing.assert_close(cross, x.T @ x_q)
+    # Before anything is quantized both sides agree: C equals H (and the corrected target is W itself).
+    _, same_cross, _ = collect_cross_moments(reference, copy.deepcopy(reference), ["2"], data)["2"]
+    torch.testing.assert_close(same_cross, collect_hessians(reference, ["2"], data)["2"][0])
 
 
 def quantized_layers(model):

@@ -27,7 +27,7 @@ from .modules import cached_weights, trainable_scalars
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-INPUT_MODES = ("quantized", "float")
+INPUT_MODES = ("float", "quantized", "corrected")
 
 
 @dataclass
@@ -43,9 +43,10 @@ class Calibration:
         inputs: where each layer's x comes from. ``"float"`` (default): every H from the floating-point
             model, in one pass over ``data``; ``"quantized"``: layers are quantized in forward order,
             each seeing the outputs of the already-quantized layers before it (GPTQ's order; one
-            partial forward per stage). Chosen by measurement (README, "Data-aware quantization"):
-            FP inputs did better for BQQ and ``"auto"`` on MiniLM and on the Fashion-MNIST ViT, and
-            cost one forward pass; GPTQ alone does better with ``"quantized"``.
+            partial forward per stage); ``"corrected"``: as ``"quantized"``, but each layer fits the FP
+            model's outputs W x from its quantized inputs x̃ (minimizes Σ ‖W x - Ŵ x̃‖², so errors made
+            upstream get corrected; it runs the FP model beside it). The default is chosen by
+            measurement (README, "Data-aware quantization").
         epochs, lr: c-BQQ after quantization: Adam on biases and norm parameters for ``epochs`` passes
             over ``data`` (0: none).
         refit_scales: in c-BQQ, also train the FP32 scalars of groups with binary codes (BQQ, BCQ), the

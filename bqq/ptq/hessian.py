@@ -64,44 +64,76 @@ def collect_hessians(model: nn.Module, names: Sequence[str], data: Iterable[Any]
     modules = {name: model.get_submodule(name) for name in names}
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
-    seen: set[str] = set()
-    state: dict[str, Any] = {}
+    for batch in data:
+        for name, rows in _batch_inputs(model, modules, batch).items():
+            _accumulate(sums, name, rows, rows)
+            counts[name] += rows.shape[0]
+    return {name: (_sum_or_zeros(sums, name, m), counts[name]) for name, m in modules.items()}
+
+
+def collect_cross_moments(model: nn.Module, reference: nn.Module, names: Sequence[str], data: Iterable[Any],
+                          ) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    """For each named layer (H, C, count): H = Σ x̃ x̃ᵀ over its inputs x̃ in ``model`` and C = Σ x x̃ᵀ with
+    x the same layer's inputs in ``reference`` (the floating-point model) on the same tokens, (n, n)
+    float64 on the CPU. With them, Σ ‖W x - Ŵ x̃‖² = tr((W' - Ŵ) H (W' - Ŵ)ᵀ) + const for W' = W C H⁻¹:
+    a layer can fit the FP model's outputs from inputs that carry the errors of the layers before it."""
+    modules = {name: model.get_submodule(name) for name in names}
+    references = {name: reference.get_submodule(name) for name in names}
+    sums: dict[str, torch.Tensor] = {}
+    cross: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(names, 0)
+    for batch in data:
+        fp_rows = _batch_inputs(reference, references, batch)
+        for name, rows in _batch_inputs(model, modules, batch).items():
+            fp = fp_rows.get(name)
+            if fp is None or fp.shape != rows.shape:
+                raise ValueError(f"layer {name!r}: the reference model's inputs do not match the quantized "
+                                 f"model's ({None if fp is None else tuple(fp.shape)} vs {tuple(rows.shape)})")
+            _accumulate(sums, name, rows, rows)
+            _accumulate(cross, name, fp, rows)
+            counts[name] += rows.shape[0]
+    return {name: (_sum_or_zeros(sums, name, m), _sum_or_zeros(cross, name, m), counts[name])
+            for name, m in modules.items()}
+
+
+def _batch_inputs(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any) -> dict[str, torch.Tensor]:
+    """The rows each of ``modules`` multiplies in one forward of ``model`` on ``batch`` (the forward stops
+    once all have been seen; a layer the batch does not reach is absent)."""
+    rows: dict[str, torch.Tensor] = {}
+    mask = _token_mask(batch)
 
     def hook(name: str):
         def record(module: nn.Module, args: tuple) -> None:
-            rows = layer_inputs(module, args[0].detach(), state.get("mask"))
-            # One batch's product in the input's precision (float32: 2-4x faster than float64 on a
-            # CPU, relative error ~1e-6 over thousands of rows), summed over batches in float64.
-            product = (rows.T @ rows).double()
-            sums[name] = sums[name] + product if name in sums else product
-            counts[name] += rows.shape[0]
-            seen.add(name)
-            if len(seen) == len(modules):
+            rows.setdefault(name, layer_inputs(module, args[0].detach(), mask))
+            if len(rows) == len(modules):
                 raise _StopForward
         return record
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
-    device = _device(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for batch in data:
-                seen.clear()
-                state["mask"] = _token_mask(batch)
-                try:
-                    run_model(model, batch, device)
-                except _StopForward:
-                    pass
+            run_model(model, batch, _device(model))
+    except _StopForward:
+        pass
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    out = {}
-    for name, module in modules.items():
-        n = module.weight[0].numel()
-        out[name] = (sums[name].cpu() if name in sums else torch.zeros(n, n, dtype=torch.float64), counts[name])
-    return out
+    return rows
+
+
+def _accumulate(sums: dict[str, torch.Tensor], name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    """sums[name] += aᵀ b: one batch's product in the inputs' precision (float32: 2-4x faster than float64
+    on a CPU, relative error ~1e-6 over thousands of rows), summed over batches in float64."""
+    product = (a.T @ b).double()
+    sums[name] = sums[name] + product if name in sums else product
+
+
+def _sum_or_zeros(sums: dict[str, torch.Tensor], name: str, module: nn.Module) -> torch.Tensor:
+    n = module.weight[0].numel()
+    return sums[name].cpu() if name in sums else torch.zeros(n, n, dtype=torch.float64)
 
 
 def input_stages(model: nn.Module, names: Sequence[str], batch: Any) -> list[list[str]]:

@@ -21,7 +21,7 @@ from ..methods.bqq import BQQConfig, solver_device
 from ..quantized import QuantizedMatrix
 from ..solver import clipped_channels, prepare_hessian
 from .calibrate import Calibration, calibrate
-from .hessian import collect_hessians, first_batch, input_stages
+from .hessian import collect_cross_moments, collect_hessians, first_batch, input_stages
 from .modules import QuantizedConv2d, QuantizedLinear
 from .plan import AUTO, PAPER_GROUPS, LayerPlan, plan_layers
 from .report import format_report, layer_report
@@ -95,7 +95,8 @@ def quantize(
     aware = calibration is not None and calibration.output_aware
     for plan in plans:
         _validate(plan, aware)
-    teacher = copy.deepcopy(model) if calibration is not None and calibration.epochs > 0 else None
+    needs_teacher = calibration is not None and (calibration.epochs > 0 or calibration.inputs == "corrected")
+    teacher = copy.deepcopy(model) if needs_teacher else None
     if device is None:
         device = next((p.device for p in model.parameters()), None)
     run = {"workers": workers, "cache_dir": cache_dir, "progress": progress, "device": solver_device(device)}
@@ -105,28 +106,58 @@ def quantize(
         by_name = {plan.name: plan for plan in plans}
         batch = first_batch(calibration.data)  # fails now on empty data, before any work
         stages = [list(by_name)]
-        if calibration.inputs == "quantized":
+        if calibration.inputs != "float":
             stages = input_stages(model, list(by_name), batch)
         for stage in progress_bar(stages, progress=progress if len(stages) > 1 else False, desc="stages", unit="stage"):
-            stats = collect_hessians(model, stage, calibration.data)
-            hessians = {name: prepare_hessian(h.numpy()) for name, (h, count) in stats.items()
-                        if count > 0 and float(h.diagonal().sum()) > 0}  # no data: the layer falls back to data-free
-            _quantize_layers(model, [by_name[name] for name in stage], hessians, seed, run)
+            hessians, targets = _stage_statistics(model, teacher, stage, calibration)
+            _quantize_layers(model, [by_name[name] for name in stage], hessians, seed, run, targets)
     if teacher is not None:
         calibrate(model, teacher, calibration, progress=progress)
     log.info("bqq.quantize: %d layers\n%s", len(plans), format_report(layer_report(model)))
     return model
 
 
+# With inputs="corrected": a layer's target W' = W (C + λI)(H + λI)⁻¹ minimizes Σ ‖W x - W' x̃‖² + λ‖W' - W‖²
+# (x the FP model's inputs, x̃ the quantized model's), λ this fraction of H's mean diagonal: pulled towards
+# W, not towards 0, in directions the calibration data rarely excites.
+CORRECTION_DAMPING = 0.1
+
+
+def _stage_statistics(model: nn.Module, teacher: nn.Module | None, stage: list[str], calibration: Calibration
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Prepared H per layer of ``stage`` that saw data (the others fall back to data-free), and with
+    ``inputs="corrected"`` the corrected target W' per layer (:func:`~bqq.ptq.hessian.collect_cross_moments`)."""
+    hessians, targets = {}, {}
+    if calibration.inputs == "corrected":
+        moments = collect_cross_moments(model, teacher, stage, calibration.data)
+    else:
+        stats = collect_hessians(model, stage, calibration.data)
+        moments = {name: (h, None, count) for name, (h, count) in stats.items()}
+    for name, (h, cross, count) in moments.items():
+        if count == 0 or not float(h.diagonal().sum()) > 0:
+            continue
+        hessians[name] = prepare_hessian(h.numpy())
+        if cross is not None and not torch.equal(cross, h):  # equal: no error upstream yet, W' = W
+            weight = teacher.get_submodule(name).weight.detach()
+            w = weight.reshape(weight.shape[0], -1).cpu().double().numpy()
+            h, cross = h.numpy(), cross.numpy()
+            ridge = CORRECTION_DAMPING * float(np.trace(h)) / len(h) * np.eye(len(h))
+            targets[name] = np.linalg.solve((h + h.T) / 2 + ridge, (w @ (cross + ridge)).T).T
+    return hessians, targets
+
+
 def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[str, np.ndarray], seed: int,
-                     run: dict[str, Any]) -> None:
+                     run: dict[str, Any], targets: dict[str, np.ndarray] | None = None) -> None:
     """Solve every candidate of every layer in ``plans`` (one job per group, or per layer for
-    ``whole_matrix`` methods), keep the best per layer and swap the modules in."""
+    ``whole_matrix`` methods), keep the best per layer and swap the modules in. ``targets``: a matrix
+    to quantize instead of a layer's weight (same shape)."""
     modules = dict(model.named_modules())
     jobs, grids, weights = [], {}, {}
     for plan in plans:
         grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
         weights[plan.name], dtype = _weight_matrix(plan, modules[plan.name].weight)
+        if targets and plan.name in targets:
+            weights[plan.name] = targets[plan.name].astype(weights[plan.name].dtype)
         h = hessians.get(plan.name)
         for name, settings in candidates(plan, h is not None).items():
             jobs += _layer_jobs(plan, weights[plan.name], dtype, name, settings, grid, layer_seed(seed, plan.name), h)
