@@ -176,10 +176,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 AWARE_ROWS = (("BQQ", "bqq", None, ""), ("auto", "auto", None, ""),
-              *[(label, method, 0, inputs) for label, method in (("GPTQ", "gptq"), ("BQQ (output-aware)", "bqq"),
-                                                                 ("auto (output-aware)", "auto"))
-                for inputs in ("float", "quantized", "corrected")],
-              ("auto (output-aware) + c-BQQ", "auto", 15, "float"),
+              ("GPTQ", "gptq", 0, "quantized"), ("GPTQ", "gptq", 0, "corrected"),
+              ("BQQ (output-aware)", "bqq", 0, "float"), ("BQQ (output-aware)", "bqq", 0, "corrected"),
+              ("auto (output-aware)", "auto", 0, "float"), ("auto (output-aware)", "auto", 0, "corrected"),
               ("auto (output-aware) + c-BQQ", "auto", 15, "corrected"))
 
 

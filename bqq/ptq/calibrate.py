@@ -40,13 +40,14 @@ class Calibration:
             tokenizer's output, for Hugging Face models; padding tokens are left out of H).
         output_aware: solve each layer under tr((W - Ŵ) H (W - Ŵ)ᵀ) with H = Σ x xᵀ over its inputs
             (BQQ and GPTQ use H; under ``method="auto"`` the candidates are compared by this error).
-        inputs: where each layer's x comes from. ``"float"`` (default): every H from the floating-point
-            model, in one pass over ``data``; ``"quantized"``: layers are quantized in forward order,
-            each seeing the outputs of the already-quantized layers before it (GPTQ's order; one
-            partial forward per stage); ``"corrected"``: as ``"quantized"``, but each layer fits the FP
-            model's outputs W x from its quantized inputs x̃ (minimizes Σ ‖W x - Ŵ x̃‖², so errors made
-            upstream get corrected; it runs the FP model beside it). The default is chosen by
-            measurement (README, "Data-aware quantization").
+        inputs: where each layer's x comes from. ``"corrected"`` (default): layers are quantized in
+            forward order; each sees the outputs of the already-quantized layers before it (x̃) and fits
+            the FP model's outputs W x from them: minimizes Σ ‖W x - Ŵ x̃‖², so errors made upstream get
+            corrected (the FP model runs beside it; one partial forward of both per stage).
+            ``"quantized"``: the same order with the target W x̃ (GPTQ's); ``"float"``: every H from
+            the FP model in one pass (cheapest; errors add up downstream). The default is chosen by
+            measurement (README, "Data-aware quantization": MiniLM 2* BQQ embedding cosine 0.898
+            corrected, 0.670 quantized, 0.756 float).
         epochs, lr: c-BQQ after quantization: Adam on biases and norm parameters for ``epochs`` passes
             over ``data`` (0: none).
         refit_scales: in c-BQQ, also train the FP32 scalars of groups with binary codes (BQQ, BCQ), the
@@ -55,7 +56,7 @@ class Calibration:
 
     data: Iterable[Any]
     output_aware: bool = True
-    inputs: str = "float"
+    inputs: str = "corrected"
     epochs: int = 0
     lr: float = 1e-3
     refit_scales: bool = False
