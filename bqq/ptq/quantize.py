@@ -73,9 +73,11 @@ def quantize(
         overrides: fnmatch pattern -> settings for the layers it matches, e.g. ``{"head": {"bits": 4}}``.
         calibration: None for data-free PTQ; a DataLoader of calibration batches (or a
             :class:`Calibration` for its settings): each layer is then solved under its output error
-            Σ‖(W − Ŵ) x‖² over its calibration inputs x (BQQ and GPTQ; ``"auto"`` adds GPTQ to its
-            candidates and compares them by that error), layer after layer in forward order; with
-            ``Calibration(epochs=k)`` biases and norms are then tuned for k epochs (c-BQQ).
+            over its calibration inputs (BQQ and GPTQ; ``"auto"`` adds GPTQ to its candidates and
+            compares them by that error), by default layer after layer in forward order, each fitting
+            the FP model's outputs from the inputs the already-quantized layers give it
+            (``Calibration.inputs``); with ``Calibration(epochs=k)`` biases and norms are then tuned for
+            k epochs (c-BQQ).
         workers: None (this process), a number of local processes, or a ``concurrent.futures.Executor``.
         cache_dir: persist each finished group; a rerun with the same arguments resumes.
         seed: every layer's seed derives from it and the layer name.
