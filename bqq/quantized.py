@@ -103,11 +103,10 @@ class QuantizedMatrix(abc.ABC):
     group_fields: ClassVar[tuple[GroupField, ...]] = ()
     meta_key: ClassVar[str | None] = None   # manifest key of the per-group int ("ranks", "centroids")
     meta_attr: ClassVar[str | None] = None  # its attribute ("ranks", "counts")
-    # Methods that solve the output-aware objective tr((W - Ŵ) H (W - Ŵ)ᵀ) take ``hessian=`` in quantize.
+    # Methods that solve the output-aware objective tr((W - Ŵ) H (W - Ŵ)ᵀ) take ``hessian=`` in quantize;
+    # H couples the columns of all groups, so with calibration data the model pass gives such a method the
+    # whole layer as one job.
     output_aware: ClassVar[bool] = False
-    # Methods whose groups cannot be solved apart under H (GPTQ carries errors across all columns, BQQ
-    # across column blocks): with calibration data the model pass gives them the whole layer as one job.
-    whole_matrix: ClassVar[bool] = False
     # Methods whose quantize takes ``device=`` (a torch.device from bqq.methods.bqq.solver_device, or None
     # for the CPU); the others run on the CPU whatever the device.
     solves_on_devices: ClassVar[bool] = False

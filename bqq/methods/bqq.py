@@ -133,7 +133,6 @@ class BQQMatrix(QuantizedMatrix):
     bits_meaning = "stacks p: p binary products per group, about p bits per weight (the paper's p*)"
     meta_key = meta_attr = "ranks"
     output_aware = True
-    whole_matrix = True
     solves_on_devices = True
     group_fields = (
         GroupField("y", "uint8", lambda g: (g.bits, g.rows, packed_length(g.meta)), packed_bits=lambda g: g.meta),

@@ -6,7 +6,7 @@ how the codes are chosen: columns are rounded one at a time, in order, and each 
 error is pushed onto the columns not yet rounded so as to minimize the output error
 tr((W - Ŵ) H (W - Ŵ)ᵀ), using the upper Cholesky factor of H⁻¹ (GPTQ's "lazy batch" form: exact
 updates inside blocks of ``block_size`` columns, one matrix product for the rest). The error flows
-across column groups, so a layer is solved as a whole (``whole_matrix``). Without ``hessian`` (a layer
+across column groups, so the model pass solves a layer as a whole. Without ``hessian`` (a layer
 that saw no data) the codes are round-to-nearest, i.e. UQ's.
 """
 
@@ -64,7 +64,6 @@ class GPTQMatrix(UQMatrix):
 
     config_class = GPTQConfig
     output_aware = True
-    whole_matrix = True
     bits_meaning = "code width b: b-bit integer codes per weight (GPTQ-rounded), plus a zero point and a step per group"
 
     @classmethod

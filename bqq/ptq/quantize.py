@@ -151,7 +151,7 @@ def _stage_statistics(model: nn.Module, teacher: nn.Module | None, stage: list[s
 def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[str, np.ndarray], seed: int,
                      run: dict[str, Any], targets: dict[str, np.ndarray] | None = None) -> None:
     """Solve every candidate of every layer in ``plans`` (one job per group, or per layer for
-    ``whole_matrix`` methods), keep the best per layer and swap the modules in. ``targets``: a matrix
+    output-aware methods with data), keep the best per layer and swap the modules in. ``targets``: a matrix
     to quantize instead of a layer's weight (same shape)."""
     modules = dict(model.named_modules())
     jobs, grids, weights = [], {}, {}
@@ -225,8 +225,9 @@ def relative_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None
 
 
 def _whole(cls: type[QuantizedMatrix], calibrated: bool) -> bool:
-    """Whether a layer is one job for this method (GPTQ with data carries errors across its groups)."""
-    return cls.whole_matrix and calibrated
+    """Whether a layer is one job for this method: an output-aware method with data (H couples the
+    columns of all groups; GPTQ and BQQ carry errors across column groups)."""
+    return cls.output_aware and calibrated
 
 
 def _validate(plan: LayerPlan, calibrated: bool) -> None:
@@ -251,14 +252,11 @@ def _weight_matrix(plan: LayerPlan, weight: torch.Tensor) -> tuple[np.ndarray, s
 
 def _layer_jobs(plan: LayerPlan, w: np.ndarray, dtype: str, method: str, opts: dict[str, Any], grid: GroupGrid,
                 seed: int, hessian: np.ndarray | None) -> list[GroupJob]:
-    """One job per group (each with the block of H of its columns), or one for the whole layer."""
-    cls = get_method(method)
-    h = hessian if cls.output_aware else None
-    if _whole(cls, h is not None):
-        return [GroupJob(plan.name, 0, w, dtype, method, plan.bits, seed, dict(opts), h, plan.group_shape)]
-    blocks = {} if h is None else {(cs.start, cs.stop): h[cs, cs].copy() for _, _, _, cs in grid.blocks()}
-    return [GroupJob(plan.name, i, w[rs, cs].copy(), dtype, method, plan.bits, seed, dict(opts),
-                     blocks.get((cs.start, cs.stop))) for i, (_, _, rs, cs) in enumerate(grid.blocks())]
+    """One job per group, or one for the whole layer with its H (:func:`_whole`)."""
+    if _whole(get_method(method), hessian is not None):
+        return [GroupJob(plan.name, 0, w, dtype, method, plan.bits, seed, dict(opts), hessian, plan.group_shape)]
+    return [GroupJob(plan.name, i, w[rs, cs].copy(), dtype, method, plan.bits, seed, dict(opts))
+            for i, (_, _, rs, cs) in enumerate(grid.blocks())]
 
 
 def _quantized_module(module: nn.Module, weight: QuantizedMatrix) -> nn.Module:

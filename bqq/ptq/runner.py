@@ -1,8 +1,8 @@
 """Solving the groups of many layers: in-process, in local processes, or on any Executor; resumable.
 
-Every group of every layer is one job (a whole layer for a method that carries errors across its
-groups: GPTQ with calibration data). Jobs are independent (group g of a layer draws its randomness
-from (layer seed, g), the layer seed from the run seed and the layer name), so they can run anywhere
+Every group of every layer is one job (a whole layer for an output-aware method with calibration
+data: H couples its groups). Jobs are independent (group g of a layer draws its randomness from
+(layer seed, g), the layer seed from the run seed and the layer name), so they can run anywhere
 and in any order, and the assembled layer equals ``bqq.compress(weight, group_size=..., seed=layer
 seed)`` bit for bit. With a cache folder each finished group is written atomically as its own packed
 file named by a hash of everything that determines it; a rerun loads those and solves the rest.
