@@ -51,7 +51,9 @@ def test_v1_model_file_loads_with_one_grouped_weight_per_layer(tmp_path, expecte
     assert layers["4"].qweight.method == "uq" and layers["2"].qweight.method == "bqq"
     with torch.no_grad():
         out = model(expected["model_input"])
-    assert torch.equal(out, expected["model_output"])  # same codes, same kernel: identical outputs
+    # Same codes; the CPU kernel's float32 sums follow the machine's SIMD width, so another machine's
+    # output may differ in the last bits (seen: 1.5e-8); on one machine it is exact (the v2 round trip below).
+    torch.testing.assert_close(out, expected["model_output"], rtol=1e-6, atol=1e-7)
     bqq.save_quantized(model, tmp_path / "v2.safetensors")
     _, manifest, _ = read_file(tmp_path / "v2.safetensors")
     assert sorted(manifest["objects"]) == ["0.weight", "2.weight", "4.weight"]
