@@ -178,8 +178,18 @@ def _print_selection(config: dict) -> None:
         selection = layer.get("selection") or {}
         error = selection.get("rel_error")
         others = format_candidates(selection.get("candidates", {}))
+        shared = layer.get("shared_with") or []
         print(f"    {name}: {layer.get('method')} rel_error={'?' if error is None else f'{error:.4f}'}"
-              + (f" (candidates: {others})" if others else ""))
+              + (f" (candidates: {others})" if others else "")
+              + (f" (weight shared with {', '.join(shared)})" if shared else ""))
+    coverage = config.get("coverage")
+    if coverage:
+        print(f"  coverage: {coverage['quantized_params']:,} of {coverage['total_params']:,} parameters quantized "
+              f"({100 * coverage['quantized_fraction']:.1f} %), {coverage['bits_per_weight']:.3f} bits per quantized "
+              f"weight, {coverage['model_bits_per_param']:.3f} bits per parameter over the whole model "
+              "(FP leftovers at their dtype)")
+    for name, reason in (config.get("left_fp") or {}).items():
+        print(f"    left FP: {name}: {reason}")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ folder under the name ``kernels`` (it is ``bqq_kernels``).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -51,6 +52,9 @@ def import_transformers() -> ModuleType:
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
     _hide_source_kernels_folder()
+    # transformers 5.x turns Hub kernels on by default in from_pretrained and then raises when the `kernels`
+    # package is absent (seen with 5.25); they download code at run time anyway, which bqq never wants.
+    os.environ.setdefault("USE_HUB_KERNELS", "NO")
     return importlib.import_module("transformers")
 
 

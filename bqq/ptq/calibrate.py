@@ -24,7 +24,18 @@ from ..common import progress_bar
 from .hessian import run_model
 from .modules import cached_weights, trainable_scalars
 
-NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", nn.LayerNorm), nn.LocalResponseNorm,
+              nn.modules.batchnorm._NormBase)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalization layer: one of torch's (LayerNorm, RMSNorm, GroupNorm, every
+    BatchNorm/InstanceNorm), or any module whose class is named like one (timm's, transformers'
+    ``LlamaRMSNorm``, ``T5LayerNorm``, ...) and holds only vectors."""
+    if isinstance(module, NORM_TYPES):
+        return True
+    params = list(module.parameters(recurse=False))
+    return "norm" in type(module).__name__.lower() and bool(params) and all(p.dim() <= 1 for p in params)
 
 
 INPUT_MODES = ("float", "quantized", "corrected")
@@ -81,7 +92,7 @@ def tunable_parameters(model: nn.Module) -> list[nn.Parameter]:
     chosen: dict[int, nn.Parameter] = {}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if name == "bias" or isinstance(module, NORM_TYPES):
+            if name == "bias" or is_norm(module):
                 chosen[id(p)] = p
     return list(chosen.values())
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import LayerKind, layer_kind, matrix_shape
+
 
 class _StopForward(Exception):
     """Raised by a hook once every layer of interest has seen its input: the rest of the forward is skipped."""
@@ -132,7 +134,8 @@ def _accumulate(sums: dict[str, torch.Tensor], name: str, a: torch.Tensor, b: to
 
 
 def _sum_or_zeros(sums: dict[str, torch.Tensor], name: str, module: nn.Module) -> torch.Tensor:
-    n = module.weight[0].numel()
+    kind = layer_kind(module)
+    n = matrix_shape(module, kind)[1] if isinstance(kind, LayerKind) else module.weight[0].numel()
     return sums[name].cpu() if name in sums else torch.zeros(n, n, dtype=torch.float64)
 
 

@@ -1,4 +1,6 @@
-"""Modules whose weight is stored quantized: `QuantizedLinear`, `QuantizedConv2d`.
+"""Modules whose weight is stored quantized: `QuantizedLinear`, `QuantizedConv2d`, and `QuantizedWeight`,
+the parametrization that gives any other module (a subclass with its own ``forward``, a grouped
+convolution, a tied weight) its dequantized weight while it keeps its own ``forward``.
 
 A layer's weight (out, in) — for a convolution (out, in·kh·kw) — is one grouped
 :class:`~bqq.quantized.QuantizedMatrix` (``layer.qweight``), the same object ``bqq.compress`` returns
@@ -16,6 +18,7 @@ in its input's dtype (the Triton kernels natively, the CPU kernel in fp32 with o
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 import bqq_kernels
 
@@ -102,6 +106,11 @@ class _QuantizedLayer(nn.Module):
     def method(self) -> str:
         return self.qweight.method
 
+    def _dense_weight(self) -> torch.Tensor:
+        """Ŵ as (out, in) in the bias's dtype (fp32 without a bias) on the layer's device."""
+        dtype = self.bias.dtype if self.bias is not None else torch.float32
+        return self.weight_matrix(dtype, self._layout_device or torch.device("cpu"))
+
 
 class QuantizedLinear(_QuantizedLayer):
     """Drop-in for ``nn.Linear``: y = x Wᵀ + b with W rebuilt from packed groups."""
@@ -109,6 +118,12 @@ class QuantizedLinear(_QuantizedLayer):
     def __init__(self, weight: QuantizedMatrix, bias: torch.Tensor | None = None) -> None:
         super().__init__(weight, bias)
         self.out_features, self.in_features = weight.shape
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized (out, in) weight, rebuilt at each read: for code that reads ``layer.weight`` the
+        way it would of an ``nn.Linear`` (``nn.TransformerEncoderLayer`` checks it, attention reads it)."""
+        return self._dense_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x)
@@ -157,9 +172,69 @@ class QuantizedConv2d(_QuantizedLayer):
                                              self.stride, strict=True))
         return out.transpose(1, 2).reshape(batch, self.out_channels, h_out, w_out)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized (out, in, kh, kw) kernel, rebuilt at each read (as :attr:`QuantizedLinear.weight`)."""
+        return self._dense_weight().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"method={self.method}, bits_per_weight={self.qweight.bits_per_weight:.4f}")
+
+
+class QuantizedWeight(_QuantizedLayer):
+    """A parametrization of ``module.weight`` by a quantized matrix: the module keeps its class and its
+    ``forward``, and reading ``module.weight`` gives Ŵ in the weight's own shape, dtype and device.
+
+    Installed with :meth:`install`; holds no tensor of its own (nothing dense is stored: Ŵ is rebuilt at
+    each read, or taken from the :func:`cached_weights` cache). ``weight_shape``: the module's weight
+    shape; ``transposed``: the module stores Wᵀ ((in, out), as ``transformers``' ``Conv1D``).
+    """
+
+    def __init__(self, weight: QuantizedMatrix, weight_shape: tuple[int, ...], dtype: torch.dtype,
+                 transposed: bool = False) -> None:
+        super().__init__(weight, None)
+        rows, cols = weight_shape[0], math.prod(weight_shape[1:])
+        if transposed:
+            rows, cols = weight_shape[1], weight_shape[0]
+        if (rows, cols) != tuple(weight.shape):
+            raise ValueError(f"a {tuple(weight.shape)} quantized matrix cannot be a weight of shape {weight_shape}")
+        self.weight_shape, self.transposed, self.dtype = tuple(weight_shape), transposed, dtype
+
+    def forward(self) -> torch.Tensor:
+        device = self._layout_device or torch.device("cpu")
+        w = self.weight_matrix(self.dtype, device)
+        return w.t() if self.transposed else w.reshape(self.weight_shape)
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[()]:
+        return ()  # the module keeps no original tensor: the quantized matrix is the weight
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)
+        self.dtype = fn(torch.empty(0, dtype=self.dtype, device=self._layout_device)).dtype  # .half() etc.
+        return module
+
+    @classmethod
+    def install(cls, modules: list[nn.Module], weight: QuantizedMatrix, transposed: bool = False) -> QuantizedWeight:
+        """Make ``weight`` the weight of every module in ``modules`` (one module, or all that share a tied
+        weight tensor); returns the parametrization."""
+        current = modules[0].weight
+        param = cls(weight, tuple(current.shape), current.dtype, transposed)
+        param._layout_device = current.device
+        for module in modules:
+            parametrize.register_parametrization(module, "weight", param, unsafe=True)
+        return param
+
+    def extra_repr(self) -> str:
+        return f"shape={self.weight_shape}, method={self.method}, bits_per_weight={self.qweight.bits_per_weight:.4f}"
+
+
+def quantized_weight(module: nn.Module) -> QuantizedWeight | None:
+    """The :class:`QuantizedWeight` parametrizing ``module.weight``, if any."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    first = module.parametrizations.weight[0]
+    return first if isinstance(first, QuantizedWeight) else None
 
 
 @dataclass
@@ -222,10 +297,15 @@ def trainable_scalars(model: nn.Module) -> Iterator[list[nn.Parameter]]:
 
 
 def quantized_layers(model: nn.Module) -> Iterator[tuple[str, _QuantizedLayer]]:
-    """(name, module) of every quantized layer in ``model``."""
+    """(name, layer) of every quantized layer in ``model``: a :class:`QuantizedLinear` /
+    :class:`QuantizedConv2d`, or the :class:`QuantizedWeight` of a module that keeps its forward (named by
+    that module; a weight shared by several modules is listed once, under the first)."""
+    seen = set()
     for name, module in model.named_modules():
-        if isinstance(module, _QuantizedLayer):
-            yield name, module
+        layer = module if isinstance(module, (QuantizedLinear, QuantizedConv2d)) else quantized_weight(module)
+        if layer is not None and id(layer) not in seen:
+            seen.add(id(layer))
+            yield name, layer
 
 
 @contextlib.contextmanager

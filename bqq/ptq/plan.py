@@ -1,9 +1,13 @@
 """Which layers to quantize, and with which settings.
 
-Candidates are ``nn.Linear`` and ``groups=1`` ``nn.Conv2d`` layers (the ViT patch embedding is one).
+Candidates are the modules :func:`bqq.ptq.layers.layer_kind` knows (linears and convolutions of any
+class, ``transformers``' ``Conv1D``); every other module with a weight matrix is left FP with its reason.
 ``include`` / ``exclude`` are fnmatch patterns over module names; ``overrides`` maps a pattern to
 settings (``bits``, ``method``, ``group_size`` or method options such as ``rank_scale``) applied, in
-order, to the layers it matches. Norms, biases, class/position tokens are never quantized.
+order, to the layers it matches. Norms, biases, class/position tokens are never quantized. A weight
+shared by several modules (a language model's ``lm_head`` tied to its token embedding) and a language
+model's output embedding stay FP unless ``include`` names them; then every module that shares the
+weight uses the one quantized weight.
 
 ``group_size`` means what it means in :func:`bqq.compress` (None: one group per layer; an int or
 (rows, cols)), plus ``"paper"`` (the default of :func:`bqq.quantize`): square groups of the model width
@@ -21,6 +25,7 @@ from torch import nn
 
 from ..common import as_patterns, matches_any
 from ..grouping import parse_group_shape
+from .layers import WEIGHT, LayerKind, layer_kind, matrix_shape
 
 HEAD_GROUP = (100, 96)
 FALLBACK_GROUP = (384, 384)
@@ -40,51 +45,108 @@ class LayerPlan:
     """How one layer is quantized."""
 
     name: str
-    kind: str  # "linear" | "conv2d"
+    kind: LayerKind
     shape: tuple[int, int]  # the weight as a matrix (out, in[·kh·kw])
     method: str
     bits: float
     group_shape: tuple[int, int]
     opts: dict[str, Any] = field(default_factory=dict)  # fields of the method's config
     patch_rule: bool = False  # "auto" gave this layer channel-wise UQ (FEW_INPUTS); with data GPTQ competes
+    shared_with: tuple[str, ...] = ()  # other modules whose weight is this very tensor (they get the same Ŵ)
 
 
 def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
                 include: Sequence[str] | str | None, exclude: Sequence[str] | str | None,
-                overrides: Mapping[str, Mapping[str, Any]] | None, opts: Mapping[str, Any]) -> list[LayerPlan]:
-    """The layers of ``model`` to quantize, in module order."""
+                overrides: Mapping[str, Mapping[str, Any]] | None, opts: Mapping[str, Any]
+                ) -> tuple[list[LayerPlan], dict[str, str]]:
+    """The layers of ``model`` to quantize, in module order, and every other module with a weight matrix
+    mapped to the reason it stays FP."""
     include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     overrides = dict(overrides or {})
     for pattern, settings in overrides.items():
         if not isinstance(pattern, str) or not isinstance(settings, Mapping):
             raise ValueError(f"overrides must map fnmatch patterns to dicts of settings, got {pattern!r}")
-    plans, matched = [], set()
-    for name, module in model.named_modules():
-        kind = _kind(module)
-        if not name:  # the root: a bare layer cannot replace itself
-            if kind is not None:
-                raise ValueError("quantize() replaces submodules; wrap a bare layer, e.g. nn.Sequential(layer)")
+    plans, skipped, matched = [], {}, set()
+    owners = weight_owners(model)
+    output_embedding = output_embedding_name(model)
+    for name, module, parent in _named_with_parents(model):
+        kind = layer_kind(module, parent)
+        if not name and isinstance(kind, LayerKind):  # the root: a bare layer cannot replace itself
+            raise ValueError("quantize() replaces submodules; wrap a bare layer, e.g. nn.Sequential(layer)")
+        if not isinstance(kind, LayerKind):
+            if kind:
+                skipped[name] = kind
             continue
-        if kind is None or (include and not matches_any(name, include)) or matches_any(name, exclude):
+        reason = _left_out(name, include, exclude)
+        tied = tuple(n for n in owners.get(id(module.weight), ()) if n != name)
+        if not reason and (tied or name == output_embedding) and not (include and matches_any(name, include)):
+            reason = (f"weight tied to {', '.join(tied)}" if tied else "output embedding of a language model")
+            reason += "; kept FP unless include= names it"
+        if reason:
+            skipped[name] = reason
             continue
-        shape = (module.weight.shape[0], module.weight[0].numel())
-        plan = LayerPlan(name, kind, shape, method, bits, _group_shape(model, name, shape, group_size), dict(opts))
+        if tied:  # every module that holds the tensor reads the one quantized weight
+            kind = LayerKind(WEIGHT, kind.transposed, kind.hessian)
+        shape = matrix_shape(module, kind)
+        plan = LayerPlan(name, kind, shape, method, bits, _group_shape(model, name, shape, group_size), dict(opts),
+                         shared_with=tied)
         grouped_by_user = False
         for pattern, settings in overrides.items():
             if matches_any(name, (pattern,)):
                 matched.add(pattern)
                 plan = _apply(plan, settings)
                 grouped_by_user |= "group_size" in settings
-        if plan.method == AUTO and kind == "conv2d" and shape[1] <= FEW_INPUTS:  # the patch-embedding rule
-            plan = replace(plan, method="uq", opts={}, patch_rule=True,
+        if plan.method == AUTO and isinstance(module, nn.modules.conv._ConvNd) and shape[1] <= FEW_INPUTS:
+            plan = replace(plan, method="uq", opts={}, patch_rule=True,  # the patch-embedding rule
                            group_shape=plan.group_shape if grouped_by_user else (1, shape[1]))
         plans.append(plan)
     unused = sorted(set(overrides) - matched)
     if unused:
         raise ValueError(f"overrides {unused} match no quantizable layer")
     if not plans:
-        raise ValueError("no nn.Linear or nn.Conv2d layer matches include/exclude; nothing to quantize")
-    return plans
+        raise ValueError("no linear or convolution layer matches include/exclude; nothing to quantize "
+                         f"(left FP: {dict(list(skipped.items())[:5])})")
+    return plans, skipped
+
+
+def _left_out(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> str:
+    if include and not matches_any(name, include):
+        return "not matched by include="
+    if matches_any(name, exclude):
+        return "matched by exclude="
+    return ""
+
+
+def _named_with_parents(model: nn.Module):
+    """(name, module, parent) for every module of ``model`` (the root's parent is None)."""
+    parents: dict[int, nn.Module] = {}
+    for parent in model.modules():
+        for child in parent.children():
+            parents.setdefault(id(child), parent)
+    for name, module in model.named_modules():  # pre-order: the order layers are declared in
+        yield name, module, parents.get(id(module))
+
+
+def weight_owners(model: nn.Module) -> dict[int, list[str]]:
+    """id(parameter) -> the names of the modules that hold it (more than one: a tied weight)."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for p in module._parameters.values():
+            if p is not None and name not in owners.setdefault(id(p), []):
+                owners[id(p)].append(name)
+    return owners
+
+
+def output_embedding_name(model: nn.Module) -> str | None:
+    """The module name of a Hugging Face language model's output embedding (``lm_head``), if it has one."""
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        head = getter() if callable(getter) else None
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    if not isinstance(head, nn.Module):
+        return None
+    return next((name for name, m in model.named_modules() if m is head), None)
 
 
 def classifier_name(model: nn.Module) -> str | None:
@@ -93,14 +155,6 @@ def classifier_name(model: nn.Module) -> str | None:
         cfg = getattr(model, attr, None)
         if isinstance(cfg, Mapping) and isinstance(cfg.get("classifier"), str):
             return cfg["classifier"]
-    return None
-
-
-def _kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.Conv2d) and module.groups == 1:
-        return "conv2d"
     return None
 
 

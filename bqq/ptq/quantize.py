@@ -6,6 +6,7 @@ import concurrent.futures as cf
 import copy
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,11 +21,13 @@ from ..methods import get_method
 from ..methods.bqq import BQQConfig, solver_device
 from ..quantized import QuantizedMatrix
 from ..solver import clipped_channels, prepare_hessian
-from .calibrate import Calibration, calibrate
-from .hessian import collect_cross_moments, collect_hessians, first_batch, input_stages
-from .modules import QuantizedConv2d, QuantizedLinear
+from .calibrate import Calibration, calibrate, tunable_parameters
+from .fold import fold_batchnorm
+from .hessian import collect_cross_moments, collect_hessians, first_batch, input_stages, run_model
+from .layers import CONV2D, LINEAR, LINEAR_T, weight_matrix
+from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight
 from .plan import AUTO, PAPER_GROUPS, LayerPlan, plan_layers
-from .report import format_report, layer_report
+from .report import coverage_report, format_coverage, format_report, layer_report, record_left_fp
 from .runner import GroupJob, layer_seed, run_jobs
 
 # The methods "auto" chooses among, in order of preference on equal error: BQQ and the first-order
@@ -50,6 +53,7 @@ def quantize(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool | None = None,
     device: str | torch.device | None = None,
+    fold_bn: bool = True,
     **opts: Any,
 ) -> nn.Module:
     """Quantize ``model``'s weights in place (weight-only PTQ) and return it.
@@ -87,17 +91,27 @@ def quantize(
             a GPU all BQQ groups of one shape, across all layers, are solved together stack by stack in
             batches bounded by free GPU memory; ``cache_dir`` and resume work as on the CPU. Calibrated
             (output-aware) BQQ and the other methods run on the CPU.
+        fold_bn: first fold every inference-time BatchNorm into the convolution it follows
+            (:func:`bqq.ptq.fold.fold_batchnorm`), so each layer is quantized as the network uses it. The
+            pairs are found by one forward on the first calibration batch, or on a random input of a
+            timm model's ``pretrained_cfg["input_size"]``; without either, a warning says how to fold.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration(calibration)
-    plans = plan_layers(model, bits=bits, method=method, group_size=group_size, include=include, exclude=exclude,
-                        overrides=overrides, opts=opts)
+    plans, left_fp = plan_layers(model, bits=bits, method=method, group_size=group_size, include=include,
+                                 exclude=exclude, overrides=overrides, opts=opts)
     aware = calibration is not None and calibration.output_aware
     for plan in plans:
         _validate(plan, aware)
-    needs_teacher = calibration is not None and (calibration.epochs > 0 or calibration.inputs == "corrected")
+    tune = calibration is not None and calibration.epochs > 0
+    if tune and not tunable_parameters(model):
+        raise ValueError("Calibration(epochs > 0) tunes biases and normalization parameters, and this model has "
+                         "none; set epochs=0")
+    needs_teacher = tune or (aware and calibration.inputs == "corrected")
+    if fold_bn:
+        _fold_batchnorms(model, calibration)
     teacher = copy.deepcopy(model) if needs_teacher else None
     if device is None:
         device = next((p.device for p in model.parameters()), None)
@@ -111,12 +125,58 @@ def quantize(
         if calibration.inputs != "float":
             stages = input_stages(model, list(by_name), batch)
         for stage in progress_bar(stages, progress=progress if len(stages) > 1 else False, desc="stages", unit="stage"):
-            hessians, targets = _stage_statistics(model, teacher, stage, calibration)
+            hessians, targets = _stage_statistics(model, teacher, [by_name[name] for name in stage], calibration)
             _quantize_layers(model, [by_name[name] for name in stage], hessians, seed, run, targets)
-    if teacher is not None:
+    if tune:
         calibrate(model, teacher, calibration, progress=progress)
-    log.info("bqq.quantize: %d layers\n%s", len(plans), format_report(layer_report(model)))
+    record_left_fp(model, left_fp)
+    _log_coverage(model)
     return model
+
+
+def _fold_batchnorms(model: nn.Module, calibration: Calibration | None) -> None:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if calibration is not None:
+        batch = first_batch(calibration.data)
+        folded = fold_batchnorm(model, lambda m: run_model(m, batch, device))
+    elif _example_size(model) is not None:
+        x = torch.randn(1, *_example_size(model), generator=torch.Generator().manual_seed(0)).to(device)
+        folded = fold_batchnorm(model, lambda m: m(x))
+    else:
+        warnings.warn("bqq.quantize could not fold BatchNorm into the convolutions before it (no calibration data "
+                      "and no timm input size to run the model on): call bqq.ptq.fold_batchnorm(model, "
+                      "lambda m: m(example)) first, or pass fold_bn=False to silence this", stacklevel=3)
+        return
+    log.info("bqq.quantize: folded %d BatchNorm layers into their convolutions", len(folded))
+
+
+def _example_size(model: nn.Module) -> tuple[int, ...] | None:
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
+        if isinstance(size, (tuple, list)) and all(isinstance(v, int) and v > 0 for v in size):
+            return tuple(size)
+    return None
+
+
+# A module left FP holding at least this fraction of the model's parameters is warned about (unless the
+# user excluded it or it is one of the defaults: embeddings, a language model's output embedding).
+LARGE_FP_FRACTION = 0.01
+_EXPECTED_FP = ("not matched by include=", "matched by exclude=", "embedding (", "output embedding",
+                "weight tied to", "tokens / position")
+
+
+def _log_coverage(model: nn.Module) -> None:
+    coverage = coverage_report(model)
+    log.info("bqq.quantize: %d layers\n%s\n%s", len(coverage["quantized"]), format_report(layer_report(model)),
+             format_coverage(coverage))
+    large = [row for row in coverage["left_fp"] if row["params"] >= LARGE_FP_FRACTION * coverage["total_params"]
+             and not any(e in row["reason"] for e in _EXPECTED_FP)]
+    if large:
+        listed = "; ".join(f"{r['module']} ({r['params']:,} params): {r['reason']}" for r in large[:8])
+        warnings.warn(f"bqq.quantize left large weights in floating point: {listed}", stacklevel=3)
 
 
 # With inputs="corrected": a layer's target W' = W (C + λI)(H + λI)⁻¹ minimizes Σ ‖W x - W' x̃‖² + λ‖W' - W‖²
@@ -125,11 +185,16 @@ def quantize(
 CORRECTION_DAMPING = 0.1
 
 
-def _stage_statistics(model: nn.Module, teacher: nn.Module | None, stage: list[str], calibration: Calibration
+def _stage_statistics(model: nn.Module, teacher: nn.Module | None, stage: list[LayerPlan], calibration: Calibration
                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Prepared H per layer of ``stage`` that saw data (the others fall back to data-free), and with
-    ``inputs="corrected"`` the corrected target W' per layer (:func:`~bqq.ptq.hessian.collect_cross_moments`)."""
+    """Prepared H per layer of ``stage`` that saw data (the others, and layers whose inputs do not give an H
+    such as grouped convolutions, fall back to data-free), and with ``inputs="corrected"`` the corrected
+    target W' per layer (:func:`~bqq.ptq.hessian.collect_cross_moments`)."""
     hessians, targets = {}, {}
+    kinds = {plan.name: plan.kind for plan in stage if plan.kind.hessian}
+    stage = list(kinds)
+    if not stage:
+        return hessians, targets
     if calibration.inputs == "corrected":
         moments = collect_cross_moments(model, teacher, stage, calibration.data)
     else:
@@ -140,8 +205,7 @@ def _stage_statistics(model: nn.Module, teacher: nn.Module | None, stage: list[s
             continue
         hessians[name] = prepare_hessian(h.numpy())
         if cross is not None and not torch.equal(cross, h):  # equal: no error upstream yet, W' = W
-            weight = teacher.get_submodule(name).weight.detach()
-            w = weight.reshape(weight.shape[0], -1).cpu().double().numpy()
+            w = weight_matrix(teacher.get_submodule(name), kinds[name]).detach().cpu().double().numpy()
             h, cross = h.numpy(), cross.numpy()
             ridge = CORRECTION_DAMPING * float(np.trace(h)) / len(h) * np.eye(len(h))
             targets[name] = np.linalg.solve((h + h.T) / 2 + ridge, (w @ (cross + ridge)).T).T
@@ -157,7 +221,7 @@ def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[st
     jobs, grids, weights = [], {}, {}
     for plan in plans:
         grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
-        weights[plan.name], dtype = _weight_matrix(plan, modules[plan.name].weight)
+        weights[plan.name], dtype = _weight_matrix(plan, weight_matrix(modules[plan.name], plan.kind))
         if targets and plan.name in targets:
             weights[plan.name] = targets[plan.name].astype(weights[plan.name].dtype)
         h = hessians.get(plan.name)
@@ -174,9 +238,7 @@ def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[st
             else:
                 solved[name] = cls.from_groups(grid, [next(results) for _ in range(len(grid))])
         weight, selection = select(solved, weights[plan.name], hessians.get(plan.name))
-        layer = _quantized_module(modules[plan.name], weight)
-        layer.selection = selection
-        _replace(model, plan.name, layer)
+        install(model, plan, weight).selection = selection
 
 
 def candidates(plan: LayerPlan, calibrated: bool = False) -> dict[str, dict[str, Any]]:
@@ -226,8 +288,9 @@ def relative_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None
 
 def _whole(cls: type[QuantizedMatrix], calibrated: bool) -> bool:
     """Whether a layer is one job for this method: an output-aware method with data (H couples the
-    columns of all groups; GPTQ and BQQ carry errors across column groups)."""
-    return cls.output_aware and calibrated
+    columns of all groups; GPTQ and BQQ carry errors across column groups), or a method that solves all
+    groups of a grid in one vectorized call (per-group jobs would cost more than the work)."""
+    return (cls.output_aware and calibrated) or getattr(cls, "batched_groups", False)
 
 
 def _validate(plan: LayerPlan, calibrated: bool) -> None:
@@ -240,8 +303,8 @@ def _validate(plan: LayerPlan, calibrated: bool) -> None:
 
 
 def _weight_matrix(plan: LayerPlan, weight: torch.Tensor) -> tuple[np.ndarray, str]:
-    """The layer's weight as an (out, in·kh·kw) numpy matrix (float32, or float64) and its dtype name."""
-    w = weight.detach().reshape(plan.shape[0], -1).cpu()
+    """The layer's (out, in·kh·kw) weight matrix as numpy (float32, or float64) and its dtype name."""
+    w = weight.detach().cpu()
     if not w.is_floating_point() or not torch.isfinite(w).all():
         raise ValueError(f"layer {plan.name!r}: weight must be floating point and finite")
     dtype = dtype_name(w.dtype)
@@ -252,19 +315,26 @@ def _weight_matrix(plan: LayerPlan, weight: torch.Tensor) -> tuple[np.ndarray, s
 
 def _layer_jobs(plan: LayerPlan, w: np.ndarray, dtype: str, method: str, opts: dict[str, Any], grid: GroupGrid,
                 seed: int, hessian: np.ndarray | None) -> list[GroupJob]:
-    """One job per group, or one for the whole layer with its H (:func:`_whole`)."""
-    if _whole(get_method(method), hessian is not None):
-        return [GroupJob(plan.name, 0, w, dtype, method, plan.bits, seed, dict(opts), hessian, plan.group_shape)]
+    """One job per group, or one for the whole layer with its H if the method uses one (:func:`_whole`)."""
+    cls = get_method(method)
+    if _whole(cls, hessian is not None):
+        h = hessian if cls.output_aware else None
+        return [GroupJob(plan.name, 0, w, dtype, method, plan.bits, seed, dict(opts), h, plan.group_shape)]
     return [GroupJob(plan.name, i, w[rs, cs].copy(), dtype, method, plan.bits, seed, dict(opts))
             for i, (_, _, rs, cs) in enumerate(grid.blocks())]
 
 
-def _quantized_module(module: nn.Module, weight: QuantizedMatrix) -> nn.Module:
-    if isinstance(module, nn.Linear):
-        return QuantizedLinear(weight, module.bias)
-    return QuantizedConv2d(weight, module.bias, **QuantizedConv2d.conv_args(module))
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    device = next(model.get_submodule(name).parameters()).device
-    replace_module(model, name, new.to(device))
+def install(model: nn.Module, plan: LayerPlan, weight: QuantizedMatrix) -> nn.Module:
+    """Put the quantized ``weight`` in place of layer ``plan.name``'s weight; returns the quantized layer
+    (a replacing ``QuantizedLinear`` / ``QuantizedConv2d``, or the module's :class:`QuantizedWeight`)."""
+    module = model.get_submodule(plan.name)
+    device = module.weight.device
+    if plan.kind.name in (LINEAR, LINEAR_T):
+        layer = QuantizedLinear(weight, module.bias)
+    elif plan.kind.name == CONV2D:
+        layer = QuantizedConv2d(weight, module.bias, **QuantizedConv2d.conv_args(module))
+    else:
+        sharers = [module] + [model.get_submodule(name) for name in plan.shared_with]
+        return QuantizedWeight.install(sharers, weight, plan.kind.transposed)
+    replace_module(model, plan.name, layer.to(device))
+    return layer

@@ -25,8 +25,10 @@ from ..io import Bundle, load_bundle, save_bundle
 from ..methods import get_method
 from ..quantized import QuantizedMatrix
 from ..version import __version__
-from .modules import QuantizedConv2d, QuantizedLinear, quantized_layers
+from .layers import CONV2D, LINEAR, LINEAR_T, WEIGHT, LayerKind, layer_kind
+from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, quantized_layers, quantized_weight
 from .plan import classifier_name
+from .report import coverage_report, record_left_fp
 
 CONFIG_KEY = "bqq_model_config"
 CONFIG_FORMAT = "bqq.model"
@@ -44,11 +46,13 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, *, model_name: str
         raise ValueError("the model has no quantized layers; call bqq.quantize(model) first")
     objects = {}
     config_layers = {}
+    coverage = coverage_report(model)
+    shared = {row["module"]: row["shared_with"] for row in coverage["quantized"]}
     for name, module in layers.items():
         weight = module.qweight
         objects[f"{name}.weight"] = weight
         config_layers[name] = {
-            "kind": "conv2d" if isinstance(module, QuantizedConv2d) else "linear",
+            "kind": _kind(module),
             "shape": list(weight.shape),
             "method": weight.method,
             "bits": weight.bits,
@@ -57,6 +61,9 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, *, model_name: str
             "bias": module.bias is not None,
             "conv": _conv_config(module) if isinstance(module, QuantizedConv2d) else None,
         }
+        if isinstance(module, QuantizedWeight):
+            config_layers[name].update(weight_shape=list(module.weight_shape), transposed=module.transposed,
+                                       shared_with=shared.get(name, []))
     config = {
         "format": CONFIG_FORMAT,
         "format_version": CONFIG_VERSION,
@@ -65,6 +72,9 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, *, model_name: str
         "library_version": __version__,
         "torch_version": torch.__version__,
         "layers": config_layers,
+        "left_fp": {row["module"]: row["reason"] for row in coverage["left_fp"]},
+        "coverage": {k: coverage[k] for k in ("total_params", "quantized_params", "quantized_fraction",
+                                              "layer_fraction", "bits_per_weight", "model_bits_per_param")},
     }
     text = json.dumps(config, indent=2, sort_keys=True)
     save_bundle(Bundle(objects, dict(model.state_dict()), {CONFIG_KEY: text}), path)
@@ -85,16 +95,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     for name, layer in config["layers"].items():
         weight, keys = _layer_weight(bundle, name, layer, config["format_version"], path)
         used.update(keys)
-        module = modules.get(name)
-        expected = nn.Conv2d if layer["kind"] == "conv2d" else nn.Linear
-        if not isinstance(module, (expected, QuantizedLinear, QuantizedConv2d)):
-            raise ValueError(f"{path}: layer {name!r} ({layer['kind']}) is not in the model or is a "
-                             f"{type(module).__name__}; pass the architecture the file was saved from")
-        bias = torch.zeros(weight.shape[0]) if layer["bias"] else None
-        new = (QuantizedConv2d(weight, bias, **_conv_args(layer["conv"])) if layer["kind"] == "conv2d"
-               else QuantizedLinear(weight, bias))
-        new.selection = layer.get("selection")
-        replace_module(model, name, new)
+        _restore_layer(model, modules.get(name), name, layer, weight, path).selection = layer.get("selection")
     extra = sorted(set(bundle.objects) - used)
     if extra:
         raise FormatError(f"{path}: matrices {extra[:5]} belong to no layer in the config")
@@ -102,7 +103,41 @@ def load_quantized(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         model.load_state_dict(bundle.plain, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{path}: the model's other tensors do not match the file: {exc}") from exc
+    record_left_fp(model, config.get("left_fp") or {})
     return model
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, QuantizedConv2d):
+        return CONV2D
+    return LINEAR if isinstance(module, QuantizedLinear) else WEIGHT
+
+
+def _restore_layer(model: nn.Module, module: nn.Module | None, name: str, layer: dict[str, Any],
+                   weight: QuantizedMatrix, path) -> nn.Module:
+    """Put the saved layer into the skeleton's module ``name``; returns the quantized layer."""
+    kind = layer["kind"]
+    if kind == WEIGHT:
+        if quantized_weight(module) is not None:  # restored already as a sharer of an earlier layer's weight
+            return quantized_weight(module)
+        current = getattr(module, "weight", None)
+        if not isinstance(current, torch.Tensor) or list(current.shape) != layer["weight_shape"]:
+            raise ValueError(f"{path}: layer {name!r} needs a weight of shape {layer['weight_shape']}, the model has "
+                             f"{None if current is None else list(current.shape)}; pass the architecture it was "
+                             "saved from")
+        sharers = [module] + [model.get_submodule(n) for n in layer.get("shared_with", [])]
+        return QuantizedWeight.install(sharers, weight, bool(layer.get("transposed")))
+    found = layer_kind(module) if module is not None else None
+    fits = {LINEAR: (LINEAR, LINEAR_T), CONV2D: (CONV2D,)}.get(kind, ())
+    if isinstance(module, QuantizedConv2d if kind == CONV2D else QuantizedLinear) or (
+            isinstance(found, LayerKind) and found.name in fits):
+        bias = torch.zeros(weight.shape[0]) if layer["bias"] else None
+        new = (QuantizedConv2d(weight, bias, **_conv_args(layer["conv"])) if kind == CONV2D
+               else QuantizedLinear(weight, bias))
+        replace_module(model, name, new)
+        return new
+    raise ValueError(f"{path}: layer {name!r} ({kind}) is not in the model or is a {type(module).__name__}; "
+                     "pass the architecture the file was saved from")
 
 
 def _read_config(bundle: Bundle, path) -> dict[str, Any]:
