@@ -49,7 +49,11 @@ def layer_inputs(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) 
     """The rows x the layer's weight multiplies, (tokens, n) in float32 (float64 stays float64)."""
     x = x if x.dtype == torch.float64 else x.float()
     if isinstance(module, nn.Conv2d):
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        padding = module.padding
+        if isinstance(padding, str):  # "valid", or "same" (stride 1; its odd extra row/column is left out of H)
+            padding = tuple(0 if padding == "valid" else d * (k - 1) // 2
+                            for d, k in zip(module.dilation, module.kernel_size, strict=True))
+        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
         x = x[mask.to(x.device).bool()]  # real tokens only

@@ -99,12 +99,22 @@ def load_quantized(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     extra = sorted(set(bundle.objects) - used)
     if extra:
         raise FormatError(f"{path}: matrices {extra[:5]} belong to no layer in the config")
+    _add_folded_biases(model, bundle.plain)
     try:
         model.load_state_dict(bundle.plain, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{path}: the model's other tensors do not match the file: {exc}") from exc
     record_left_fp(model, config.get("left_fp") or {})
     return model
+
+
+def _add_folded_biases(model: nn.Module, plain: dict[str, torch.Tensor]) -> None:
+    """A convolution built without a bias gets one where the file has it (BatchNorm was folded into it)."""
+    modules = dict(model.named_modules())
+    for key, value in plain.items():
+        owner = modules.get(key.rpartition(".")[0])
+        if key.endswith(".bias") and isinstance(owner, nn.modules.conv._ConvNd) and owner.bias is None:
+            owner.bias = nn.Parameter(torch.zeros_like(value, device=owner.weight.device))
 
 
 def _kind(module: nn.Module) -> str:
