@@ -110,6 +110,9 @@ class QuantizedMatrix(abc.ABC):
     # Methods whose quantize takes ``device=`` (a torch.device from bqq.methods.bqq.solver_device, or None
     # for the CPU); the others run on the CPU whatever the device.
     solves_on_devices: ClassVar[bool] = False
+    # quantize() solves all groups of a grid in one vectorized call: the model pass gives such a method one job
+    # per layer, not one per group.
+    batched_groups: ClassVar[bool] = False
 
     def __init__(self, shape: tuple[int, int], dtype: str, grid: GroupGrid, bits: float, seed: int, config: Any,
                  **arrays: Any) -> None:

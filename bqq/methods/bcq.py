@@ -5,6 +5,10 @@ a greedy start (α_i = mean|R|, B_i = sign(R), R -= α_i B_i) and then alternati
 round an exact least-squares fit of the b scalars α given the signs, and then the optimal signs
 given α (each weight goes to the nearest of the 2^b values Σ α_i s_i). Neither step can increase
 the error, and the loop stops as soon as the signs no longer change.
+
+:meth:`BCQMatrix.quantize` solves all groups of one shape in one compiled call
+(:func:`bqq_kernels.cpu.first_order.bcq_fit`, each group with its own stop); the per-group functions
+below are the reference it follows.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from bqq_kernels.cpu.first_order import bcq_fit
+
 from ..common import check_settings, is_int, progress_bar
 from ..format import pack_bits, packed_length, unpack_bits
 from ..quantized import GroupField, QuantizedMatrix
 from . import register_method
+from .uniform import group_blocks, group_shape
 
 
 @dataclass(frozen=True)
@@ -104,21 +111,42 @@ class BCQMatrix(QuantizedMatrix):
         GroupField("alpha", "float32", lambda g: (g.bits,), per_group=False),
     )
 
+    batched_groups = True
+
     @classmethod
     def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0) -> BCQMatrix:
         bits = int(bits)
-        signs, alpha = [], np.empty((len(grid), bits), np.float32)
-        groups = progress_bar(grid.split(w), progress=progress, desc=f"bcq {w.shape[0]}x{w.shape[1]}", unit="group")
-        for g, x in enumerate(groups):
-            alpha[g], planes = binary_code(x.ravel(), bits, config.rounds)
-            signs.append(pack_bits(planes.reshape(bits, *x.shape)))
+        signs: list[np.ndarray] = [np.empty(0, np.uint8)] * len(grid)
+        alpha = np.empty((len(grid), bits), np.float32)
+        with progress_bar(total=len(grid), progress=progress, desc=f"bcq {w.shape[0]}x{w.shape[1]}",
+                          unit="group") as bar:
+            for block in group_blocks(grid):
+                x = block.gather(w)
+                a, planes = bcq_fit(x.reshape(len(x), -1), bits, config.rounds)
+                alpha[block.index] = a
+                packed = pack_bits(planes.reshape(len(x), bits, *x.shape[1:]).astype(np.bool_))
+                for g, p in zip(block.index.tolist(), packed, strict=True):
+                    signs[g] = p
+                bar.update(len(x))
         return cls(w.shape, "float64", grid, bits, seed, config, signs=signs, alpha=alpha)
 
     def dequantize_group(self, index: int) -> np.ndarray:
-        planes = unpack_bits(self.signs[index], self.grid.group_shapes()[index][1])
+        planes = unpack_bits(self.signs[index], group_shape(self.grid, index)[1])
         out = np.zeros(planes.shape[1:])
         for a, plane in zip(self.alpha[index].astype(np.float64), planes, strict=True):
             out += np.where(plane, a, -a)
+        return out
+
+    def _dequantize64(self) -> np.ndarray:
+        # All groups of a block at once; element by element the same sums as dequantize_group.
+        out = np.empty(self.shape)
+        for block in group_blocks(self.grid):
+            planes = unpack_bits(block.stack(self.signs), block.shape[3])  # (G, bits, r, c)
+            alpha = self.alpha[block.index].astype(np.float64)[:, :, None, None]
+            values = np.zeros((len(block.index), *planes.shape[2:]))
+            for i in range(planes.shape[1]):
+                values += np.where(planes[:, i], alpha[:, i], -alpha[:, i])
+            block.scatter(out, values)
         return out
 
     def group_scalars(self, index: int) -> np.ndarray:
@@ -133,7 +161,7 @@ class BCQMatrix(QuantizedMatrix):
         self.alpha[index] = values
 
     def group_bits(self, index: int) -> int:
-        m, n = self.grid.group_shapes()[index]
+        m, n = group_shape(self.grid, index)
         return self.bits * (m * n + 32)
 
 

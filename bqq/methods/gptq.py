@@ -1,9 +1,9 @@
 """GPTQ with UQ codes: the data-aware baseline (Frantar et al., 2022), stored exactly like ``"uq"``.
 
 Each group keeps the b-bit grid that UQ picks for it (the clip range searched on the original weights,
-:func:`bqq.methods.uniform.search_clip_range`), so the file and the rebuild are UQ's. What changes is
-how the codes are chosen: columns are rounded one at a time, in order, and each column's rounding
-error is pushed onto the columns not yet rounded so as to minimize the output error
+for all groups at once by :func:`bqq.methods.uniform.clip_ranges`), so the file and the rebuild are
+UQ's. What changes is how the codes are chosen: columns are rounded one at a time, in order, and each
+column's rounding error is pushed onto the columns not yet rounded so as to minimize the output error
 tr((W - Ŵ) H (W - Ŵ)ᵀ), using the upper Cholesky factor of H⁻¹ (GPTQ's "lazy batch" form: exact
 updates inside blocks of ``block_size`` columns, one matrix product for the rest). The error flows
 across column groups, so the model pass solves a layer as a whole. Without ``hessian`` (a layer
@@ -18,10 +18,9 @@ from typing import ClassVar
 import numpy as np
 
 from ..common import check_settings, is_int, is_number, progress_bar
-from ..format import pack_bits
 from ..solver import damped
 from . import register_method
-from .uniform import UQMatrix, search_clip_range
+from .uniform import UQMatrix, group_blocks, pack_code_planes, uniform_grids
 
 
 @dataclass(frozen=True)
@@ -69,14 +68,13 @@ class GPTQMatrix(UQMatrix):
     @classmethod
     def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None) -> GPTQMatrix:
         bits = int(bits)
-        scale, zero = np.empty(len(grid), np.float32), np.empty(len(grid), np.float32)
-        for g, x in enumerate(grid.split(w)):
-            lo, hi = search_clip_range(x.ravel(), bits, config.grid_points)
-            zero[g], scale[g] = lo, (hi - lo) / (2**bits - 1)
+        zero, scale = uniform_grids(w, grid, bits, config.grid_points, progress, "gptq grids")
         h = None if hessian is None else damped(hessian, config.damping)
         codes = _gptq_codes(w, grid, zero, scale, bits, h, config.block_size, progress)
-        planes = [pack_bits(np.stack([(codes[rs, cs] >> j) & 1 for j in range(bits)]))
-                  for _, _, rs, cs in grid.blocks()]
+        planes: list[np.ndarray] = [np.empty(0, np.uint8)] * len(grid)
+        for block in group_blocks(grid):
+            for g, p in zip(block.index.tolist(), pack_code_planes(block.gather(codes), bits), strict=True):
+                planes[g] = p
         return cls(w.shape, "float64", grid, bits, seed, config, codes=planes, scale=scale, zero=zero)
 
 
