@@ -218,21 +218,20 @@ def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[st
     output-aware methods with data), keep the best per layer and swap the modules in. ``targets``: a matrix
     to quantize instead of a layer's weight (same shape)."""
     modules = dict(model.named_modules())
-    jobs, grids, weights = [], {}, {}
+    jobs, weights = [], {}
     for plan in plans:
-        grids[plan.name] = grid = GroupGrid.build(plan.shape, plan.group_shape)
         weights[plan.name], dtype = _weight_matrix(plan, weight_matrix(modules[plan.name], plan.kind))
         if targets and plan.name in targets:
             weights[plan.name] = targets[plan.name].astype(weights[plan.name].dtype)
         h = hessians.get(plan.name)
         for name, settings in candidates(plan, h is not None).items():
-            jobs += _layer_jobs(plan, weights[plan.name], dtype, name, settings, grid, layer_seed(seed, plan.name), h)
+            jobs += _layer_jobs(plan, weights[plan.name], dtype, name, settings, layer_seed(seed, plan.name), h)
     results = iter(run_jobs(jobs, **run))
     for plan in plans:
-        grid = grids[plan.name]
         solved = {}
         for name in candidates(plan, plan.name in hessians):
             cls = get_method(name)
+            grid = GroupGrid.build(plan.shape, plan.groups_for(name))
             if _whole(cls, plan.name in hessians):
                 solved[name] = next(results)
             else:
@@ -313,13 +312,14 @@ def _weight_matrix(plan: LayerPlan, weight: torch.Tensor) -> tuple[np.ndarray, s
     return w.numpy(), dtype
 
 
-def _layer_jobs(plan: LayerPlan, w: np.ndarray, dtype: str, method: str, opts: dict[str, Any], grid: GroupGrid,
-                seed: int, hessian: np.ndarray | None) -> list[GroupJob]:
+def _layer_jobs(plan: LayerPlan, w: np.ndarray, dtype: str, method: str, opts: dict[str, Any], seed: int,
+                hessian: np.ndarray | None) -> list[GroupJob]:
     """One job per group, or one for the whole layer with its H if the method uses one (:func:`_whole`)."""
     cls = get_method(method)
+    grid = GroupGrid.build(plan.shape, plan.groups_for(method))
     if _whole(cls, hessian is not None):
         h = hessian if cls.output_aware else None
-        return [GroupJob(plan.name, 0, w, dtype, method, plan.bits, seed, dict(opts), h, plan.group_shape)]
+        return [GroupJob(plan.name, 0, w, dtype, method, plan.bits, seed, dict(opts), h, plan.groups_for(method))]
     return [GroupJob(plan.name, i, w[rs, cs].copy(), dtype, method, plan.bits, seed, dict(opts))
             for i, (_, _, rs, cs) in enumerate(grid.blocks())]
 
