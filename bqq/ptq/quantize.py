@@ -1,4 +1,4 @@
-"""`bqq.quantize(model, bits=2)`: replace a model's Linear/Conv2d layers with quantized ones."""
+"""`bqq.quantize(model, bits=2)`: quantize a model's linear and convolution weights in place."""
 
 from __future__ import annotations
 
@@ -58,10 +58,13 @@ def quantize(
 ) -> nn.Module:
     """Quantize ``model``'s weights in place (weight-only PTQ) and return it.
 
-    Every ``nn.Linear`` and ``groups=1`` ``nn.Conv2d`` (the ViT patch embedding) whose name passes
-    ``include``/``exclude`` (fnmatch patterns) becomes a :class:`QuantizedLinear` /
-    :class:`QuantizedConv2d` holding one grouped :class:`~bqq.quantized.QuantizedMatrix`; biases, norms
-    and tokens stay in floating point. Layer ``name``'s weight equals
+    Every linear and convolution layer whose name passes ``include``/``exclude`` (fnmatch patterns) gets
+    one grouped :class:`~bqq.quantized.QuantizedMatrix` as its weight and computes what its module computed
+    with it (:mod:`bqq.ptq.layers`: plain ``nn.Linear`` / ``nn.Conv2d`` and ``transformers``' ``Conv1D`` become
+    :class:`QuantizedLinear` / :class:`QuantizedConv2d`; any other keeps its module and ``forward`` with a
+    :class:`~bqq.ptq.modules.QuantizedWeight`); biases, norms, tokens, embeddings and by default tied
+    weights and a language model's output embedding stay in floating point, each reported with its reason
+    (:func:`bqq.ptq.report.coverage_report`). Layer ``name``'s weight equals
     ``bqq.compress(W, bits, method=..., group_size=..., seed=bqq.ptq.runner.layer_seed(seed, name))``.
 
     Args:
