@@ -276,6 +276,12 @@ class QuantizedMatrix(abc.ABC):
     def group_shape(self) -> tuple[int, int]:
         return self.grid.group_shape
 
+    def kernel_layout(self) -> Any:
+        """The packed arrays a matmul kernel reads (:func:`bqq_kernels.bqq_linear` takes them: a
+        ``BQQLayout`` or ``PlaneLayout``), or None for methods without a kernel, whose layers rebuild
+        their weight."""
+        return None
+
     def group_scalars(self, index: int) -> np.ndarray:
         """The FP32 scalars group ``index`` is affine in, given its stored codes (float64 vector).
 

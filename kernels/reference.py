@@ -1,4 +1,4 @@
-"""The reference path: rebuild W from the layout tensors and call a dense matmul.
+"""The reference path: rebuild W from a layout's tensors and call a dense matmul (BQQ and bit planes).
 
 It is the fallback on devices without a kernel, the backward pass of every kernel (gradients with
 respect to the input need W), and the ground truth the kernel tests compare against. These are the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .layout import LayoutTensors
+from .layout import LayoutTensors, PlaneTensors
 
 
 def unpack_little(packed: torch.Tensor, count: int) -> torch.Tensor:
@@ -45,3 +45,20 @@ def linear_reference(x: torch.Tensor, w: LayoutTensors, out_features: int,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., N) -> x Wᵀ + bias (..., M) through the dense weight, in x's dtype (w, bias on x's device)."""
     return torch.nn.functional.linear(x, dequantize(w, out_features, x.shape[-1], x.dtype), bias)
+
+
+def dequantize_planes(w: PlaneTensors, out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (M, N) weight of a :class:`~kernels.layout.PlaneLayout`'s tensors (computed in float64,
+    returned in ``dtype``): per column block, Σ_i coef_i P_i + offset."""
+    out = torch.empty(out_features, in_features, dtype=torch.float64, device=w.planes.device)
+    for b, (c0, n) in enumerate(zip(w.col_start.tolist(), w.col_size.tolist(), strict=True)):
+        planes = unpack_little(w.planes[b], n).double()  # (B, M, n)
+        block = torch.einsum("mi,imn->mn", w.coef[b].double(), planes)
+        out[:, c0:c0 + n] = block + w.offset[b].double()[:, None]
+    return out.to(dtype)
+
+
+def plane_linear_reference(x: torch.Tensor, w: PlaneTensors, out_features: int,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., N) -> x Wᵀ + bias (..., M) through the dense weight of bit planes ``w``, in x's dtype."""
+    return torch.nn.functional.linear(x, dequantize_planes(w, out_features, x.shape[-1], x.dtype), bias)

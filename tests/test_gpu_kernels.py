@@ -165,9 +165,9 @@ def test_forward_reads_no_tensor_on_the_host(monkeypatch):
         monkeypatch.setattr(module, name, _Launch(calls))
     monkeypatch.setattr(module, "Y_STEPS_PER_PROGRAM", 2)  # 3 splits: the partial-sum launch too
     # the cpu device gets the triton backend for this test, through the same dispatch as CUDA
-    monkeypatch.setitem(dispatch._REGISTRY["cpu"], "triton", "bqq_kernels.gpu.bqq_matmul:bqq_linear_triton")
-    monkeypatch.setitem(dispatch._TRAITS, ("cpu", "triton"), dispatch._TRITON)
-    monkeypatch.setitem(dispatch._RESOLVED, ("cpu", "triton"), g.bqq_linear_triton)
+    monkeypatch.setitem(dispatch._REGISTRY[("linear", "cpu")], "triton", "bqq_kernels.gpu.bqq_matmul:bqq_linear_triton")
+    monkeypatch.setitem(dispatch._TRAITS, ("linear", "cpu", "triton"), dispatch._TRITON)
+    monkeypatch.setitem(dispatch._RESOLVED, ("linear", "cpu", "triton"), g.bqq_linear_triton)
     layout = random_layout((16, 14), (9, 12, 5), 2)
     m, n = layout.shape
     bias = torch.randn(m, dtype=torch.float16)

@@ -81,7 +81,7 @@ def test_backend_override_and_errors(monkeypatch):
     x = torch.randn(3, 8)
     calls = []
     numba_fn = dispatch.resolve("cpu", "numba")
-    monkeypatch.setitem(dispatch._RESOLVED, ("cpu", "numba"), lambda *a: calls.append(1) or numba_fn(*a))
+    monkeypatch.setitem(dispatch._RESOLVED, ("linear", "cpu", "numba"), lambda *a: calls.append(1) or numba_fn(*a))
     ref = x @ kernels.dequantize_layout(layout).T
     torch.testing.assert_close(kernels.bqq_linear(x, layout, backend="reference"), ref)
     assert calls == []

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+import bqq_kernels
 from bqq_kernels.cpu.first_order import bcq_fit
 
 from ..common import check_settings, is_int, progress_bar
@@ -163,6 +164,13 @@ class BCQMatrix(QuantizedMatrix):
     def group_bits(self, index: int) -> int:
         m, n = group_shape(self.grid, index)
         return self.bits * (m * n + 32)
+
+    def kernel_layout(self) -> bqq_kernels.PlaneLayout:
+        """The sign planes laid out for :func:`bqq_kernels.bqq_linear`: Σ α_i (2 P_i − 1) = Σ 2α_i P_i − Σ α_i,
+        so plane i weighs 2α_i and the offset is −Σ α_i (x·Ŵᵀ from the bits, no dense weight)."""
+        alpha = self.alpha.astype(np.float64)
+        return bqq_kernels.build_plane_layout(self.shape, self.grid.row_sizes, self.grid.col_sizes, self.signs,
+                                              2.0 * alpha, -alpha.sum(axis=1))
 
 
 __all__ = ["BCQConfig", "BCQMatrix", "assign_signs", "binary_code", "fit_alpha", "greedy"]

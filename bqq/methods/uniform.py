@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
+import bqq_kernels
 from bqq_kernels.cpu.first_order import clip_search, encode_uniform
 
 from ..common import check_settings, is_int, progress_bar
@@ -231,6 +232,14 @@ class UQMatrix(QuantizedMatrix):
     def group_bits(self, index: int) -> int:
         m, n = group_shape(self.grid, index)
         return self.bits * m * n + 64
+
+    def kernel_layout(self) -> bqq_kernels.PlaneLayout:
+        """The code planes laid out for :func:`bqq_kernels.bqq_linear`: code k = Σ_i 2^i P_i, so plane i
+        weighs 2^i · scale and the offset is the zero point (x·Ŵᵀ from the bits, no dense weight)."""
+        weights = 2.0 ** np.arange(self.bits)
+        coef = self.scale.astype(np.float64)[:, None] * weights[None, :]  # exact: powers of two
+        return bqq_kernels.build_plane_layout(self.shape, self.grid.row_sizes, self.grid.col_sizes, self.codes,
+                                              coef, self.zero)
 
 
 def _codes_of_planes(planes: np.ndarray, axis: int = 0) -> np.ndarray:
