@@ -11,9 +11,16 @@ setting, random bits: the kernel's work does not depend on their values) against
 and reports medians and the ratio bqq / dense (< 1: the packed kernel is faster). Targets (issue 7):
 faster than dense at 1 token, within 2× of dense at 197 tokens.
 
-End to end: a DeiT-S (timm ``deit_small_patch16_224``, random init) quantized to 2* BQQ with the paper's
-grouping (the solver is cut to one sweep: latency does not depend on the codes) against the fp32
-model, batch 1 and 8, plus the dense-rebuild reference path for context.
+First-order codes (issue 21): UQ, GPTQ and BCQ layers run one bit-plane kernel (``bqq::plane_linear``),
+whose cost depends on the shape, groups and bit width only; random codes at 2, 3, 4 and 8 bits on the
+same shapes (384-groups) and token counts, and 4096×4096 in GPTQ's 128-column groups, against dense
+fp32. Targets: at 2 bits, <= 1.0× dense at 1 token and <= 1.5× at 197 tokens.
+
+End to end: a DeiT-S (timm ``deit_small_patch16_224``, random init) quantized at 2 bits with the paper's
+grouping by BQQ, UQ, BCQ and ``auto`` (BQQ's solver cut to one sweep: latency does not depend on the
+codes, and under ``auto`` the cut only changes which layers BQQ wins; the mix is printed) against the
+fp32 model, batch 1 and 8, plus BQQ's dense-rebuild reference path for context. Target: auto <= 1.2×
+pure BQQ (UQ and BCQ models bound every mix ``auto`` can pick).
 
 Outputs ``kernels.md`` and ``kernels.json`` (versions, thread counts, every timing) in ``--out``.
 
@@ -25,7 +32,8 @@ the issue's shapes and groups (384×384, 1536×384, 384×1536 in 384-groups; 409
 and fp32; ``bqq_linear`` on its automatic path in each dtype; then every path (decode, factored,
 rebuild) in fp16 over a finer sweep of token counts, with the fastest path per count and the switch
 points that sweep suggests (``bqq_kernels.gpu.SWITCH_POINTS``, unmeasured defaults until then). End to
-end: DeiT-S in fp16, 2* BQQ against the fp16 model at batch 1 and 64. Prints the issue's targets
+end: DeiT-S in fp16, 2-bit BQQ, UQ, BCQ and auto against the fp16 model at batch 1 and 64. The
+bit-plane kernel in fp16 against fp16 ``F.linear`` (target: <= 1.0× at 1 token on 4096×4096). Prints the issue's targets
 beside the measured ratios and writes ``kernels_cuda.md`` and ``kernels_cuda.json`` (GPU name,
 versions, every timing) in ``--out``. The official CUDA kernel's times are the issue's measurement
 (H200, torch 2.11, triton 3.6), not rerun here.
@@ -135,30 +143,110 @@ def layer_rows(shapes, tokens, repeats: int, group: int = GROUP) -> list[dict]:
     return rows
 
 
-def deit_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(fp32 DeiT-S, its 2* BQQ copy) on the CPU, random init; the solver cut to one sweep (timing only)."""
+# The first-order codes share one kernel: UQ and GPTQ (the same storage) and BCQ are all weighted bit planes
+# (bqq_kernels.PlaneLayout), so a layer's cost depends on its shape, groups and bit width only.
+FIRST_ORDER_BITS = (2, 3, 4, 8)
+G128 = (1, 128)  # the LLM convention (GPTQ group 128): one row by 128 columns
+
+
+def random_plane_layout(shape: tuple[int, int], bits: int, group: tuple[int, int] = (GROUP, GROUP), seed: int = 0
+                        ) -> kernels.PlaneLayout:
+    """A first-order layout with random planes and scalars, per-row scalars as ``group`` gives them."""
+    rng = np.random.default_rng(seed)
+    m, n = shape
+    col_sizes = np.asarray(balanced_splits(n, group[1]), np.int32)
+    nb = -(-int(col_sizes.max()) // 8)
+    nb += nb % 2
+    planes = rng.integers(0, 256, (len(col_sizes), bits, m, nb), dtype=np.uint8)
+    for b, size in enumerate(col_sizes):  # pad bits past a block's width are zero, as in built layouts
+        planes[b, ..., -(-int(size) // 8):] = 0
+        if size % 8:
+            planes[b, ..., size // 8] &= (1 << int(size % 8)) - 1
+    tensors = kernels.PlaneTensors(
+        torch.from_numpy(planes), torch.from_numpy((rng.standard_normal((len(col_sizes), m, bits)) * 0.01)
+                                                   .astype(np.float32)),
+        torch.from_numpy(np.zeros((len(col_sizes), m), np.float32)),
+        torch.from_numpy(np.concatenate([[0], np.cumsum(col_sizes)[:-1]]).astype(np.int32)),
+        torch.from_numpy(col_sizes))
+    return kernels.PlaneLayout(shape, tensors)
+
+
+def first_order_rows(cases, repeats: int) -> list[dict]:
+    """Per (shape, group, bits, tokens): the bit-plane kernel against F.linear with an fp32 weight."""
+    rows = []
+    for shape, group, bits_list, tokens in cases:
+        weight = torch.randn(shape) * 0.05
+        for bits in bits_list:
+            layout = random_plane_layout(shape, bits, group)
+            for t in tokens:
+                x = torch.randn(t, shape[1])
+                with torch.inference_mode():
+                    med = paired_medians({"planes": lambda x=x, layout=layout: kernels.bqq_linear(x, layout),
+                                          "dense": lambda x=x, weight=weight: F.linear(x, weight)}, repeats)
+                row = {"shape": f"{shape[0]}x{shape[1]}", "group": f"{group[0]}x{group[1]}", "bits": bits,
+                       "tokens": t, "planes_s": med["planes"], "dense_s": med["dense"],
+                       "ratio": med["planes"] / med["dense"], "weight_kb_packed": layout.nbytes / 1000}
+                rows.append(row)
+                print(f"{row['shape']:>9} ({row['group']}) {bits}-bit {t:>6} tokens: "
+                      f"planes {med['planes'] * 1e3:9.3f} ms  dense {med['dense'] * 1e3:9.3f} ms  "
+                      f"ratio {row['ratio']:.2f}", flush=True)
+    return rows
+
+
+def first_order_cases(quick: bool) -> list:
+    """(shape, group, bit widths, token counts): every shape in the paper's 384-groups at every width and
+    token count, and 4096x4096 in 128-column groups (GPTQ's convention)."""
+    if quick:
+        return [(SHAPES[1], (GROUP, GROUP), (2,), (1, 197))]
+    return ([(shape, (GROUP, GROUP), FIRST_ORDER_BITS, TOKENS) for shape in SHAPES]
+            + [((4096, 4096), G128, (2, 4), (1, 8, 197))])
+
+
+# Settings per DeiT-S variant: 2 bits (2 stacks for BQQ) with the paper's grouping; BQQ's solver cut to one
+# sweep, which changes the codes but not the latency (and under "auto" only which layers BQQ wins).
+DEIT_METHODS = {"bqq": {"method": "bqq", "sweeps": 1, "polish_rounds": 0}, "uq": {"method": "uq"},
+                "bcq": {"method": "bcq"}, "auto": {"method": "auto", "sweeps": 1, "polish_rounds": 0}}
+
+
+def deit_models(methods) -> dict[str, torch.nn.Module]:
+    """The fp32 DeiT-S (timm ``deit_small_patch16_224``, random init) and one 2-bit copy per method."""
     from bqq.compat import import_timm
 
     timm = import_timm()
     torch.manual_seed(0)
     fp = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
-    quant = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
-    quant.load_state_dict(fp.state_dict())
-    start = time.perf_counter()
-    bqq.quantize(quant, bits=STACKS, method="bqq", sweeps=1, polish_rounds=0, progress=False)
-    print(f"DeiT-S quantized (1-sweep solver, for timing only) in {time.perf_counter() - start:.0f} s", flush=True)
-    return fp, quant
+    models = {"fp32": fp}
+    for name in methods:
+        quant = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+        quant.load_state_dict(fp.state_dict())
+        start = time.perf_counter()
+        bqq.quantize(quant, bits=STACKS, progress=False, **DEIT_METHODS[name])
+        picks = method_counts(quant)
+        print(f"DeiT-S {name} quantized in {time.perf_counter() - start:.0f} s (timing only); layers: {picks}",
+              flush=True)
+        models[name] = quant
+    return models
+
+
+def method_counts(model: torch.nn.Module) -> dict[str, int]:
+    """How many quantized layers of ``model`` hold each method (what "auto" chose)."""
+    counts: dict[str, int] = {}
+    for _, layer in bqq.ptq.quantized_layers(model):
+        counts[layer.method] = counts.get(layer.method, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def model_rows(batches, repeats: int) -> list[dict]:
-    fp, quant = deit_pair()
-    layers = [m for _, m in bqq.ptq.quantized_layers(quant)]
+    """DeiT-S forwards, seconds: fp32, 2-bit BQQ, UQ, BCQ and ``auto`` (each on its kernels), and BQQ on the
+    dense-rebuild reference path for context."""
+    models = deit_models(tuple(DEIT_METHODS))
+    layers = [m for _, m in bqq.ptq.quantized_layers(models["bqq"])]
 
     def reference(x):
         for m in layers:
             m.backend = "reference"
         try:
-            return quant(x)
+            return models["bqq"](x)
         finally:
             for m in layers:
                 m.backend = None
@@ -166,18 +254,25 @@ def model_rows(batches, repeats: int) -> list[dict]:
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, 224, 224)
+        fns = {name: (lambda x=x, model=model: model(x)) for name, model in models.items()}
         with torch.inference_mode():
-            med = paired_medians({"bqq": lambda x=x: quant(x), "fp32": lambda x=x: fp(x),
-                                  "reference": lambda x=x: reference(x)}, repeats, budget_s=4.0)
-        row = {"batch": batch, "bqq_s": med["bqq"], "fp32_s": med["fp32"], "reference_s": med["reference"],
-               "ratio": med["bqq"] / med["fp32"]}
+            med = paired_medians({**fns, "reference": lambda x=x: reference(x)}, repeats, budget_s=4.0)
+        row = {"batch": batch, **{f"{name}_s": sec for name, sec in med.items()},
+               "ratio": med["bqq"] / med["fp32"], "auto_over_bqq": med["auto"] / med["bqq"],
+               "slowest_first_order_over_bqq": max(med["uq"], med["bcq"]) / med["bqq"],
+               "auto_methods": method_counts(models["auto"])}
         rows.append(row)
-        print(f"DeiT-S batch {batch}: bqq kernels {med['bqq'] * 1e3:.1f} ms, fp32 {med['fp32'] * 1e3:.1f} ms "
-              f"(ratio {row['ratio']:.2f}); dense-rebuild reference {med['reference'] * 1e3:.1f} ms", flush=True)
+        print(f"DeiT-S batch {batch}: " + ", ".join(f"{name} {sec * 1e3:.1f} ms" for name, sec in med.items())
+              + f"; auto/bqq {row['auto_over_bqq']:.2f}", flush=True)
     return rows
 
 
-def markdown(layers: list[dict], models: list[dict], env: dict, dispatch: list[dict] | None = None) -> str:
+# Issue 21's CPU targets for 2-bit first-order layers: ratio to dense fp32 by token count
+FIRST_ORDER_TARGETS = {1: 1.0, 197: 1.5}
+
+
+def markdown(layers: list[dict], models: list[dict], env: dict, dispatch: list[dict] | None = None,
+             first_order: list[dict] | None = None) -> str:
     lines = [f"`{' '.join(f'{k}={v}' for k, v in env.items())}`", "",
              "| weight (out×in) | tokens | BQQ 2* kernel (ms) | dense fp32 (ms) | ratio | target | met |",
              "|---|---|---|---|---|---|---|"]
@@ -186,12 +281,28 @@ def markdown(layers: list[dict], models: list[dict], env: dict, dispatch: list[d
         met = "" if target is None else ("yes" if r["ratio"] <= target else "no")
         lines.append(f"| {r['shape']} | {r['tokens']} | {r['bqq_s'] * 1e3:.3f} | {r['dense_s'] * 1e3:.3f} | "
                      f"{r['ratio']:.2f} | {'' if target is None else f'<= {target:g}'} | {met} |")
+    if first_order:
+        lines += ["", "First-order codes (UQ, GPTQ, BCQ: one bit-plane kernel, `bqq::plane_linear`), random codes:", "",
+                  "| weight (out×in) | group | bits | tokens | planes kernel (ms) | dense fp32 (ms) | ratio | target "
+                  "| met |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in first_order:
+            target = FIRST_ORDER_TARGETS.get(r["tokens"]) if r["bits"] == 2 else None
+            met = "" if target is None else ("yes" if r["ratio"] <= target else "no")
+            lines.append(f"| {r['shape']} | {r['group']} | {r['bits']} | {r['tokens']} | {r['planes_s'] * 1e3:.3f} | "
+                         f"{r['dense_s'] * 1e3:.3f} | {r['ratio']:.2f} | {'' if target is None else f'<= {target:g}'} "
+                         f"| {met} |")
     if models:
-        lines += ["", "| DeiT-S batch | BQQ 2* kernels (ms) | fp32 (ms) | ratio | dense-rebuild reference (ms) |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "DeiT-S (random init), ms per forward; every quantized model on its kernels:", "",
+                  "| batch | fp32 | BQQ 2* | UQ 2-bit | BCQ 2-bit | auto 2 | BQQ / fp32 | auto / BQQ (target <= 1.2) "
+                  "| slowest first-order / BQQ | BQQ dense-rebuild reference | auto's methods |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in models:
-            lines.append(f"| {r['batch']} | {r['bqq_s'] * 1e3:.1f} | {r['fp32_s'] * 1e3:.1f} | {r['ratio']:.2f} | "
-                         f"{r['reference_s'] * 1e3:.1f} |")
+            methods = ", ".join(f"{k} {v}" for k, v in r["auto_methods"].items())
+            lines.append(f"| {r['batch']} | {r['fp32_s'] * 1e3:.1f} | {r['bqq_s'] * 1e3:.1f} | {r['uq_s'] * 1e3:.1f} | "
+                         f"{r['bcq_s'] * 1e3:.1f} | {r['auto_s'] * 1e3:.1f} | {r['ratio']:.2f} | "
+                         f"{r['auto_over_bqq']:.2f} ({'met' if r['auto_over_bqq'] <= 1.2 else 'not met'}) | "
+                         f"{r['slowest_first_order_over_bqq']:.2f} | {r['reference_s'] * 1e3:.1f} | {methods} |")
     if dispatch:
         lines += ["", "| 384x384, 1 token, inference mode | µs per call |", "|---|---|"]
         lines += [f"| {r['path']} | {r['us']:.1f} |" for r in dispatch]
@@ -336,20 +447,51 @@ def suggest_switch_points(sweep: list[dict]) -> dict:
 
 
 def cuda_model_rows(batches, eager: Timer, graph: Timer | None) -> list[dict]:
-    """DeiT-S 2* BQQ against the fp16 model, both in fp16 on the GPU, seconds per forward."""
-    fp, quant = deit_pair()
-    fp, quant = fp.cuda().half(), quant.cuda().half()
+    """DeiT-S in fp16 on the GPU, seconds per forward: the fp16 model and its 2-bit BQQ, UQ, BCQ and auto
+    copies (:data:`DEIT_METHODS`), each on its kernels."""
+    models = {name: model.cuda().half() for name, model in deit_models(tuple(DEIT_METHODS)).items()}
+    models["fp16"] = models.pop("fp32")
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, 224, 224, device="cuda").half()
+        row = {"batch": batch, "auto_methods": method_counts(models["auto"])}
         with torch.inference_mode():
-            row = {"batch": batch, "bqq_s": eager(lambda x=x: quant(x)), "fp16_s": eager(lambda x=x: fp(x)),
-                   "bqq_graph_s": _graph_time(graph, lambda x=x: quant(x)),
-                   "fp16_graph_s": _graph_time(graph, lambda x=x: fp(x))}
+            for name, model in models.items():
+                row[f"{name}_s"] = eager(lambda x=x, model=model: model(x))
+            for name in ("bqq", "fp16"):
+                row[f"{name}_graph_s"] = _graph_time(graph, lambda x=x, model=models[name]: model(x))
         row["ratio"] = row["bqq_s"] / row["fp16_s"]
+        row["auto_over_bqq"] = row["auto_s"] / row["bqq_s"]
         rows.append(row)
-        print(f"DeiT-S fp16 batch {batch}: bqq {row['bqq_s'] * 1e3:.2f} ms, fp16 {row['fp16_s'] * 1e3:.2f} ms "
-              f"(ratio {row['ratio']:.2f})", flush=True)
+        print(f"DeiT-S fp16 batch {batch}: " + ", ".join(f"{name} {row[f'{name}_s'] * 1e3:.2f} ms" for name in models)
+              + f" (bqq/fp16 {row['ratio']:.2f}, auto/bqq {row['auto_over_bqq']:.2f})", flush=True)
+    return rows
+
+
+# (weight shape, group, bit widths, token counts) for the bit-plane kernel on a GPU
+CUDA_PLANE_CASES = [((384, 384), (GROUP, GROUP), (2,), (1, 197)), ((1536, 384), (GROUP, GROUP), (2, 4), (1, 197)),
+                    ((4096, 4096), G128, (2, 3, 4, 8), (1, 16, 197, 2048)), ((11008, 4096), G128, (2, 4), (1, 2048))]
+CUDA_PLANE_QUICK = [((4096, 4096), G128, (2,), (1, 197))]
+
+
+def cuda_plane_rows(cases, device: str, eager: Timer) -> list[dict]:
+    """The bit-plane kernel (UQ, GPTQ, BCQ) in fp16 against F.linear in fp16, seconds per call."""
+    rows = []
+    for shape, group, bits_list, tokens in cases:
+        weight = (torch.randn(shape, device=device) * 0.05).half()
+        for bits in bits_list:
+            layout = random_plane_layout(shape, bits, group).to(device)
+            for t in tokens:
+                x = torch.randn(t, shape[1], device=device).half()
+                with torch.inference_mode():
+                    planes = eager(lambda x=x, lay=layout: kernels.bqq_linear(x, lay))
+                    dense = eager(lambda x=x, w=weight: F.linear(x, w))
+                row = {"shape": f"{shape[0]}x{shape[1]}", "group": f"{group[0]}x{group[1]}", "bits": bits,
+                       "tokens": t, "planes_fp16_s": planes, "dense_fp16_s": dense, "ratio_fp16": planes / dense}
+                rows.append(row)
+                print(f"{row['shape']:>11} ({row['group']}) {bits}-bit {t:>5} tokens: "
+                      f"planes fp16 {planes * 1e6:9.1f} us, fp16 {dense * 1e6:8.1f} us, "
+                      f"ratio {row['ratio_fp16']:.2f}", flush=True)
     return rows
 
 
@@ -373,7 +515,8 @@ def _us(seconds: float | None) -> str:
 
 
 def cuda_markdown(layers: list[dict], sweep: list[dict], models: list[dict], env: dict,
-                  suggestion: dict | None = None, steps: list[dict] | None = None) -> str:
+                  suggestion: dict | None = None, steps: list[dict] | None = None,
+                  planes: list[dict] | None = None) -> str:
     lines = [f"`{' '.join(f'{k}={v}' for k, v in env.items())}`", "",
              "Layers, µs per call (medians of triton.testing.do_bench; bqq = `bqq_linear` on its automatic path; "
              "official = the issue's measurement, not rerun):", "",
@@ -415,15 +558,28 @@ def cuda_markdown(layers: list[dict], sweep: list[dict], models: list[dict], env
         for r in steps:
             fastest = "no split" if r["fastest_steps"] >= 1 << 20 else r["fastest_steps"]
             lines.append(f"| {r['shape']} | {' | '.join(_us(r[f'steps_{c}_s']) for c in choices)} | {fastest} |")
+    if planes:
+        lines += ["", "First-order codes (UQ, GPTQ, BCQ: one bit-plane kernel), fp16, µs per call, random codes:", "",
+                  "| weight (group) | bits | tokens | planes | fp16 | ratio | target | met |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in planes:
+            target = r["tokens"] == 1 and r["shape"] == "4096x4096"  # issue 21: decode <= fp16 cuBLAS
+            met = "" if not target else ("yes" if r["ratio_fp16"] <= 1.0 else "no")
+            lines.append(f"| {r['shape']} ({r['group']}) | {r['bits']} | {r['tokens']} | {_us(r['planes_fp16_s'])} | "
+                         f"{_us(r['dense_fp16_s'])} | {r['ratio_fp16']:.2f} | {'<= 1.0' if target else ''} | {met} |")
     if models:
-        lines += ["", "| DeiT-S fp16 batch | BQQ 2* (ms) | fp16 model (ms) | ratio | target | met | "
-                  "BQQ graph (ms) | fp16 graph (ms) |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| DeiT-S fp16 batch | BQQ 2* (ms) | fp16 model (ms) | ratio | target | met | UQ 2-bit (ms) | "
+                  "BCQ 2-bit (ms) | auto 2 (ms) | auto / BQQ | auto's methods | BQQ graph (ms) | fp16 graph (ms) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in models:
             target = f"<= {MODEL_TARGET}" if r["batch"] == 64 else ""
             met = "" if not target else ("yes" if r["ratio"] <= MODEL_TARGET else "no")
             graphs = [("" if r[k] is None else f"{r[k] * 1e3:.2f}") for k in ("bqq_graph_s", "fp16_graph_s")]
+            methods = ", ".join(f"{k} {v}" for k, v in r["auto_methods"].items())
             lines.append(f"| {r['batch']} | {r['bqq_s'] * 1e3:.2f} | {r['fp16_s'] * 1e3:.2f} | {r['ratio']:.2f} | "
-                         f"{target} | {met} | {graphs[0]} | {graphs[1]} |")
+                         f"{target} | {met} | {r['uq_s'] * 1e3:.2f} | {r['bcq_s'] * 1e3:.2f} | "
+                         f"{r['auto_s'] * 1e3:.2f} | "
+                         f"{r['auto_over_bqq']:.2f} | {methods} | {graphs[0]} | {graphs[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -452,16 +608,17 @@ def main_cuda(args: argparse.Namespace) -> dict:
     sweep = path_sweep_rows(cases, (1, 16, 197) if args.quick else SWEEP_TOKENS, "cuda", eager)
     suggestion = suggest_switch_points(sweep)
     steps = decode_step_rows(cases, "cuda", eager)
+    planes = cuda_plane_rows(CUDA_PLANE_QUICK if args.quick else CUDA_PLANE_CASES, "cuda", eager)
     models = [] if args.quick or args.no_model else cuda_model_rows([1, 64], eager, graph)
     wall = time.perf_counter() - wall
-    text = cuda_markdown(layers, sweep, models, env, suggestion, steps)
+    text = cuda_markdown(layers, sweep, models, env, suggestion, steps, planes)
     print(text)
     print(f"wall time {wall:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.kernels --device cuda" + (" --quick" if args.quick else "")
     (out / "kernels_cuda.md").write_text(text + f"\nCommand: `{command}`; wall time {wall:.0f} s.\n")
     doc = {"env": env, "layers": layers, "paths": sweep, "suggested_switch_points": suggestion,
-           "decode_steps": steps, "models": models, "wall_s": wall, "stacks": STACKS}
+           "decode_steps": steps, "planes": planes, "models": models, "wall_s": wall, "stacks": STACKS}
     (out / "kernels_cuda.json").write_text(json.dumps(doc, indent=2))
     return doc
 
@@ -485,17 +642,18 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter()
     shapes, tokens = (SHAPES[:2], [1, 197]) if args.quick else (SHAPES, TOKENS)
     layers = layer_rows(shapes, tokens, args.repeats)
+    first_order = first_order_rows(first_order_cases(args.quick), args.repeats)
     models = [] if args.quick else model_rows([1, 8], args.repeats)
     dispatch = dispatch_rows(args.repeats)
     wall = time.perf_counter() - wall
-    text = markdown(layers, models, env, dispatch)
+    text = markdown(layers, models, env, dispatch, first_order)
     print(text)
     print(f"wall time {wall:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.kernels" + (" --quick" if args.quick else "")
     (out / "kernels.md").write_text(text + f"\nCommand: `{command}`; wall time {wall:.0f} s.\n")
-    doc = {"env": env, "layers": layers, "models": models, "dispatch": dispatch, "wall_s": wall, "group": GROUP,
-           "stacks": STACKS}
+    doc = {"env": env, "layers": layers, "first_order": first_order, "models": models, "dispatch": dispatch,
+           "wall_s": wall, "group": GROUP, "stacks": STACKS}
     (out / "kernels.json").write_text(json.dumps(doc, indent=2))
     return doc
 

@@ -79,7 +79,7 @@ class PlaneTensors(NamedTuple):
 
 
 @dataclass
-class _PackedLayout:
+class PackedLayout:
     """A layer's kernel-ready tensors (all on one device) and its (M, N) shape; ``layout.name`` reads the
     field ``name`` of ``tensors``. Subclasses name their tensors' type and the op family that reads them."""
 
@@ -103,7 +103,7 @@ class _PackedLayout:
         """Bytes of every tensor the kernels read (packed bits and scalars)."""
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
-    def to(self, device: torch.device | str) -> _PackedLayout:
+    def to(self, device: torch.device | str) -> PackedLayout:
         """This layout on ``device`` (copies are cached, so repeated forwards move nothing)."""
         device = torch.device(device)
         if device == self.device:
@@ -115,7 +115,7 @@ class _PackedLayout:
 
 
 @dataclass
-class BQQLayout(_PackedLayout):
+class BQQLayout(PackedLayout):
     """Padded, kernel-ready arrays of one BQQ layer:
 
     z: uint8 (R, C, P, Lmax, NB); y: uint8 (R, C, P, Mmax, LB), where NB and LB are ceil(Nmax/8) and
@@ -132,7 +132,7 @@ class BQQLayout(_PackedLayout):
 
 
 @dataclass
-class PlaneLayout(_PackedLayout):
+class PlaneLayout(PackedLayout):
     """Kernel-ready bit planes of one first-order layer (UQ, GPTQ, BCQ), C column blocks:
 
     planes: uint8 (C, B, M, NB), NB = ceil(largest block width / 8) rounded up to even (zero pad bytes);

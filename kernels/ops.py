@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from .layout import BQQLayout, LayoutTensors, PlaneLayout, PlaneTensors, _PackedLayout
+from .layout import BQQLayout, LayoutTensors, PackedLayout, PlaneLayout, PlaneTensors
 from .reference import dequantize, dequantize_planes, linear_reference, plane_linear_reference
 
 LIB = torch.library.Library("bqq", "DEF")
@@ -103,7 +103,7 @@ LINEAR = BQQ_OPS.linear
 DEQUANTIZE = BQQ_OPS.dequantize
 
 
-def family_of(layout: _PackedLayout) -> OpFamily:
+def family_of(layout: PackedLayout) -> OpFamily:
     """The op family that reads ``layout`` (by its class's ``op``)."""
     return FAMILIES[layout.op]
 

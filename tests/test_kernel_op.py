@@ -1,6 +1,8 @@
-"""The torch ops ``bqq::linear`` and ``bqq::dequantize``: opcheck, torch.compile, gradients, backend choice.
+"""The torch ops ``bqq::linear`` / ``bqq::dequantize`` (BQQ layouts) and ``bqq::plane_linear`` /
+``bqq::plane_dequantize`` (bit-plane layouts): opcheck, torch.compile, gradients, backend choice.
 
-Layouts are built here from random packed bits (``bqq_kernels.build_layout``), independent of bqq's model pass.
+Layouts are built here from random packed bits (``bqq_kernels.build_layout``, ``build_plane_layout``),
+independent of bqq's model pass.
 """
 
 import numpy as np
@@ -33,14 +35,36 @@ def random_layout(row_sizes, col_sizes, stacks: int, seed: int = 0) -> kernels.B
     return kernels.build_layout(groups, row_sizes, col_sizes)
 
 
-def op_args(x: torch.Tensor, layout: kernels.BQQLayout, backend: str = "", bias: torch.Tensor | None = None) -> tuple:
+def random_plane_layout(row_sizes, col_sizes, planes: int, seed: int = 0) -> kernels.PlaneLayout:
+    """A bit-plane layout of random planes, coefficients and offsets on the grid given by the part sizes."""
+    rng = np.random.default_rng(seed)
+    groups = [np.packbits(rng.integers(0, 2, (planes, m, n), dtype=np.uint8), axis=-1, bitorder="little")
+              for m in row_sizes for n in col_sizes]
+    count = len(groups)
+    return kernels.build_plane_layout((sum(row_sizes), sum(col_sizes)), row_sizes, col_sizes, groups,
+                                      rng.standard_normal((count, planes)), rng.standard_normal(count))
+
+
+LAYOUTS = {"bqq": random_layout, "planes": random_plane_layout}
+
+
+def op_args(x: torch.Tensor, layout: kernels.PackedLayout, backend: str = "", bias: torch.Tensor | None = None
+            ) -> tuple:
     return (x, *layout.tensors, bias, layout.shape[0], backend)
+
+
+def ops(layout: kernels.PackedLayout):
+    """The (linear, dequantize) ops that read ``layout``."""
+    family = kernels.ops.family_of(layout)
+    return family.linear, family.dequantize
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grid", GRIDS, ids=str)
-def test_opcheck(device, grid):
-    layout = random_layout(*grid).to(device)
+@pytest.mark.parametrize("family", LAYOUTS)
+def test_opcheck(device, grid, family):
+    layout = LAYOUTS[family](*grid).to(device)
+    linear, dequantize = ops(layout)
     m, n = layout.shape
     gen = torch.Generator().manual_seed(0)
     bias = torch.randn(m, generator=gen).to(device)
@@ -49,14 +73,15 @@ def test_opcheck(device, grid):
                                     ("reference", (1, 3, n), False, bias.half())]:
         x = torch.randn(*shape, generator=gen).to(device).to(torch.float32 if b is None else b.dtype)
         args = op_args(x.requires_grad_(grad), layout, backend, None if b is None else b.clone().requires_grad_(grad))
-        torch.library.opcheck(torch.ops.bqq.linear.default, args)
+        torch.library.opcheck(linear, args)
     for dtype in (torch.float32, torch.float64):
-        torch.library.opcheck(torch.ops.bqq.dequantize.default, (*layout.tensors, m, n, dtype))
+        torch.library.opcheck(dequantize, (*layout.tensors, m, n, dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_forward_and_gradient_equal_the_dense_weight(device):
-    layout = random_layout((16, 14), (9, 12, 5), 2).to(device)
+@pytest.mark.parametrize("family", LAYOUTS)
+def test_forward_and_gradient_equal_the_dense_weight(device, family):
+    layout = LAYOUTS[family]((16, 14), (9, 12, 5), 2).to(device)
     w = kernels.dequantize_layout(layout)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 7, layout.shape[1], generator=gen).to(device).requires_grad_()
@@ -102,9 +127,9 @@ def test_backend_override_and_errors(monkeypatch):
 
 
 class BQQLinear(nn.Module):
-    """A layer holding a BQQLayout as a plain attribute, as bqq's quantized modules do."""
+    """A layer holding a layout as a plain attribute, as bqq's quantized modules do."""
 
-    def __init__(self, layout: kernels.BQQLayout, bias: torch.Tensor):
+    def __init__(self, layout: kernels.PackedLayout, bias: torch.Tensor):
         super().__init__()
         self.layout = layout
         self.bias = nn.Parameter(bias)
@@ -117,7 +142,9 @@ class BQQLinear(nn.Module):
 def test_torch_compile_equals_eager():
     torch.manual_seed(0)
     first, second = random_layout((16, 14), (9, 12, 5), 2), random_layout((5, 6), (13, 17), 3, seed=1)
-    model = nn.Sequential(BQQLinear(first, torch.randn(30)), nn.ReLU(), BQQLinear(second, torch.randn(11)))
+    third = random_plane_layout((7, 4), (6, 5), 3, seed=2)  # both op families in one graph
+    model = nn.Sequential(BQQLinear(first, torch.randn(30)), nn.ReLU(), BQQLinear(second, torch.randn(11)),
+                          BQQLinear(third, torch.randn(11)))
     compiled = torch.compile(model, fullgraph=True)  # fullgraph: no graph break around the op
     x = torch.randn(6, 26)
     with torch.no_grad():
@@ -130,11 +157,32 @@ def test_torch_compile_equals_eager():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_eager_inference_shortcut_equals_the_op(device):
+@pytest.mark.parametrize("family", LAYOUTS)
+def test_eager_inference_shortcut_equals_the_op(device, family):
     """Without autograd or tracing bqq_linear runs the op's body directly (no dispatcher): same numbers."""
-    layout = random_layout((24, 16), (40,), 2).to(device)
+    layout = LAYOUTS[family]((24, 16), (40,), 2).to(device)
     x = torch.randn(5, 40, generator=torch.Generator().manual_seed(3)).to(device)
     with torch.no_grad():
         direct = kernels.bqq_linear(x, layout)
-    through_op = torch.ops.bqq.linear(*op_args(x, layout))
+    through_op = ops(layout)[0](*op_args(x, layout))
     assert torch.equal(direct, through_op)
+
+
+def test_a_default_that_a_family_lacks_leaves_it_on_its_own_default(monkeypatch):
+    """set_default_backend names a backend of the BQQ op only: bit-plane layers keep theirs, while asking a
+    plane layer for it by name is an error."""
+    target = "bqq_kernels.cpu.bqq_matmul:bqq_linear_cpu"
+    monkeypatch.setitem(dispatch._REGISTRY[("linear", "cpu")], "numba-copy", target)
+    monkeypatch.setitem(dispatch._TRAITS, ("linear", "cpu", "numba-copy"), dispatch.FP32_ONLY)
+    planes = random_plane_layout((8,), (8,), 2)
+    x = torch.randn(3, 8)
+    kernels.set_default_backend("cpu", "numba-copy")
+    try:
+        assert kernels.default_backend("cpu") == "numba-copy"
+        assert kernels.default_backend("cpu", "plane_linear") == "numba"
+        torch.testing.assert_close(kernels.bqq_linear(x, planes), x @ kernels.dequantize_layout(planes).T,
+                                   rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match=r"'numba-copy' is not available on 'cpu'.*\(op plane_linear\)"):
+            kernels.bqq_linear(x, planes, backend="numba-copy")
+    finally:
+        kernels.set_default_backend("cpu", None)

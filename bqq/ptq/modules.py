@@ -4,10 +4,12 @@ convolution, a tied weight) its dequantized weight while it keeps its own ``forw
 
 A layer's weight (out, in) — for a convolution (out, in·kh·kw) — is one grouped
 :class:`~bqq.quantized.QuantizedMatrix` (``layer.qweight``), the same object ``bqq.compress`` returns
-and ``bqq.save`` writes. No dense floating-point copy is kept. BQQ layers compute x·Ŵᵀ straight from
-the packed bits with the op :func:`bqq_kernels.bqq_linear` (numba on the CPU, Triton on CUDA); other
-methods, and any layer whose ``backend`` is ``"reference"``, rebuild the weight at each forward.
-Within :func:`cached_weights` every layer uses a dense cached weight instead.
+and ``bqq.save`` writes. No dense floating-point copy is kept. BQQ, UQ, GPTQ and BCQ layers compute
+x·Ŵᵀ straight from the packed bits with :func:`bqq_kernels.bqq_linear` (numba on the CPU, Triton on
+CUDA; the methods' ``kernel_layout``); the other methods (SVD, VQ, lattice, ...) and any layer whose
+``backend`` is ``"reference"`` rebuild the weight at each forward. Within :func:`cached_weights` every
+layer uses a dense cached weight instead. A :class:`QuantizedWeight` hands its module a dense Ŵ, which
+it keeps between forwards when it is small (:data:`KEEP_DENSE_MAX_ELEMENTS`).
 
 Layers follow ``.to(device)`` / ``.cuda()`` like parameters: the kernel layout (packed bits, fp32
 scalars) moves with them, so a forward copies nothing. Dtype casts (``.half()``,
@@ -30,7 +32,6 @@ from torch.nn.utils import parametrize
 
 import bqq_kernels
 
-from ..methods.bqq import BQQMatrix
 from ..quantized import QuantizedMatrix
 
 
@@ -47,17 +48,19 @@ class _QuantizedLayer(nn.Module):
         self.selection: dict | None = None  # what bqq.quantize measured (see bqq.ptq.report)
         self._cache: torch.Tensor | None = None
         self._affine: list[_AffineGroup] | None = None
-        self._layout: bqq_kernels.BQQLayout | bool | None = False  # False: not built yet
+        self._layout: bqq_kernels.PackedLayout | bool | None = False  # False: not built yet
         self._layout_device: torch.device | None = None  # where _apply last moved the module
+        self._kept: torch.Tensor | None = None  # QuantizedWeight: the small dense Ŵ last handed out
 
     def invalidate_kernel_layout(self) -> None:
         """Rebuild the kernel layout at the next forward (call after changing ``qweight``'s groups)."""
         self._layout = False
+        self._kept = None
 
-    def kernel_layout(self) -> bqq_kernels.BQQLayout | None:
-        """The packed layout the kernels read (built once); None unless the weight is BQQ."""
+    def kernel_layout(self) -> bqq_kernels.PackedLayout | None:
+        """The packed layout the kernels read (built once); None for a method without a kernel."""
         if self._layout is False:
-            self._layout = self.qweight.kernel_layout() if isinstance(self.qweight, BQQMatrix) else None
+            self._layout = self.qweight.kernel_layout()
             device = getattr(self, "_layout_device", None)  # absent in layers pickled before it existed
             if self._layout is not None and device is not None:
                 self._layout = self._layout.to(device)
@@ -68,14 +71,15 @@ class _QuantizedLayer(nn.Module):
         # so follow device moves here: where fn sends a float tensor from the layout's device tells where
         # the module went (a dtype cast keeps the device).
         module = super()._apply(fn, *args, **kwargs)
-        here = self._layout.device if isinstance(self._layout, bqq_kernels.BQQLayout) else self._layout_device
+        self._kept = None
+        here = self._layout.device if isinstance(self._layout, bqq_kernels.PackedLayout) else self._layout_device
         self._layout_device = fn(torch.empty(0, device=here)).device
-        if isinstance(self._layout, bqq_kernels.BQQLayout):
+        if isinstance(self._layout, bqq_kernels.PackedLayout):
             self._layout = self._layout.to(self._layout_device)
         return module
 
     def uses_kernel(self) -> bool:
-        """Whether forwards run the packed kernel (a BQQ weight, no dense cache or refit active)."""
+        """Whether forwards run the packed kernel (a method with a kernel, no dense cache or refit active)."""
         return (self._affine is None and self._cache is None and self.backend != "reference"
                 and self.kernel_layout() is not None)
 
@@ -182,13 +186,20 @@ class QuantizedConv2d(_QuantizedLayer):
                 f"method={self.method}, bits_per_weight={self.qweight.bits_per_weight:.4f}")
 
 
+# A QuantizedWeight keeps the dense Ŵ it hands its module when it has at most this many elements:
+# depthwise and grouped convolutions, stems and other small weights, whose rebuild would cost more than
+# their own compute at every forward, while the copy costs little memory (64 Ki elements: 256 KiB fp32).
+KEEP_DENSE_MAX_ELEMENTS = 1 << 16
+
+
 class QuantizedWeight(_QuantizedLayer):
     """A parametrization of ``module.weight`` by a quantized matrix: the module keeps its class and its
     ``forward``, and reading ``module.weight`` gives Ŵ in the weight's own shape, dtype and device.
 
-    Installed with :meth:`install`; holds no tensor of its own (nothing dense is stored: Ŵ is rebuilt at
-    each read, or taken from the :func:`cached_weights` cache). ``weight_shape``: the module's weight
-    shape; ``transposed``: the module stores Wᵀ ((in, out), as ``transformers``' ``Conv1D``).
+    Installed with :meth:`install`. Ŵ is rebuilt when read, or taken from the :func:`cached_weights`
+    cache; one of at most :data:`KEEP_DENSE_MAX_ELEMENTS` elements is kept until the weight, device or
+    dtype changes. ``weight_shape``: the module's weight shape; ``transposed``: the module stores Wᵀ
+    ((in, out), as ``transformers``' ``Conv1D``).
     """
 
     def __init__(self, weight: QuantizedMatrix, weight_shape: tuple[int, ...], dtype: torch.dtype,
@@ -203,8 +214,15 @@ class QuantizedWeight(_QuantizedLayer):
 
     def forward(self) -> torch.Tensor:
         device = self._layout_device or torch.device("cpu")
+        plain = self._affine is None and self._cache is None  # no refit or cache active
+        kept = getattr(self, "_kept", None)  # absent in layers pickled before it existed
+        if plain and kept is not None and kept.dtype == self.dtype and kept.device == device:
+            return kept
         w = self.weight_matrix(self.dtype, device)
-        return w.t() if self.transposed else w.reshape(self.weight_shape)
+        w = w.t() if self.transposed else w.reshape(self.weight_shape)
+        if plain and w.numel() <= KEEP_DENSE_MAX_ELEMENTS:
+            self._kept = w
+        return w
 
     def right_inverse(self, weight: torch.Tensor) -> tuple[()]:
         return ()  # the module keeps no original tensor: the quantized matrix is the weight

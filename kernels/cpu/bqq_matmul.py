@@ -182,24 +182,24 @@ def bqq_linear_cpu(x: torch.Tensor, w: LayoutTensors, out_features: int) -> torc
     rows_per_task = rows if tiles >= threads else max(1, -(-rows // threads))
     tasks = tiles * -(-rows // rows_per_task)
     run = _run_narrow if lanes == 1 else _run_wide
-    run(tasks > 1 and threads > 1, x2.numpy(), out.numpy(), rows_per_task, *_numpy_views(w), LOWEST_BIT)
+    run(tasks > 1 and threads > 1, x2.numpy(), out.numpy(), rows_per_task, *numpy_views(w), LOWEST_BIT)
     return out.reshape(*lead, m)
 
 
-def _numpy_views(w: LayoutTensors) -> tuple[np.ndarray, ...]:
-    """numpy views of the layout tensors, made once per layout.
+def numpy_views(w: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, ...]:
+    """numpy views of a layout's tensors (any layout's tensors tuple), made once per layout.
 
     Ten ``Tensor.numpy()`` calls cost about 6 µs, a sixth of a one-token 384×384 matmul. The views
-    share memory with the tensors (in-place updates show through). Entries are keyed by z's id and
-    dropped when z is freed; a layout whose other tensors were replaced gets new views.
+    share memory with the tensors (in-place updates show through). Entries are keyed by the first
+    tensor's id and dropped when it is freed; a layout whose other tensors were replaced gets new views.
     """
-    key = id(w.z)
+    key = id(w[0])
     cached = _VIEWS.get(key)
     if cached is None or not all(map(operator.is_, cached[0], w[1:])):
         if cached is None:
-            weakref.finalize(w.z, _VIEWS.pop, key, None)
-        cached = _VIEWS[key] = (w[1:], tuple(t.numpy() for t in w))  # no reference to z: it can be freed
+            weakref.finalize(w[0], _VIEWS.pop, key, None)
+        cached = _VIEWS[key] = (w[1:], tuple(t.numpy() for t in w))  # no reference to w[0]: it can be freed
     return cached[1]
 
 
-_VIEWS: dict[int, tuple[tuple[torch.Tensor, ...], tuple[np.ndarray, ...]]] = {}  # id(z) -> (y..rank, views)
+_VIEWS: dict[int, tuple[tuple[torch.Tensor, ...], tuple[np.ndarray, ...]]] = {}  # id(w[0]) -> (w[1:], views)

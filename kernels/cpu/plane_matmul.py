@@ -1,0 +1,138 @@
+"""x·Ŵᵀ for a first-order layer (UQ, GPTQ, BCQ) straight from its bit planes (numba, multithreaded, fp32).
+
+In column block b, row j of the weight is Σ_i coef_ij P_i[j] + offset_j (:class:`~kernels.layout.PlaneLayout`),
+so out_j = Σ_b (Σ_i coef_ij (P_i[j] x_b) + offset_j Σ x_b). Each P_i[j] x_b is a sum of activations
+selected by bits, computed with the lookup tables of the BQQ kernel (:mod:`kernels.cpu.bqq_matmul`): a
+16-row table per 4 columns of the block holds the sums of x over every subset of them, and a code byte
+selects one row of its low-nibble table and one of its high-nibble table. A b-bit code costs b such
+binary matvecs; no weight value is ever formed.
+
+A table row is a vector over ``lanes`` tokens (16 for batches, 1 for a few tokens), so every add is a
+SIMD add (:mod:`kernels.cpu.simd`). Per row, plane and 16 tokens the work is n/8 pairs of 16-float row
+loads, against 16·n multiply-adds of a dense fp32 matmul, and the weight traffic is b·n/8 bytes per row.
+
+Parallel tasks are (token tile, block of rows); every output element is computed by one task in a fixed
+order (plane sums over code bytes in blocks of SUM_BLOCK, then coef·sum per plane in plane order), so
+results are bit-identical for any number of threads and any batch size.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+import torch
+
+from ..layout import PlaneTensors
+from .bqq_matmul import BLOCK_TABLE_BYTES, LOWEST_BIT, NARROW_BELOW, WIDE, _nibble_tables, numpy_views
+from .simd import BYTE_ROWS, SUM_BLOCK, lut_accumulate
+
+
+def _tasks(x, out, tag, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit):
+    """out (T, M) = x (T, N) Ŵᵀ; the layout arrays as in :class:`~kernels.layout.PlaneLayout`.
+
+    One task per (tile of ``len(tag)`` tokens, block of ``rows_per_task`` rows); each writes only its own
+    outputs.
+    """
+    lanes = len(tag)  # tokens per table row: a compile-time constant (the tuple's length is in its type)
+    n_cols, count, m, nb_max = planes.shape
+    tokens = x.shape[0]
+    p_flat = planes.reshape(-1)
+    n_tiles = (tokens + lanes - 1) // lanes
+    # Code bytes per pass, a multiple of SUM_BLOCK: every width sums in the same order (batch invariance).
+    block_bytes = max(1, BLOCK_TABLE_BYTES // (BYTE_ROWS * lanes * 4) // SUM_BLOCK) * SUM_BLOCK
+    row_blocks = (m + rows_per_task - 1) // rows_per_task
+    for task in nb.prange(n_tiles * row_blocks):
+        tile = task // row_blocks
+        j0 = (task - tile * row_blocks) * rows_per_task
+        rows = min(m, j0 + rows_per_task) - j0
+        t0 = tile * lanes
+        tn = min(lanes, tokens - t0)  # the last tile's missing tokens are zeros in xb
+        acc = np.zeros(rows * lanes, np.float32)  # this task's outputs, [row][lane]
+        sums = np.empty(rows * count * lanes, np.float32)  # P_i[j] x_b, [row][plane][lane]
+        xb = np.zeros(8 * nb_max * lanes, np.float32)  # the column block, [column][lane]
+        ctab = np.empty(nb_max * BYTE_ROWS * lanes, np.float32)
+        colsum = np.empty(lanes, np.float32)
+        for b in range(n_cols):
+            c0, nc = col_start[b], col_size[b]
+            nbytes = (nc + 7) // 8
+            nbytes += nbytes % 2
+            for q in range(lanes):
+                colsum[q] = 0.0
+            for col in range(nc):  # columns past nc keep stale values: only zero bits ever select them
+                for q in range(tn):
+                    value = x[t0 + q, c0 + col]
+                    xb[col * lanes + q] = value
+                    colsum[q] += value
+            _nibble_tables(xb, 2 * nbytes, tag, ctab, lowest_bit)
+            for k in range(rows * count * lanes):
+                sums[k] = 0.0
+            # The plane sums, in blocks of code bytes whose tables stay in L1.
+            for cb in range(0, nbytes, block_bytes):
+                size = min(block_bytes, nbytes - cb)
+                for j in range(rows):
+                    for i in range(count):
+                        code_row = ((b * count + i) * m + j0 + j) * nb_max + cb
+                        lut_accumulate(ctab, cb * BYTE_ROWS * lanes, p_flat, code_row, size, sums,
+                                       (j * count + i) * lanes, tag)
+            for j in range(rows):
+                row = j * lanes
+                off = offset[b, j0 + j]
+                for q in range(lanes):
+                    acc[row + q] += off * colsum[q]
+                for i in range(count):
+                    c = coef[b, j0 + j, i]
+                    s = (j * count + i) * lanes
+                    for q in range(lanes):
+                        acc[row + q] += c * sums[s + q]
+        for j in range(rows):
+            for q in range(tn):
+                out[t0 + q, j0 + j] = acc[j * lanes + q]
+
+
+_tasks_parallel = nb.njit(parallel=True, cache=True)(_tasks)
+_tasks_serial = nb.njit(parallel=False, cache=True)(_tasks)
+
+
+# Entry points per row width: the width tuple is made inside compiled code, so a call types only arrays
+# and ints (as in kernels.cpu.bqq_matmul).
+@nb.njit(cache=True)
+def _run_narrow(parallel, x, out, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit):
+    if parallel:
+        _tasks_parallel(x, out, (0,), rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit)
+    else:
+        _tasks_serial(x, out, (0,), rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit)
+
+
+@nb.njit(cache=True)
+def _run_wide(parallel, x, out, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit):
+    tag = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # WIDE entries
+    if parallel:
+        _tasks_parallel(x, out, tag, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit)
+    else:
+        _tasks_serial(x, out, tag, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit)
+
+
+# Fewest rows per task when the rows are split over threads: each task builds every column table of its
+# token tile, so a task must have enough rows to pay for them.
+MIN_ROWS_PER_TASK = 64
+
+
+def plane_linear_cpu(x: torch.Tensor, w: PlaneTensors, out_features: int) -> torch.Tensor:
+    """x (..., N) float32 on the CPU -> x Ŵᵀ (..., M) float32, from the bit planes of ``w`` only."""
+    m, n = out_features, x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.detach().reshape(-1, n).contiguous()
+    tokens = x2.shape[0]
+    out = torch.empty(tokens, m, dtype=torch.float32)
+    if tokens == 0:
+        return out.reshape(*lead, m)
+    lanes = 1 if tokens < NARROW_BELOW else WIDE
+    tiles = -(-tokens // lanes)
+    threads = nb.get_num_threads()
+    # Enough token tiles: each task takes all rows and builds each column table once per tile.
+    # Few tokens: split the rows instead, so that a single token still uses every thread.
+    rows_per_task = m if tiles >= threads else max(MIN_ROWS_PER_TASK, -(-m // threads))
+    tasks = tiles * -(-m // rows_per_task)
+    run = _run_narrow if lanes == 1 else _run_wide
+    run(tasks > 1 and threads > 1, x2.numpy(), out.numpy(), rows_per_task, *numpy_views(w), LOWEST_BIT)
+    return out.reshape(*lead, m)
