@@ -11,6 +11,7 @@
 Methods are registered by name ("bqq", "uq", "bcq", "svd"); see ``bqq.available_methods()``.
 """
 
+from . import _source_checkout  # noqa: F401  (first: `bqq_kernels` in a checkout that was never installed)
 from .api import compress
 from .format import FormatError
 from .io import load, save
