@@ -186,6 +186,18 @@ def bqq_linear_cpu(x: torch.Tensor, w: LayoutTensors, out_features: int) -> torc
     return out.reshape(*lead, m)
 
 
+def kernel_io(x: torch.Tensor, out_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x as a contiguous (T, N) numpy view, a new (T, M) float32 output array) for a kernel call; cheap
+    checks first (each torch call costs microseconds, a one-token matmul a few dozen)."""
+    x2 = x.detach()
+    if x2.dim() != 2:
+        x2 = x2.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    x2 = x2.numpy()
+    return x2, np.empty((x2.shape[0], out_features), np.float32)
+
+
 def numpy_views(w: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, ...]:
     """numpy views of a layout's tensors (any layout's tensors tuple), made once per layout.
 

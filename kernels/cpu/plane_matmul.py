@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..layout import PlaneTensors
-from .bqq_matmul import BLOCK_TABLE_BYTES, LOWEST_BIT, NARROW_BELOW, WIDE, _nibble_tables, numpy_views
+from .bqq_matmul import BLOCK_TABLE_BYTES, LOWEST_BIT, NARROW_BELOW, _nibble_tables, kernel_io, numpy_views
 from .simd import BYTE_ROWS, SUM_BLOCK, lut_accumulate
 
 
@@ -93,10 +93,27 @@ _tasks_parallel = nb.njit(parallel=True, cache=True)(_tasks)
 _tasks_serial = nb.njit(parallel=False, cache=True)(_tasks)
 
 
+# Fewest rows per task when the rows are split over threads: each task builds every column table of its
+# token tile, so a task must have enough rows to pay for them.
+MIN_ROWS_PER_TASK = 64
+
+
 # Entry points per row width: the width tuple is made inside compiled code, so a call types only arrays
-# and ints (as in kernels.cpu.bqq_matmul).
+# (as in kernels.cpu.bqq_matmul); the task split is chosen inside too.
 @nb.njit(cache=True)
-def _run_narrow(parallel, x, out, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit):
+def _split(tokens, m, lanes, threads):
+    """(rows per task, run in parallel) for ``tokens`` rows of input in tiles of ``lanes`` on ``threads``."""
+    tiles = (tokens + lanes - 1) // lanes
+    # Enough token tiles: each task takes all rows and builds each column table once per tile.
+    # Few tokens: split the rows instead, so that a single token still uses every thread.
+    rows_per_task = m if tiles >= threads else max(MIN_ROWS_PER_TASK, (m + threads - 1) // threads)
+    tasks = tiles * ((m + rows_per_task - 1) // rows_per_task)
+    return rows_per_task, tasks > 1 and threads > 1
+
+
+@nb.njit(cache=True)
+def _run_narrow(threads, x, out, planes, coef, offset, col_start, col_size, lowest_bit):
+    rows_per_task, parallel = _split(x.shape[0], out.shape[1], 1, threads)
     if parallel:
         _tasks_parallel(x, out, (0,), rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit)
     else:
@@ -104,35 +121,19 @@ def _run_narrow(parallel, x, out, rows_per_task, planes, coef, offset, col_start
 
 
 @nb.njit(cache=True)
-def _run_wide(parallel, x, out, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit):
+def _run_wide(threads, x, out, planes, coef, offset, col_start, col_size, lowest_bit):
     tag = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # WIDE entries
+    rows_per_task, parallel = _split(x.shape[0], out.shape[1], len(tag), threads)
     if parallel:
         _tasks_parallel(x, out, tag, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit)
     else:
         _tasks_serial(x, out, tag, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit)
 
 
-# Fewest rows per task when the rows are split over threads: each task builds every column table of its
-# token tile, so a task must have enough rows to pay for them.
-MIN_ROWS_PER_TASK = 64
-
-
 def plane_linear_cpu(x: torch.Tensor, w: PlaneTensors, out_features: int) -> torch.Tensor:
     """x (..., N) float32 on the CPU -> x Ŵᵀ (..., M) float32, from the bit planes of ``w`` only."""
-    m, n = out_features, x.shape[-1]
-    lead = x.shape[:-1]
-    x2 = x.detach().reshape(-1, n).contiguous()
-    tokens = x2.shape[0]
-    out = torch.empty(tokens, m, dtype=torch.float32)
-    if tokens == 0:
-        return out.reshape(*lead, m)
-    lanes = 1 if tokens < NARROW_BELOW else WIDE
-    tiles = -(-tokens // lanes)
-    threads = nb.get_num_threads()
-    # Enough token tiles: each task takes all rows and builds each column table once per tile.
-    # Few tokens: split the rows instead, so that a single token still uses every thread.
-    rows_per_task = m if tiles >= threads else max(MIN_ROWS_PER_TASK, -(-m // threads))
-    tasks = tiles * -(-m // rows_per_task)
-    run = _run_narrow if lanes == 1 else _run_wide
-    run(tasks > 1 and threads > 1, x2.numpy(), out.numpy(), rows_per_task, *numpy_views(w), LOWEST_BIT)
-    return out.reshape(*lead, m)
+    x2, out = kernel_io(x, out_features)
+    if len(x2):
+        run = _run_narrow if len(x2) < NARROW_BELOW else _run_wide
+        run(nb.get_num_threads(), x2, out, *numpy_views(w), LOWEST_BIT)
+    return torch.from_numpy(out).reshape(*x.shape[:-1], out_features)
