@@ -18,6 +18,7 @@ from bqq.grouping import GroupGrid
 from bqq.methods.bqq import BQQConfig, BQQMatrix, inner_dim
 from bqq.ptq import QuantizedConv2d, QuantizedLinear, quantized_layers
 from bqq.ptq.modules import trainable_scalars
+from bqq.quantized import QuantizedMatrix
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -158,11 +159,15 @@ def test_dispatch_errors_name_the_problem():
         kernels.set_default_backend("cpu", "triton")
 
 
-def test_quantized_modules_use_the_packed_kernel_by_default(monkeypatch):
+@pytest.mark.parametrize("method", ["bqq", "uq", "gptq", "bcq"])
+def test_quantized_modules_use_the_packed_kernel_by_default(monkeypatch, method):
+    """Layers of every method ``auto`` can pick never rebuild their weight in a forward (BQQ factors or
+    bit planes, :mod:`kernels.layout`)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=1), nn.Flatten(1),
                           nn.Linear(8 * 4 * 4, 10)).eval()
-    bqq.quantize(model, bits=2, method="bqq", group_size=32, sweeps=40)
+    opts = {"sweeps": 40} if method == "bqq" else {}
+    bqq.quantize(model, bits=2, method=method, group_size=32, **opts)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         for layer in (model[0], model[2]):
@@ -174,9 +179,10 @@ def test_quantized_modules_use_the_packed_kernel_by_default(monkeypatch):
         def no_dense(*args, **kwargs):
             raise AssertionError("the fast path must not rebuild the dense weight")
 
-        monkeypatch.setattr(BQQMatrix, "dequantize", no_dense)
+        monkeypatch.setattr(QuantizedMatrix, "dequantize", no_dense)
         out = model(x)
     assert isinstance(model[0], QuantizedConv2d) and isinstance(model[2], QuantizedLinear)
+    assert model[0].uses_kernel() and model[2].uses_kernel() and model[2].method == method
     assert kernels.default_backend("cpu") == "numba"
     assert rel_err(out, ref) < 1e-5
 

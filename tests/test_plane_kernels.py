@@ -1,6 +1,7 @@
 """The bit-plane kernels of the first-order codes (UQ, GPTQ, BCQ) on the CPU: each equals the dense
-rebuild of the quantized matrix, for every bit width, uneven grids, odd widths and any token count; the
-quantized layers use them by default. The Triton twin is tested in tests/test_gpu_plane_kernels.py."""
+rebuild of the quantized matrix, for every bit width, uneven grids, odd widths and any token count.
+That layers of every method use their kernel: tests/test_kernels.py; the Triton twin:
+tests/test_gpu_plane_kernels.py."""
 
 import numba
 import numpy as np
@@ -10,9 +11,8 @@ from torch import nn
 
 import bqq
 import bqq_kernels as kernels
-from bqq.methods.bcq import BCQMatrix
 from bqq.methods.uniform import UQMatrix
-from bqq.ptq.modules import KEEP_DENSE_MAX_ELEMENTS, QuantizedConv2d, QuantizedLinear, quantized_weight
+from bqq.ptq.modules import KEEP_DENSE_MAX_ELEMENTS, quantized_weight
 
 FIRST_ORDER = ("uq", "gptq", "bcq")
 # (shape, group shape): an uneven grid with odd widths, one row per group (convolutions' channel groups),
@@ -69,31 +69,6 @@ def test_other_input_dtypes(dtype):
     assert out.dtype == dtype
     ref = x.double() @ q.dequantize(torch.float64).T
     assert rel_err(out, ref) < (1e-6 if dtype == torch.float64 else 1e-2)
-
-
-@pytest.mark.parametrize("method", FIRST_ORDER)
-def test_layers_use_the_plane_kernel_by_default(monkeypatch, method):
-    """A model quantized with a first-order method never rebuilds a weight in its forward."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(1), nn.Linear(8 * 4 * 4, 10)).eval()
-    bqq.quantize(model, bits=3, method=method)
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        for layer in (model[0], model[2]):
-            layer.backend = "reference"
-        ref = model(x)
-        for layer in (model[0], model[2]):
-            layer.backend = None
-
-        def no_dense(*args, **kwargs):
-            raise AssertionError("the kernel path must not rebuild the dense weight")
-
-        monkeypatch.setattr(UQMatrix, "dequantize", no_dense)
-        monkeypatch.setattr(BCQMatrix, "dequantize", no_dense)
-        out = model(x)
-    assert isinstance(model[0], QuantizedConv2d) and isinstance(model[2], QuantizedLinear)
-    assert model[0].uses_kernel() and model[2].uses_kernel()
-    assert rel_err(out, ref.double()) < 1e-5
 
 
 def test_auto_layers_all_run_kernels():

@@ -50,6 +50,28 @@ def _nibble_tables(src, n_chunks, tag, tables, lowest_bit):
                  (4 * chunk + lowest_bit[e]) * lanes, tag)
 
 
+@nb.njit(cache=True, nogil=True)
+def column_tables(x, t0, tn, c0, nc, xb, colsum, tables, tag, lowest_bit):
+    """The lookup tables of one column block for one token tile; returns the block's code bytes per row.
+
+    xb[col][lane] = x[t0 + lane, c0 + col] for the block's ``nc`` columns and ``tn`` tokens (columns past
+    nc keep stale values: only zero bits ever select them; lanes past tn stay zero), colsum[lane] = the
+    sum of those columns, and ``tables`` its nibble tables (:func:`_nibble_tables`).
+    """
+    lanes = len(tag)
+    nbytes = (nc + 7) // 8
+    nbytes += nbytes % 2
+    for q in range(lanes):
+        colsum[q] = 0.0
+    for col in range(nc):
+        for q in range(tn):
+            value = x[t0 + q, c0 + col]
+            xb[col * lanes + q] = value
+            colsum[q] += value
+    _nibble_tables(xb, 2 * nbytes, tag, tables, lowest_bit)
+    return nbytes
+
+
 def _tasks(x, out, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_size, col_start, col_size, rank,
            lowest_bit):
     """out (T, M) = x (T, N) Ŵᵀ; the layout arrays as in :class:`~kernels.layout.BQQLayout`.
@@ -83,17 +105,7 @@ def _tasks(x, out, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_size,
         colsum = np.empty(lanes, np.float32)
         tsum = np.empty(lanes, np.float32)
         for b in range(n_cols):  # the column tables of block b serve every group row of the task
-            c0, nc = col_start[b], col_size[b]
-            nbytes = (nc + 7) // 8
-            nbytes += nbytes % 2
-            for q in range(lanes):
-                colsum[q] = 0.0
-            for col in range(nc):  # columns past nc keep stale values: only zero bits ever select them
-                for q in range(tn):
-                    value = x[t0 + q, c0 + col]
-                    xb[col * lanes + q] = value
-                    colsum[q] += value
-            _nibble_tables(xb, 2 * nbytes, tag, ctab, lowest_bit)
+            nbytes = column_tables(x, t0, tn, col_start[b], col_size[b], xb, colsum, ctab, tag, lowest_bit)
             for a in range(a0, a1):
                 g = a * n_cols + b
                 rk, m, m0 = rank[a, b], row_size[a], row_start[a]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..layout import PlaneTensors
-from .bqq_matmul import BLOCK_TABLE_BYTES, LOWEST_BIT, NARROW_BELOW, _nibble_tables, kernel_io, numpy_views
+from .bqq_matmul import BLOCK_TABLE_BYTES, LOWEST_BIT, NARROW_BELOW, column_tables, kernel_io, numpy_views
 from .simd import BYTE_ROWS, SUM_BLOCK, lut_accumulate
 
 
@@ -53,17 +53,7 @@ def _tasks(x, out, tag, rows_per_task, planes, coef, offset, col_start, col_size
         ctab = np.empty(nb_max * BYTE_ROWS * lanes, np.float32)
         colsum = np.empty(lanes, np.float32)
         for b in range(n_cols):
-            c0, nc = col_start[b], col_size[b]
-            nbytes = (nc + 7) // 8
-            nbytes += nbytes % 2
-            for q in range(lanes):
-                colsum[q] = 0.0
-            for col in range(nc):  # columns past nc keep stale values: only zero bits ever select them
-                for q in range(tn):
-                    value = x[t0 + q, c0 + col]
-                    xb[col * lanes + q] = value
-                    colsum[q] += value
-            _nibble_tables(xb, 2 * nbytes, tag, ctab, lowest_bit)
+            nbytes = column_tables(x, t0, tn, col_start[b], col_size[b], xb, colsum, ctab, tag, lowest_bit)
             for k in range(rows * count * lanes):
                 sums[k] = 0.0
             # The plane sums, in blocks of code bytes whose tables stay in L1.
