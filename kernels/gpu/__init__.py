@@ -4,6 +4,10 @@ The BQQ matmul (:mod:`kernels.gpu.bqq_matmul`): :func:`bqq_linear_triton` picks 
 ``factored`` or ``rebuild`` path with :func:`choose_path`, whose switch points are the fields of
 :data:`SWITCH_POINTS` (defaults :data:`DECODE_MAX_TOKENS`, :data:`FACTORED_MAX_TOKENS_PER_RANK`:
 reasoned, not yet measured on a GPU).
+
+The bit-plane matmul (:mod:`kernels.gpu.plane_matmul`, UQ / GPTQ / BCQ layouts): :func:`plane_linear_triton`,
+one kernel that unpacks the planes into weight tiles in registers, on CUDA cores up to
+:data:`PLANE_DECODE_MAX_TOKENS` tokens and on tensor cores beyond (:func:`plane_config`; unmeasured tiles).
 """
 
 from .bqq_matmul import (
@@ -18,18 +22,23 @@ from .bqq_matmul import (
     path_for,
     rebuild_weight,
 )
+from .plane_matmul import DECODE_MAX_TOKENS as PLANE_DECODE_MAX_TOKENS
+from .plane_matmul import plane_config, plane_linear_triton
 from .row_sweep import row_sweep_triton
 
 __all__ = [
     "DECODE_MAX_TOKENS",
     "FACTORED_MAX_TOKENS_PER_RANK",
     "PATHS",
+    "PLANE_DECODE_MAX_TOKENS",
     "SWITCH_POINTS",
     "SwitchPoints",
     "bqq_linear_triton",
     "choose_path",
     "interpreted",
     "path_for",
+    "plane_config",
+    "plane_linear_triton",
     "rebuild_weight",
     "row_sweep_triton",
 ]

@@ -1,11 +1,15 @@
-"""Compile the BQQ Triton kernels for an NVIDIA GPU on a machine without one, and report the machine code.
+"""Compile the Triton kernels for an NVIDIA GPU on a machine without one, and report the machine code.
 
     TRITON_INTERPRET=0 python -m bqq_kernels.gpu.compile_check [--arch 90] [--quick] [--json]
+                                                               [--op {linear,plane_linear,all}]
 
-Triton lowers every launch configuration :mod:`kernels.gpu.bqq_matmul` uses (decode at 1 to 16 tokens
-per program, factored, rebuild; fp16, bf16, fp32 activations) with the ptxas it ships, so lowering errors
-show without a GPU or driver. Per variant the report gives registers, stack bytes (spills), and the
-counts of tensor-core (HGMMA on Hopper, HMMA), FFMA and local-memory (LDL/STL) instructions in the SASS
+Triton lowers every launch configuration of an op family with the ptxas it ships, so lowering errors
+show without a GPU or driver: for ``linear`` (the default), those :mod:`kernels.gpu.bqq_matmul` uses
+(decode at 1 to 16 tokens per program, factored, rebuild); for ``plane_linear``, those of
+:mod:`kernels.gpu.plane_matmul` (CUDA cores at 1 to 8 tokens per program, tensor cores at the largest
+token tile; 1, 4 and 8 planes); fp16, bf16, fp32 activations. ``--quick``: fp16 and fp32, 1 and the
+largest CUDA-core token tile, 8 planes. Per variant the report gives registers, stack bytes (spills), and
+the counts of tensor-core (HGMMA on Hopper, HMMA), FFMA and local-memory (LDL/STL) instructions in the SASS
 (static counts, not executed ones). It says nothing about speed. Interpreted kernels cannot be compiled:
 run it with TRITON_INTERPRET unset or 0.
 """
@@ -25,15 +29,16 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import bqq_matmul
+from . import bqq_matmul, plane_matmul
 from .factored import _sum_kernel, _y_kernel, _z_kernel
 from .rebuild import _rebuild_kernel
 
 _SASS_OPS = ("HGMMA", "HMMA", "FFMA", "LDL", "STL")
 _TYPE = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-_BYTES = ("z_ptr", "y_ptr")
-_FLOATS = ("work_ptr", "r_ptr", "t_ptr", "rowterm_ptr", "partial_ptr")
+_BYTES = ("z_ptr", "y_ptr", "planes_ptr")
+_FLOATS = ("work_ptr", "r_ptr", "t_ptr", "rowterm_ptr", "partial_ptr", "coef_ptr", "offset_ptr")
 _INTS = ("row_start_ptr", "row_size_ptr", "col_start_ptr", "col_size_ptr", "rank_ptr")
+OPS = ("linear", "plane_linear")  # the op families (kernels.dispatch) whose kernels this compiles
 
 
 def _signature(fn, dtype: torch.dtype, constexprs: dict) -> dict[str, str]:
@@ -52,9 +57,19 @@ def _signature(fn, dtype: torch.dtype, constexprs: dict) -> dict[str, str]:
     return {name: kind(name) for name in fn.arg_names}
 
 
-def variants(quick: bool = False) -> list[tuple[str, object, torch.dtype, dict, int]]:
-    """(label, kernel, activation dtype, constexprs, warps) of the launches the paths make."""
+def variants(quick: bool = False, ops: tuple[str, ...] = ("linear",)
+             ) -> list[tuple[str, object, torch.dtype, dict, int]]:
+    """(label, kernel, activation dtype, constexprs, warps) of the launches the op families ``ops`` make."""
     dtypes = (torch.float16, torch.float32) if quick else (torch.float16, torch.bfloat16, torch.float32)
+    out = []
+    if "linear" in ops:
+        out += _bqq_variants(quick, dtypes)
+    if "plane_linear" in ops:
+        out += _plane_variants(quick, dtypes)
+    return out
+
+
+def _bqq_variants(quick: bool, dtypes: tuple[torch.dtype, ...]) -> list[tuple[str, object, torch.dtype, dict, int]]:
     out = []
     for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
@@ -70,6 +85,22 @@ def variants(quick: bool = False) -> list[tuple[str, object, torch.dtype, dict, 
         bm, bn, bk = bqq_matmul.REBUILD_TILES
         out.append((f"rebuild {name}", _rebuild_kernel, dtype, {"BM": bm, "BN": bn, "BK": bk},
                     bqq_matmul.REBUILD_WARPS))
+    return out
+
+
+def _plane_variants(quick: bool, dtypes: tuple[torch.dtype, ...]) -> list[tuple[str, object, torch.dtype, dict, int]]:
+    """The plane kernel at each CUDA-core token tile and at the largest tensor-core one. The planes are
+    unrolled, so more planes hold more loads in flight: 8 (the most) is the register-heaviest."""
+    out = []
+    tiles = (1, plane_matmul.DECODE_MAX_TOKENS) if quick else tuple(plane_matmul.DECODE_TILES)
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        for planes in (8,) if quick else (1, 4, 8):
+            configs = [(f"plane T{t}", plane_matmul.plane_config(t, dtype, planes, dot=False)) for t in tiles]
+            configs.append(("plane dot", plane_matmul.plane_config(1 << 20, dtype, planes, dot=True)))
+            for label, cfg in configs:
+                out.append((f"{label} B{planes} {name}", plane_matmul._plane_kernel, dtype,
+                            {**cfg.constexprs, "HAS_BIAS": True}, cfg.warps))
     return out
 
 
@@ -97,10 +128,10 @@ def compile_variant(fn, dtype: torch.dtype, constexprs: dict, warps: int, arch: 
     return info
 
 
-def report(arch: int = 90, quick: bool = False) -> list[dict]:
-    """One row per variant: label, warps, constexprs (as text) and :func:`compile_variant`'s fields."""
+def report(arch: int = 90, quick: bool = False, ops: tuple[str, ...] = ("linear",)) -> list[dict]:
+    """One row per variant of the op families ``ops``: label, warps and :func:`compile_variant`'s fields."""
     rows = []
-    for label, fn, dtype, constexprs, warps in variants(quick):
+    for label, fn, dtype, constexprs, warps in variants(quick, ops):
         info = compile_variant(fn, dtype, constexprs, warps, arch)
         rows.append({"variant": label, "warps": warps, **info})
     return rows
@@ -109,17 +140,21 @@ def report(arch: int = 90, quick: bool = False) -> list[dict]:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90, help="compute capability × 10 (90: Hopper)")
-    p.add_argument("--quick", action="store_true", help="fp16 and fp32, decode at 1 and 16 tokens only")
+    p.add_argument("--quick", action="store_true",
+                   help="fp16 and fp32; decode (linear) or the CUDA-core path (plane_linear) at 1 and the most "
+                   "tokens per program only; 8 planes only")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.add_argument("--op", choices=(*OPS, "all"), default="linear",
+                   help="the op family's kernels: linear (BQQ, the default), plane_linear (bit planes) or all")
     args = p.parse_args(argv)
-    if bqq_matmul.interpreted():
+    if bqq_matmul.interpreted() or plane_matmul.interpreted():
         raise SystemExit("TRITON_INTERPRET=1 is set: interpreted kernels cannot be compiled")
-    rows = report(args.arch, args.quick)
+    rows = report(args.arch, args.quick, OPS if args.op == "all" else (args.op,))
     if args.json:
         print(json.dumps(rows))
     else:
         for row in rows:
-            print(f"{row['variant']:<22} " + " ".join(f"{k}={v}" for k, v in row.items() if k != "variant"))
+            print(f"{row['variant']:<26} " + " ".join(f"{k}={v}" for k, v in row.items() if k != "variant"))
     return rows
 
 
