@@ -35,3 +35,7 @@ __all__ = [
     "save",
     "save_quantized",
 ]
+
+from .hf import register_with_transformers
+
+register_with_transformers()  # quant_method "bqq" for transformers: now if its registry is imported, else on its import

@@ -38,9 +38,25 @@ CONFIG_VERSION = 2  # 2: one grouped matrix per layer; 1: one matrix per group
 def save_quantized(model: nn.Module, path: str | os.PathLike, *, model_name: str | None = None) -> Path:
     """Write ``model`` (after :func:`bqq.quantize`) to ``path`` (.safetensors) and its config to ``.json``.
 
-    Returns the path of the JSON config.
+    A Hugging Face ``transformers`` model also gets its architecture and config recorded, so that
+    :func:`load_quantized` can rebuild it without a skeleton. Returns the path of the JSON config.
     """
     path = Path(path)
+    objects, config = model_config(model, model_name=model_name)
+    text = json.dumps(config, indent=2, sort_keys=True)
+    save_bundle(Bundle(objects, dict(model.state_dict()), {CONFIG_KEY: text}), path)
+    config_path = path.with_suffix(".json")
+    config_path.write_text(text + "\n")
+    return config_path
+
+
+def model_config(model: nn.Module, *, model_name: str | None = None
+                 ) -> tuple[dict[str, QuantizedMatrix], dict[str, Any]]:
+    """The quantized weights of ``model`` by layer name and the model config that describes them (layer
+    kinds, shapes, convolution geometry, methods, bits, what stayed FP and why, versions): what
+    :func:`save_quantized` writes and :func:`restore_layers` reads. ValueError if nothing is quantized."""
+    from ..hf import hf_model_info  # lazy: bqq.hf imports this module
+
     layers = dict(quantized_layers(model))
     if not layers:
         raise ValueError("the model has no quantized layers; call bqq.quantize(model) first")
@@ -76,36 +92,65 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, *, model_name: str
         "coverage": {k: coverage[k] for k in ("total_params", "quantized_params", "quantized_fraction",
                                               "layer_fraction", "bits_per_weight", "model_bits_per_param")},
     }
-    text = json.dumps(config, indent=2, sort_keys=True)
-    save_bundle(Bundle(objects, dict(model.state_dict()), {CONFIG_KEY: text}), path)
-    config_path = path.with_suffix(".json")
-    config_path.write_text(text + "\n")
-    return config_path
+    hf = hf_model_info(model)
+    if hf is not None:
+        config["hf"] = hf
+    return objects, config
 
 
-def load_quantized(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+def load_quantized(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Restore a model written by :func:`save_quantized` into ``model`` (same architecture, e.g. freshly
     built with random weights) and return it. Its layers are replaced by quantized ones and every
     other tensor is loaded strictly; outputs equal the saved model's exactly.
+
+    Without ``model``: a file saved from a Hugging Face ``transformers`` model is rebuilt from the
+    architecture and config it records, and a directory written by ``save_pretrained`` (or ``bqq quantize``)
+    is loaded with ``from_pretrained`` (:func:`bqq.hf.from_pretrained`); both need ``transformers``.
     """
+    if Path(path).is_dir():
+        if model is not None:
+            raise TypeError(f"{path} is a directory (a save_pretrained checkpoint), which loads without a model: "
+                            "call bqq.load_quantized(path)")
+        from ..hf import from_pretrained
+
+        return from_pretrained(path)
     bundle = load_bundle(path)
     config = _read_config(bundle, path)
-    modules = dict(model.named_modules())
-    used = set()
+    if model is None:
+        if not isinstance(config.get("hf"), dict):
+            raise TypeError(f"{path}: saved from a {config.get('model_name')}, not a Hugging Face model, so the "
+                            "architecture is not recorded: pass a model of it, bqq.load_quantized(path, model)")
+        from ..hf import build_model
+
+        model = build_model(config["hf"], path)
+    weights, used = {}, set()
     for name, layer in config["layers"].items():
-        weight, keys = _layer_weight(bundle, name, layer, config["format_version"], path)
+        weights[name], keys = _layer_weight(bundle, name, layer, config["format_version"], path)
         used.update(keys)
-        _restore_layer(model, modules.get(name), name, layer, weight, path).selection = layer.get("selection")
     extra = sorted(set(bundle.objects) - used)
     if extra:
         raise FormatError(f"{path}: matrices {extra[:5]} belong to no layer in the config")
+    restore_layers(model, config["layers"], weights, path)
     _add_folded_biases(model, bundle.plain)
     try:
         model.load_state_dict(bundle.plain, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{path}: the model's other tensors do not match the file: {exc}") from exc
     record_left_fp(model, config.get("left_fp") or {})
+    from ..hf import attach
+
+    attach(model)  # a transformers model saves again with save_pretrained
     return model
+
+
+def restore_layers(model: nn.Module, layers: dict[str, dict[str, Any]], weights: dict[str, QuantizedMatrix],
+                   path: Any) -> None:
+    """Put each saved layer (``layers``: the model config's entries, ``weights``: their quantized weights by
+    layer name) into ``model``'s module of that name, with its recorded selection. ``path`` names the
+    source in errors."""
+    modules = dict(model.named_modules())
+    for name, layer in layers.items():
+        _restore_layer(model, modules.get(name), name, layer, weights[name], path).selection = layer.get("selection")
 
 
 def _add_folded_biases(model: nn.Module, plain: dict[str, torch.Tensor]) -> None:
