@@ -1,10 +1,12 @@
-"""Command line: ``bqq demo``, ``bqq compress``, ``bqq info``."""
+"""Command line: ``bqq demo``, ``bqq compress``, ``bqq info``; for Hugging Face causal LMs ``bqq quantize`` and
+``bqq eval-ppl``."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,8 @@ from .format import FormatError, read_file
 from .methods import available_methods, bits_meanings
 from .ptq.report import format_candidates
 from .ptq.serialize import CONFIG_KEY as MODEL_CONFIG_KEY
+
+_LM_SOURCES = ("wikitext2",)  # bqq.lm.SOURCES, named here so that --help does not import bqq.lm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +48,44 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("info", help="describe a bqq .safetensors file")
     info.add_argument("file", type=Path)
 
+    quant = sub.add_parser("quantize", help="quantize a Hugging Face causal LM directory into a save_pretrained "
+                           "directory (needs transformers)", formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="Interrupted (Ctrl-C, kill -9)? Run the same command again: finished groups are "
+                           "kept in the cache folder\nand the result is bit-identical to an uninterrupted run.\n\n"
+                           f"what --bits means, per method:\n{meanings}")
+    quant.add_argument("model_dir", type=Path, help="local directory of a transformers model (config.json, weights)")
+    quant.add_argument("-o", "--output", required=True, type=Path, help="output directory (from_pretrained-loadable)")
+    quant.add_argument("--bits", type=float, default=2, help="per method, see below (default 2)")
+    quant.add_argument("--method", default="auto", choices=["auto", *available_methods()],
+                       help="auto (default): per layer the best of BQQ, UQ, BCQ (and GPTQ with --calib)")
+    quant.add_argument("--group-size", type=_model_group_size, default="paper",
+                       help="N, RxC, 'none' (one group per layer) or 'paper' (default: 384x384 for LLMs)")
+    quant.add_argument("--calib", default=None, help="calibration text: 'wikitext2' (its train split) or a text "
+                       "file; default: data-free")
+    quant.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    quant.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+    quant.add_argument("--device", default=None, help="cpu or cuda (default: where the model loads, the CPU)")
+    quant.add_argument("--cache-dir", type=Path, default=None, help="finished groups, for resuming (default: "
+                       "OUT_DIR/.bqq-cache, removed after success; a given folder is kept)")
+    quant.add_argument("--seed", type=int, default=0)
+    quant.add_argument("--sweeps", type=int, default=None, help="BQQ annealing sweeps per stack (default: auto)")
+    quant.add_argument("--rank-scale", type=float, default=None, help="BQQ inner dimension factor (default 1)")
+
+    ppl = sub.add_parser("eval-ppl", help="perplexity of a Hugging Face causal LM directory, quantized or not "
+                         "(needs transformers)")
+    ppl.add_argument("model_dir", type=Path)
+    source = ppl.add_mutually_exclusive_group()
+    source.add_argument("--text", type=Path, default=None, help="a local UTF-8 text file")
+    source.add_argument("--dataset", default=None, choices=list(_LM_SOURCES),
+                        help="a dataset's test split (default: wikitext2)")
+    ppl.add_argument("--seqlen", type=int, default=2048, help="window length (default 2048)")
+    ppl.add_argument("--device", default=None, help="cpu or cuda (default: where the model loads, the CPU)")
+
     args = parser.parse_args(argv)
     try:
-        return {"demo": _demo, "compress": _compress, "info": _info}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+        return {"demo": _demo, "compress": _compress, "info": _info, "quantize": _quantize_model,
+                "eval-ppl": _eval_ppl}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, KeyError, ImportError) as exc:
         print(f"bqq {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -63,6 +101,14 @@ def _group_size(text: str) -> int | tuple[int, int]:
     if len(values) == 2:
         return values[0], values[1]
     raise argparse.ArgumentTypeError(f"group size must be N or RxC, got {text!r}")
+
+
+def _model_group_size(text: str) -> int | tuple[int, int] | str | None:
+    if text.lower() == "paper":
+        return "paper"
+    if text.lower() == "none":
+        return None
+    return _group_size(text)
 
 
 def load_matrix(spec: str) -> torch.Tensor:
@@ -190,6 +236,95 @@ def _print_selection(config: dict) -> None:
               "(FP leftovers at their dtype)")
     for name, reason in (config.get("left_fp") or {}).items():
         print(f"    left FP: {name}: {reason}")
+
+
+def _quantize_model(args: argparse.Namespace) -> int:
+    """``bqq quantize``: load MODEL_DIR offline, quantize (resumable through the cache folder), save_pretrained."""
+    from . import hf
+    from .ptq.quantize import quantize
+    from .ptq.report import coverage_report
+
+    hf.require_transformers()
+    source, out = args.model_dir, args.output
+    if out.resolve() == source.resolve():
+        raise ValueError("the output directory must differ from MODEL_DIR")
+    opts = {k: v for k, v in (("sweeps", args.sweeps), ("rank_scale", args.rank_scale)) if v is not None}
+    if opts and args.method not in ("bqq", "auto"):
+        raise ValueError(f"--{next(iter(opts)).replace('_', '-')} applies to --method bqq/auto only")
+    bits = int(args.bits) if float(args.bits).is_integer() else args.bits
+    start = time.perf_counter()
+    model = hf.from_pretrained(source)
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise ValueError(f"{source} is quantized already ({model.config.quantization_config.quant_method})")
+    tokenizer = _tokenizer(source, required=args.calib is not None)
+    calibration = None
+    if args.calib is not None:
+        from . import lm
+
+        tokens = _load_tokens(lm, args.calib, tokenizer, split="train")
+        calibration = lm.calibration_batches(tokens, args.nsamples, args.seqlen, seed=args.seed)
+    if args.device is not None:
+        model.to(args.device)
+    cache = args.cache_dir if args.cache_dir is not None else out / ".bqq-cache"
+    try:
+        quantize(model, bits, method=args.method, group_size=args.group_size, calibration=calibration,
+                 cache_dir=cache, seed=args.seed, progress=True, device=args.device, **opts)
+    except KeyboardInterrupt:
+        print(f"\nbqq quantize: interrupted; run the same command again to resume from {cache}", file=sys.stderr)
+        return 130
+    hf.attach(model)
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    if args.cache_dir is None:
+        shutil.rmtree(cache, ignore_errors=True)  # the default cache is only for resuming this run
+    coverage = coverage_report(model)
+    methods = {}
+    for row in coverage["quantized"]:
+        methods[row["method"]] = methods.get(row["method"], 0) + 1
+    print(f"{out}: {len(coverage['quantized'])} layers quantized ("
+          + ", ".join(f"{m} {n}" for m, n in sorted(methods.items()))
+          + f"), {coverage['bits_per_weight']:.3f} bits per quantized weight, "
+          f"{100 * coverage['quantized_fraction']:.1f} % of the parameters, "
+          f"seconds={time.perf_counter() - start:.1f}")
+    return 0
+
+
+def _eval_ppl(args: argparse.Namespace) -> int:
+    """``bqq eval-ppl``: perplexity over non-overlapping windows of a text (bqq.lm.perplexity)."""
+    from . import hf, lm
+
+    hf.require_transformers()
+    model = hf.from_pretrained(args.model_dir)
+    tokenizer = _tokenizer(args.model_dir, required=True)
+    source = str(args.text) if args.text is not None else (args.dataset or lm.WIKITEXT2)
+    tokens = _load_tokens(lm, source, tokenizer, split="test")
+    if args.device is not None:
+        model.to(args.device)
+    value = lm.perplexity(model, tokens, seqlen=args.seqlen, device=args.device, progress=True)
+    print(f"{args.model_dir}: perplexity {value:.4f} on {source} ({tokens.shape[1]} tokens, "
+          f"{tokens.shape[1] // args.seqlen} windows of {args.seqlen})")
+    return 0
+
+
+def _tokenizer(directory: Path, *, required: bool):
+    """The tokenizer saved in ``directory`` (offline), or None when absent and not ``required``."""
+    from .hf import require_transformers
+
+    try:
+        return require_transformers().AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        if required:
+            raise ValueError(f"{directory}: no usable tokenizer ({exc})") from exc
+        print(f"bqq: {directory} has no tokenizer; the output will have none ({exc})", file=sys.stderr)
+        return None
+
+
+def _load_tokens(lm, source: str, tokenizer, *, split: str) -> torch.Tensor:
+    try:
+        return lm.load_tokens(source, tokenizer, split=split)
+    except RuntimeError as exc:  # a dataset that is not available offline: a user error, said in one line
+        raise ValueError(str(exc)) from exc
 
 
 def _demo(args: argparse.Namespace) -> int:
