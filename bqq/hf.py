@@ -12,14 +12,15 @@ What a checkpoint holds (format ``bqq.hf`` version :data:`HF_FORMAT_VERSION`):
   version that wrote it, the format and its version, per quantized layer its model-config entry (kind,
   shape, method, bits, what ``bqq.quantize`` measured; as in :func:`bqq.save_quantized`) with the manifest
   entry of its packed matrix (``"matrix"``: :meth:`~bqq.quantized.QuantizedMatrix.info`), the modules left
-  in floating point and why, and ``packed_sha256``, a SHA-256 over that manifest and every packed tensor.
+  in floating point and why, ``fp_sha256`` (one SHA-256 per floating-point tensor) and ``packed_sha256``, a
+  SHA-256 over that manifest and every packed tensor.
 - ``model.safetensors`` (sharded as transformers shards): every floating-point tensor of the model under
   its usual name (embeddings, norms, biases, an untied ``lm_head``; a tied one is stored once), and each
   quantized layer's packed arrays, named ``"<layer>.qweight.<field>"`` (the fields of
   ``docs/format.md``: bit-packed codes and fp32 scalars).
 
 ``from_pretrained`` builds the model on the meta device, puts a quantized layer in the place of each
-listed module from the packed arrays (checked against the manifest and the checksum first: a truncated,
+listed module from the packed arrays (checked against the manifest and the checksums first: a truncated,
 tampered or mismatched checkpoint raises :class:`~bqq.format.FormatError`, a newer format asks to upgrade
 bqq), then transformers loads the floating-point tensors. The original FP weights are never needed.
 
@@ -203,43 +204,62 @@ def packed_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, A
         layers[name]["matrix"] = q.info()
         for field, array in q.fields().items():
             packed[f"{name}{PACKED_INFIX}{field}"] = np.ascontiguousarray(array)
-    entries = {"format": HF_FORMAT, "format_version": HF_FORMAT_VERSION, "layers": layers,
-               "left_fp": config["left_fp"], "coverage": config["coverage"]}
-    entries["packed_sha256"] = _digest(entries, packed)
     state = dict(model.state_dict())
     clash = sorted(set(state) & set(packed))
     if clash:
         raise ValueError(f"the model has tensors named like bqq's packed arrays: {clash[:3]}")
+    entries = {"format": HF_FORMAT, "format_version": HF_FORMAT_VERSION, "layers": layers,
+               "left_fp": config["left_fp"], "coverage": config["coverage"],
+               "fp_sha256": {key: _tensor_sha256(t) for key, t in state.items()}}
+    entries["packed_sha256"] = _digest(entries, packed)
     state.update({key: torch.from_numpy(array) for key, array in packed.items()})
     return state, entries
 
 
+def _tensor_sha256(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes as safetensors stores them (any dtype, bfloat16 included)."""
+    import hashlib
+
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}\0{tuple(t.shape)}\0".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _digest(entries: dict[str, Any], packed: dict[str, np.ndarray]) -> str:
     """SHA-256 over the manifest part of a quantization_config and the packed arrays (bqq.format's digest)."""
-    manifest = {k: entries.get(k) for k in ("format", "format_version", "layers", "left_fp")}
+    manifest = {k: entries.get(k) for k in ("format", "format_version", "layers", "left_fp", "fp_sha256")}
     return content_digest(json.dumps(manifest, sort_keys=True, separators=(",", ":")), packed)
 
 
 # --- a checkpoint -> the quantized model -----------------------------------------------------------
 
-def read_packed(files: list[str | os.PathLike], entries: dict[str, Any]) -> dict[str, QuantizedMatrix]:
+def read_checkpoint(files: list[str | os.PathLike], entries: dict[str, Any]) -> dict[str, QuantizedMatrix]:
     """The quantized weight of every layer in ``entries["layers"]`` from the packed arrays in ``files`` (the
-    checkpoint's safetensors shards), each validated as ``bqq.load`` validates a file: FormatError on a
-    missing, extra or misshapen array, on inconsistent content or when the checksum disagrees."""
+    checkpoint's safetensors shards), each validated as ``bqq.load`` validates a file. FormatError on a file
+    that does not read, a missing, extra or misshapen array, inconsistent content, packed arrays or manifest
+    that disagree with ``packed_sha256``, or a floating-point tensor that disagrees with its ``fp_sha256``
+    (those not stored under their saved name, such as a tied copy, are left to transformers)."""
     from safetensors import SafetensorError, safe_open
 
     from .io import _check_tensors, _parse_info  # bqq.load's own checks of a manifest entry and its arrays
 
+    where = f"bqq checkpoint {Path(files[0]).parent}" if files else "bqq checkpoint"
+    fp_sha = entries.get("fp_sha256") or {}
     packed: dict[str, np.ndarray] = {}
     for file in files:
         try:
-            with safe_open(str(file), framework="numpy") as f:
+            with safe_open(str(file), framework="pt") as f:  # "pt": bfloat16 FP tensors read too
                 for key in f.keys():
                     if PACKED_INFIX in key:
-                        packed[key] = f.get_tensor(key)
+                        packed[key] = f.get_tensor(key).numpy()
+                    elif key in fp_sha and _tensor_sha256(f.get_tensor(key)) != fp_sha[key]:
+                        raise FormatError(f"{file}: tensor {key!r} differs from the one saved; the checkpoint was "
+                                          "modified or corrupted")
         except (SafetensorError, OSError, ValueError) as exc:
+            if isinstance(exc, FormatError):
+                raise
             raise FormatError(f"{file}: cannot read the checkpoint ({exc}); it is truncated or corrupted") from exc
-    where = f"bqq checkpoint {Path(files[0]).parent}" if files else "bqq checkpoint"
     layers = entries.get("layers")
     if not isinstance(layers, dict) or not layers:
         raise FormatError(f"{where}: quantization_config lists no quantized layers")
@@ -289,7 +309,7 @@ def _install_layers(model: nn.Module, entries: dict[str, Any], files: list[str |
     from .ptq.layers import WEIGHT
     from .ptq.serialize import restore_layers
 
-    weights = read_packed(files, entries)
+    weights = read_checkpoint(files, entries)
     layers = entries["layers"]
     for name, layer in layers.items():
         if layer.get("kind") == WEIGHT:
@@ -357,7 +377,8 @@ def _build_classes() -> tuple[type, type]:
         def __init__(self, bqq_version: str | None = None, format: str = HF_FORMAT,
                      format_version: int = HF_FORMAT_VERSION, layers: dict[str, Any] | None = None,
                      left_fp: dict[str, str] | None = None, coverage: dict[str, Any] | None = None,
-                     packed_sha256: str | None = None, **kwargs: Any) -> None:
+                     packed_sha256: str | None = None, fp_sha256: dict[str, str] | None = None,
+                     **kwargs: Any) -> None:
             self.quant_method = QUANT_METHOD
             self.bqq_version = bqq_version
             self.format = format
@@ -366,6 +387,7 @@ def _build_classes() -> tuple[type, type]:
             self.left_fp = left_fp
             self.coverage = coverage
             self.packed_sha256 = packed_sha256
+            self.fp_sha256 = fp_sha256
             kwargs.pop("quant_method", None)
             if format != HF_FORMAT:
                 raise FormatError(f"quantization_config of quant_method 'bqq' has format {format!r}, expected "
@@ -379,7 +401,8 @@ def _build_classes() -> tuple[type, type]:
 
         def entries(self) -> dict[str, Any]:
             return {"format": self.format, "format_version": self.format_version, "layers": self.layers,
-                    "left_fp": self.left_fp, "coverage": self.coverage, "packed_sha256": self.packed_sha256}
+                    "left_fp": self.left_fp, "coverage": self.coverage, "packed_sha256": self.packed_sha256,
+                    "fp_sha256": self.fp_sha256}
 
     class BqqHfQuantizer(HfQuantizer):
         """Loads bqq checkpoints in ``from_pretrained`` and writes them in ``save_pretrained`` (see :mod:`bqq.hf`)."""
