@@ -63,6 +63,15 @@ class Calibration:
             over ``data`` (0: none).
         refit_scales: in c-BQQ, also train the FP32 scalars of groups with binary codes (BQQ, BCQ), the
             binaries fixed, as relative changes at ``lr`` (see :func:`bqq.ptq.modules.trainable_scalars`).
+        blockwise: for a model made of a stack of repeated blocks (decoder / encoder layers, ViT blocks;
+            found by :func:`bqq.ptq.blocks.find_stack`), run the pass block by block
+            (:mod:`bqq.ptq.blocks`): the inputs of the first block are captured once, each block is
+            solved stage by stage on its stored inputs and then run once to give the next block's.
+            Forwards grow linearly with depth and only one block's FP copy exists at a time; the
+            results equal the whole-model pass (False), which re-runs the model for every stage.
+        device: where each block runs during the block-by-block pass (e.g. ``"cuda"`` for a model kept on
+            the CPU): a block moves there for its turn and back; the stored activations stay on the
+            model's device. None: the model's device.
     """
 
     data: Iterable[Any]
@@ -71,6 +80,8 @@ class Calibration:
     epochs: int = 0
     lr: float = 1e-3
     refit_scales: bool = False
+    blockwise: bool = True
+    device: str | torch.device | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
@@ -81,6 +92,10 @@ class Calibration:
             raise ValueError(f"inputs must be one of {INPUT_MODES}, got {self.inputs!r}")
         if not isinstance(self.output_aware, bool):
             raise ValueError(f"output_aware must be True or False, got {self.output_aware!r}")
+        if not isinstance(self.blockwise, bool):
+            raise ValueError(f"blockwise must be True or False, got {self.blockwise!r}")
+        if self.device is not None:
+            self.device = torch.device(self.device)  # raises on an unknown device string
         if isinstance(self.data, torch.Tensor) or not isinstance(self.data, Iterable):
             raise ValueError("calibration data must be a DataLoader or an iterable of batches")
         if not self.output_aware and self.epochs == 0:

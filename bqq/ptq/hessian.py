@@ -13,7 +13,7 @@ stage's H taken from the partly quantized model (GPTQ's order): layers that read
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,8 +40,19 @@ def run_model(model: nn.Module, batch: Any, device: torch.device) -> Any:
                     f"got {type(batch).__name__}")
 
 
+# Runs a module on one calibration batch (the model on a DataLoader batch by default, a block on its
+# captured inputs in the block-by-block pass).
+Forward = Callable[[nn.Module, Any], Any]
+
+
+def _run_on_own_device(model: nn.Module, batch: Any) -> Any:
+    return run_model(model, batch, _device(model))
+
+
 def _token_mask(batch: Any) -> torch.Tensor | None:
-    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    """The (batch, tokens) padding mask of a batch: a tokenizer's ``attention_mask``, or the ``token_mask``
+    a block's captured inputs carry (:class:`bqq.ptq.blocks.BlockInputs`)."""
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else getattr(batch, "token_mask", None)
     return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
@@ -60,37 +71,48 @@ def layer_inputs(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) 
     return x.reshape(-1, x.shape[-1])
 
 
-def collect_hessians(model: nn.Module, names: Sequence[str], data: Iterable[Any],
+def collect_hessians(model: nn.Module, names: Sequence[str], data: Iterable[Any], forward: Forward | None = None,
                      ) -> dict[str, tuple[torch.Tensor, int]]:
     """H = Σ x xᵀ ((n, n) float64, on the CPU) and the number of rows x for each named layer.
 
-    Runs ``model`` (in eval mode, without gradients) on every batch of ``data``; a forward stops once
-    all named layers have seen their input. A layer the data never reaches gets a zero H and count 0.
+    Runs ``model`` (in eval mode, without gradients) on every batch of ``data`` (with ``forward``, default
+    :func:`run_model` on the model's device); a forward stops once all named layers have seen their
+    input. A layer the data never reaches gets a zero H and count 0.
     """
     modules = {name: model.get_submodule(name) for name in names}
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
     for batch in data:
-        for name, rows in _batch_inputs(model, modules, batch).items():
+        for name, rows in _batch_inputs(model, modules, batch, forward).items():
             _accumulate(sums, name, rows, rows)
             counts[name] += rows.shape[0]
     return {name: (_sum_or_zeros(sums, name, m), counts[name]) for name, m in modules.items()}
 
 
 def collect_cross_moments(model: nn.Module, reference: nn.Module, names: Sequence[str], data: Iterable[Any],
+                          forward: Forward | None = None, reference_data: Iterable[Any] | None = None,
                           ) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
     """For each named layer (H, C, count): H = Σ x̃ x̃ᵀ over its inputs x̃ in ``model`` and C = Σ x x̃ᵀ with
     x the same layer's inputs in ``reference`` (the floating-point model) on the same tokens, (n, n)
     float64 on the CPU. With them, Σ ‖W x - Ŵ x̃‖² = tr((W' - Ŵ) H (W' - Ŵ)ᵀ) + const for W' = W C H⁻¹:
-    a layer can fit the FP model's outputs from inputs that carry the errors of the layers before it."""
+    a layer can fit the FP model's outputs from inputs that carry the errors of the layers before it.
+    ``reference_data``: the reference's own batches, paired one to one with ``data`` (default: the same
+    batches; a block of the block-by-block pass reads the FP stream there)."""
     modules = {name: model.get_submodule(name) for name in names}
     references = {name: reference.get_submodule(name) for name in names}
     sums: dict[str, torch.Tensor] = {}
     cross: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
-    for batch in data:
-        fp_rows = _batch_inputs(reference, references, batch)
-        for name, rows in _batch_inputs(model, modules, batch).items():
+    if reference_data is None:
+        pairs: Iterable[tuple[Any, Any]] = ((batch, batch) for batch in data)  # one pass over data
+    else:
+        batches, fp_batches = list(data), list(reference_data)
+        if len(batches) != len(fp_batches):
+            raise ValueError(f"{len(batches)} batches against {len(fp_batches)} reference batches")
+        pairs = zip(batches, fp_batches, strict=True)
+    for batch, fp_batch in pairs:
+        fp_rows = _batch_inputs(reference, references, fp_batch, forward)
+        for name, rows in _batch_inputs(model, modules, batch, forward).items():
             fp = fp_rows.get(name)
             if fp is None or fp.shape != rows.shape:
                 raise ValueError(f"layer {name!r}: the reference model's inputs do not match the quantized "
@@ -102,7 +124,8 @@ def collect_cross_moments(model: nn.Module, reference: nn.Module, names: Sequenc
             for name, m in modules.items()}
 
 
-def _batch_inputs(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any) -> dict[str, torch.Tensor]:
+def _batch_inputs(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any, forward: Forward | None = None
+                  ) -> dict[str, torch.Tensor]:
     """The rows each of ``modules`` multiplies in one forward of ``model`` on ``batch`` (the forward stops
     once all have been seen; a layer the batch does not reach is absent)."""
     rows: dict[str, torch.Tensor] = {}
@@ -120,7 +143,7 @@ def _batch_inputs(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any
     model.eval()
     try:
         with torch.no_grad():
-            run_model(model, batch, _device(model))
+            (forward or _run_on_own_device)(model, batch)
     except _StopForward:
         pass
     finally:
@@ -143,7 +166,8 @@ def _sum_or_zeros(sums: dict[str, torch.Tensor], name: str, module: nn.Module) -
     return sums[name].cpu() if name in sums else torch.zeros(n, n, dtype=torch.float64)
 
 
-def input_stages(model: nn.Module, names: Sequence[str], batch: Any) -> list[list[str]]:
+def input_stages(model: nn.Module, names: Sequence[str], batch: Any, forward: Forward | None = None
+                 ) -> list[list[str]]:
     """``names`` in the order one forward on ``batch`` reaches them, cut into stages of consecutive layers
     that read the same tensor. Layers the batch never reaches form a last stage."""
     order: list[tuple[str, torch.Tensor]] = []
@@ -160,7 +184,7 @@ def input_stages(model: nn.Module, names: Sequence[str], batch: Any) -> list[lis
     model.eval()
     try:
         with torch.no_grad():
-            run_model(model, batch, _device(model))
+            (forward or _run_on_own_device)(model, batch)
     finally:
         for h in handles:
             h.remove()

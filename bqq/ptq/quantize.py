@@ -21,6 +21,7 @@ from ..methods import get_method
 from ..methods.bqq import BQQConfig, solver_device
 from ..quantized import QuantizedMatrix
 from ..solver import clipped_channels, prepare_hessian
+from .blocks import BlockStack, block_pass, capture_inputs, chain_check, find_stack, without_cache
 from .calibrate import Calibration, calibrate, tunable_parameters
 from .fold import fold_batchnorm
 from .hessian import collect_cross_moments, collect_hessians, first_batch, input_stages, run_model
@@ -112,29 +113,96 @@ def quantize(
     if tune and not tunable_parameters(model):
         raise ValueError("Calibration(epochs > 0) tunes biases and normalization parameters, and this model has "
                          "none; set epochs=0")
-    needs_teacher = tune or (aware and calibration.inputs == "corrected")
     if fold_bn:
         _fold_batchnorms(model, calibration)
-    teacher = copy.deepcopy(model) if needs_teacher else None
+    teacher = copy.deepcopy(model) if tune else None
     if device is None:
         device = next((p.device for p in model.parameters()), None)
     run = {"workers": workers, "cache_dir": cache_dir, "progress": progress, "device": solver_device(device)}
     if not aware:
         _quantize_layers(model, plans, {}, seed, run)
     else:
-        by_name = {plan.name: plan for plan in plans}
-        batch = first_batch(calibration.data)  # fails now on empty data, before any work
-        stages = [list(by_name)]
-        if calibration.inputs != "float":
-            stages = input_stages(model, list(by_name), batch)
-        for stage in progress_bar(stages, progress=progress if len(stages) > 1 else False, desc="stages", unit="stage"):
-            hessians, targets = _stage_statistics(model, teacher, [by_name[name] for name in stage], calibration)
-            _quantize_layers(model, [by_name[name] for name in stage], hessians, seed, run, targets)
+        teacher = _calibrated_pass(model, plans, calibration, teacher, seed, run, progress)
     if tune:
         calibrate(model, teacher, calibration, progress=progress)
     record_left_fp(model, left_fp)
     _log_coverage(model)
+    from ..hf import attach  # lazy: bqq.hf reads bqq.ptq
+
+    attach(model)  # a transformers model's save_pretrained then writes the packed weights
     return model
+
+
+def _calibrated_pass(model: nn.Module, plans: list[LayerPlan], calibration: Calibration, teacher: nn.Module | None,
+                     seed: int, run: dict[str, Any], progress: bool | None) -> nn.Module | None:
+    """Solve every planned layer under its output error, stage after stage: block by block for a model
+    made of a stack of blocks (:mod:`bqq.ptq.blocks`), else each stage's statistics from a forward of the
+    whole model. Returns the FP teacher if one was made (c-BQQ reuses it)."""
+    mode, data = calibration.inputs, calibration.data
+    batch = first_batch(data)  # fails now on empty data, before any work
+    names = [plan.name for plan in plans]
+    by_name = {plan.name: plan for plan in plans}
+    stack = find_stack(model, names) if calibration.blockwise else None
+    order = None
+    if stack is not None:
+        with chain_check(stack) as chained:
+            order = input_stages(model, names, without_cache(model, batch))
+        outside = [stage for stage in order if any(stack.owner(n) is None for n in stage)]
+        mixed = any(stack.owner(n) is not None for stage in outside for n in stage)
+        if not chained() or mixed or (mode == "float" and outside):  # float with outside layers: one pass
+            stack = None
+    solve = _stage_solver(model, mode, seed, run)
+    if stack is None:  # the whole-model pass
+        stages = [names] if mode == "float" else order or input_stages(model, names, batch)
+        if mode == "corrected" and teacher is None:
+            teacher = copy.deepcopy(model)
+        for stage in progress_bar(stages, progress=progress if len(stages) > 1 else False, desc="stages",
+                                  unit="stage"):
+            solve([by_name[n] for n in stage], model, teacher, "", data)
+        return teacher
+    before = _stages_before(order, stack)
+    after = [stage for stage in outside if stage not in before]
+    inside = [[by_name[n] for n in stage] for stage in order if stage not in outside]
+    if mode == "float":  # all of a block's layers in one stage: their statistics come from the FP stream
+        merged: dict[int | None, list[LayerPlan]] = {}
+        for stage in inside:
+            merged.setdefault(stack.owner(stage[0].name), []).extend(stage)
+        inside = list(merged.values())
+    if mode == "corrected" and outside and teacher is None:
+        teacher = copy.deepcopy(model)  # the layers outside the stack fit the FP model's outputs
+    fp_stream = capture_inputs(model, stack, data)
+    for stage in before:
+        solve([by_name[n] for n in stage], model, teacher, "", data)
+    q_stream = capture_inputs(model, stack, data) if before else fp_stream
+    block_pass(stack, inside, mode, fp_stream, q_stream, solve, calibration.device, progress)
+    del fp_stream, q_stream
+    for stage in after:
+        solve([by_name[n] for n in stage], model, teacher, "", data)
+    return teacher
+
+
+def _stages_before(stages: list[list[str]], stack: BlockStack) -> list[list[str]]:
+    """The stages of layers outside ``stack`` that the forward reaches before the stack's first layer."""
+    before = []
+    for stage in stages:
+        if any(stack.owner(n) is not None for n in stage):
+            break
+        before.append(stage)
+    return before
+
+
+def _stage_solver(model: nn.Module, mode: str, seed: int, run: dict[str, Any]):
+    """The function that solves one stage of ``model``: statistics of its layers from ``root`` (the model,
+    or a block whose layer names drop ``prefix``) on ``data`` (with ``mode="corrected"`` also from
+    ``fp_root`` on ``fp_data``, default the same batches), then the solve and the swap
+    (:func:`_quantize_layers`)."""
+
+    def solve(stage: list[LayerPlan], root: nn.Module, fp_root: nn.Module | None, prefix: str, data: Iterable[Any],
+              fp_data: Iterable[Any] | None = None, forward=None) -> None:
+        hessians, targets = _stage_statistics(root, fp_root, stage, prefix, mode, data, fp_data, forward)
+        _quantize_layers(model, stage, hessians, seed, run, targets)
+
+    return solve
 
 
 def _fold_batchnorms(model: nn.Module, calibration: Calibration | None) -> None:
@@ -188,27 +256,32 @@ def _log_coverage(model: nn.Module) -> None:
 CORRECTION_DAMPING = 0.1
 
 
-def _stage_statistics(model: nn.Module, teacher: nn.Module | None, stage: list[LayerPlan], calibration: Calibration
+def _stage_statistics(root: nn.Module, fp_root: nn.Module | None, stage: list[LayerPlan], prefix: str, mode: str,
+                      data: Iterable[Any], fp_data: Iterable[Any] | None = None, forward=None,
                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Prepared H per layer of ``stage`` that saw data (the others, and layers whose inputs do not give an H
-    such as grouped convolutions, fall back to data-free), and with ``inputs="corrected"`` the corrected
-    target W' per layer (:func:`~bqq.ptq.hessian.collect_cross_moments`)."""
+    such as grouped convolutions, fall back to data-free), and with ``mode="corrected"`` the corrected
+    target W' per layer (:func:`~bqq.ptq.hessian.collect_cross_moments`), keyed by the layers' full names.
+
+    ``root``: the model, or the block holding the stage (its layers are named without ``prefix``), run on
+    ``data`` by ``forward``; ``fp_root``: its FP twin, run on ``fp_data`` (default: ``data``)."""
     hessians, targets = {}, {}
     kinds = {plan.name: plan.kind for plan in stage if plan.kind.hessian}
-    stage = list(kinds)
-    if not stage:
+    local = {name: name[len(prefix):] for name in kinds}
+    if not local:
         return hessians, targets
-    if calibration.inputs == "corrected":
-        moments = collect_cross_moments(model, teacher, stage, calibration.data)
+    if mode == "corrected":
+        moments = collect_cross_moments(root, fp_root, list(local.values()), data, forward, fp_data)
     else:
-        stats = collect_hessians(model, stage, calibration.data)
+        stats = collect_hessians(root, list(local.values()), data, forward)
         moments = {name: (h, None, count) for name, (h, count) in stats.items()}
-    for name, (h, cross, count) in moments.items():
+    for name, rel in local.items():
+        h, cross, count = moments[rel]
         if count == 0 or not float(h.diagonal().sum()) > 0:
             continue
         hessians[name] = prepare_hessian(h.numpy())
         if cross is not None and not torch.equal(cross, h):  # equal: no error upstream yet, W' = W
-            w = weight_matrix(teacher.get_submodule(name), kinds[name]).detach().cpu().double().numpy()
+            w = weight_matrix(fp_root.get_submodule(rel), kinds[name]).detach().cpu().double().numpy()
             h, cross = h.numpy(), cross.numpy()
             ridge = CORRECTION_DAMPING * float(np.trace(h)) / len(h) * np.eye(len(h))
             targets[name] = np.linalg.solve((h + h.T) / 2 + ridge, (w @ (cross + ridge)).T).T
