@@ -82,8 +82,11 @@ def test_forwards_grow_linearly_with_depth():
     times, its FP copy likewise; the whole-model pass re-runs every block before each stage."""
     model = tiny_llama(layers=4)
     runs: dict[int, int] = {}
+    seen: list[nn.Module] = []  # keeps every counted module alive: a freed FP copy's id could be reused
 
     def count(module, args):
+        if id(module) not in runs:
+            seen.append(module)
         runs[id(module)] = runs.get(id(module), 0) + 1  # by object: a block's FP copy counts apart
 
     embed = model.model.embed_tokens
