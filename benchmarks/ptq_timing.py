@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device:
         if "device" not in inspect.signature(bqq.quantize).parameters:
             raise SystemExit(f"--device {args.device}: this bqq ({bqq.__version__}) has no bqq.quantize(..., device=) "
-                             "yet (the GPU solver is bqq.solver_torch; see benchmarks/solver.py --device cuda)")
+                             "yet (the GPU solver is bqq.solver.torch_backend; see benchmarks/solver.py --device cuda)")
         opts["device"] = args.device
         if torch.device(args.device).type == "cuda":
             if not torch.cuda.is_available():

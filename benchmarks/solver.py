@@ -203,7 +203,7 @@ def gaussian_groups(count: int, shape: tuple[int, int], first_seed: int = 1) -> 
 def quantize_groups_timed(run: GpuRun, targets: np.ndarray, stacks: int, group_ids: list[int] | None = None,
                           tf32: bool = False):
     """(seconds, codes, peak MB) of :func:`bqq.solver_torch.quantize_groups_torch` from host float64 targets."""
-    from bqq import solver_torch
+    from bqq.solver import torch_backend as solver_torch
 
     run.sync()
     run.reset_peak()
@@ -216,7 +216,7 @@ def quantize_groups_timed(run: GpuRun, targets: np.ndarray, stacks: int, group_i
 
 def group_rows(run: GpuRun, name: str, count: int, shape: tuple[int, int], tf32: bool = False) -> dict:
     """One stack of ``count`` same-shape groups (warm-up on 2 groups of the shape first: compilation)."""
-    from bqq import solver_torch
+    from bqq.solver import torch_backend as solver_torch
 
     targets = gaussian_groups(count, shape)
     quantize_groups_timed(run, targets[:2], 1, tf32=tf32)
@@ -232,8 +232,8 @@ def group_rows(run: GpuRun, name: str, count: int, shape: tuple[int, int], tf32:
 
 def matrix_row(run: GpuRun, shape: tuple[int, int], bits: int, group: int, seed: int = 1) -> dict:
     """A whole matrix cut into ``group``-sized groups, ``bits`` stacks; one batch per group shape."""
-    from bqq import solver_torch
     from bqq.grouping import GroupGrid
+    from bqq.solver import torch_backend as solver_torch
 
     w = numpy_matrix(*shape, seed)
     grid = GroupGrid.build(shape, (group, group))

@@ -13,9 +13,9 @@ from threadpoolctl import threadpool_limits
 from .common import as_float_matrix, check_seed, hessian_matrix, make_config
 from .grouping import GroupGrid, parse_group_shape
 from .methods import available_methods, get_method
-from .methods.bqq import solver_device
 from .quantized import QuantizedMatrix
-from .solver import prepare_hessian
+from .solver.devices import solver_device
+from .solver.hessian_math import prepare_hessian
 
 
 def compress(
@@ -48,10 +48,10 @@ def compress(
             option adds that fraction of H's mean diagonal to its diagonal).
         device: where the BQQ solver runs: None (default) means the device of ``w`` (a CUDA tensor is
             solved on its GPU, anything else on the CPU); ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` choose.
-            On a GPU all groups of one shape are solved together (:mod:`bqq.solver_torch`); the same
+            On a GPU all groups of one shape are solved together (:mod:`bqq.solver.torch_backend`); the same
             seed on the same GPU and versions gives bit-identical codes, and CPU and GPU codes differ
-            at rounding level with the same error on average. The output-aware objective (``hessian``)
-            and the other methods (milliseconds) run on the CPU.
+            at rounding level with the same error on average, with or without ``hessian``. The other
+            methods (milliseconds) run on the CPU.
         **opts: fields of the method's config dataclass, e.g. ``sweeps=600`` or ``rank_scale=1.5``
             (l = round(rank_scale · m n / (m + n)) per group) for BQQ.
 

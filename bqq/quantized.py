@@ -107,7 +107,7 @@ class QuantizedMatrix(abc.ABC):
     # H couples the columns of all groups, so with calibration data the model pass gives such a method the
     # whole layer as one job.
     output_aware: ClassVar[bool] = False
-    # Methods whose quantize takes ``device=`` (a torch.device from bqq.methods.bqq.solver_device, or None
+    # Methods whose quantize takes ``device=`` (a torch.device from bqq.solver.devices.solver_device, or None
     # for the CPU); the others run on the CPU whatever the device.
     solves_on_devices: ClassVar[bool] = False
     # quantize() solves all groups of a grid in one vectorized call: the model pass gives such a method one job
@@ -143,7 +143,7 @@ class QuantizedMatrix(abc.ABC):
         separately (the model pass solves one group per job): group g's randomness derives from
         (seed, first_group + g), so the assembled groups equal the whole matrix solved at once.
         Methods with ``output_aware`` also take ``hessian``: None, or (n, n) float64 H prepared by
-        :func:`bqq.solver.prepare_hessian`, for the whole matrix's columns.
+        :func:`bqq.solver.hessian_math.prepare_hessian`, for the whole matrix's columns.
         """
 
     @abc.abstractmethod

@@ -25,19 +25,53 @@ def unpack_little(packed: torch.Tensor, count: int) -> torch.Tensor:
     return bits.reshape(*packed.shape[:-1], -1)[..., :count].float()
 
 
+def rebuild_groups(ys: torch.Tensor, zs: torch.Tensor, scales: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """The dense BQQ groups Σ_i (r_i Y_i Z_i + s_i (Y_i 1) 1ᵀ + t_i 1 (1ᵀ Z_i)) + offset, in float64.
+
+    The one definition of a group's rebuild: the solver's residuals (both backends), ``BQQMatrix``'s
+    dequantization and :func:`dequantize` use it, and the Triton rebuild kernel is tested against it.
+
+    Args:
+        ys: (B, p, m, l) {0,1}; zs: (B, p, l, n) {0,1} (any numeric dtype).
+        scales: (B, p, 3) rows (r, s, t).
+        offset: (B,) constants u, or (B, m) per-row terms.
+
+    Returns:
+        (B, m, n) float64 on ys's device. Y_i Z_i is a float32 product of 0/1 matrices: counts <= l, exact
+        (also with TF32), and about twice as fast as float64; the scalars are applied in float64, per stack
+        in the order (r Y Z + s Y1) + t 1Z, so the numpy solver's residuals stay what they were bit for bit.
+    """
+    nbatch, p, m, _ = ys.shape
+    n = zs.shape[3]
+    f64 = torch.float64
+    sc = scales.to(f64)
+    off = offset.to(f64)
+    out = (off[:, None, None] if off.dim() == 1 else off[:, :, None]).expand(nbatch, m, n).clone()
+    for i in range(p):
+        y, z = ys[:, i].to(torch.float32), zs[:, i].to(torch.float32)
+        yz = torch.bmm(y, z).to(f64)
+        row = y.sum(dim=2, dtype=f64)[:, :, None]
+        col = z.sum(dim=1, dtype=f64)[:, None, :]
+        out += sc[:, i, 0, None, None] * yz + sc[:, i, 1, None, None] * row + sc[:, i, 2, None, None] * col
+    return out
+
+
 def dequantize(w: LayoutTensors, out_features: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
-    """The (M, N) = (out_features, in_features) weight of ``w`` (computed in float64, returned in ``dtype``)."""
+    """The (M, N) = (out_features, in_features) weight of ``w`` (computed in float64, returned in ``dtype``).
+
+    Each group is :func:`rebuild_groups` with s = 0 and the layout's row term (Σ_i s_i Y_i 1 + u) as offset.
+    """
     out = torch.empty(out_features, in_features, dtype=torch.float64, device=w.z.device)
     rs, cs = w.row_start.tolist(), w.col_start.tolist()
     rn, cn = w.row_size.tolist(), w.col_size.tolist()
     for a, b in ((a, b) for a in range(len(rn)) for b in range(len(cn))):
         m, n, l = rn[a], cn[b], int(w.rank[a, b])
-        y = unpack_little(w.y[a, b, :, :m], l).double()  # (P, m, l)
-        z = unpack_little(w.z[a, b, :, :l], n).double()  # (P, l, n)
-        block = torch.einsum("p,pml,pln->mn", w.r[a, b].double(), y, z)
-        block += w.rowterm[a, b, :m].double()[:, None]
-        block += torch.einsum("p,pn->n", w.t[a, b].double(), z.sum(1))[None, :]
-        out[rs[a]:rs[a] + m, cs[b]:cs[b] + n] = block
+        y = unpack_little(w.y[a, b, :, :m], l)  # (P, m, l)
+        z = unpack_little(w.z[a, b, :, :l], n)  # (P, l, n)
+        r, t = w.r[a, b], w.t[a, b]
+        scales = torch.stack([r, torch.zeros_like(r), t], dim=1)
+        block = rebuild_groups(y[None], z[None], scales[None], w.rowterm[a, b, :m][None])
+        out[rs[a]:rs[a] + m, cs[b]:cs[b] + n] = block[0]
     return out.to(dtype)
 
 

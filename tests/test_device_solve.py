@@ -11,6 +11,7 @@ from test_ptq import tiny
 
 import bqq
 from bqq.methods import bqq as bqq_method
+from bqq.solver import devices
 
 pytest.importorskip("triton")
 from bqq_kernels.gpu import interpreted
@@ -22,7 +23,7 @@ SMALL = {"sweeps": 12, "polish_rounds": 5}
 def cpu_through_device_path(monkeypatch):
     if not interpreted():
         pytest.skip("the Triton kernels are compiled here (a GPU machine): they take CUDA tensors only")
-    monkeypatch.setattr(bqq_method, "TORCH_SOLVER_DEVICE_TYPES", {"cuda", "cpu"})
+    monkeypatch.setattr(devices, "TORCH_SOLVER_DEVICE_TYPES", {"cuda", "cpu"})
 
 
 def mse(w, q):
@@ -32,16 +33,37 @@ def mse(w, q):
 def test_compress_on_the_device_path_matches_the_cpu_solver(cpu_through_device_path):
     w = np.random.default_rng(0).standard_normal((20, 30))
     on_device = bqq.compress(w, 2, group_size=(10, 15), seed=1, device="cpu", **SMALL)
-    bqq_method.TORCH_SOLVER_DEVICE_TYPES.discard("cpu")
+    devices.TORCH_SOLVER_DEVICE_TYPES.discard("cpu")
     on_cpu = bqq.compress(w, 2, group_size=(10, 15), seed=1, device="cpu", **SMALL)
     assert mse(w, on_device) == pytest.approx(mse(w, on_cpu), rel=0.02)
-    bqq_method.TORCH_SOLVER_DEVICE_TYPES.add("cpu")
+    devices.TORCH_SOLVER_DEVICE_TYPES.add("cpu")
     again = bqq.compress(w, 2, group_size=(10, 15), seed=1, device="cpu", **SMALL)
     assert all(np.array_equal(a, b) for a, b in zip(on_device.y, again.y, strict=True))  # deterministic
     assert np.array_equal(on_device.scales, again.scales)
     continued = bqq.compress(w, 1, group_size=(10, 15), seed=1, device="cpu", **SMALL).extend(1, device="cpu")
     assert all(np.array_equal(a, b) for a, b in zip(on_device.z, continued.z, strict=True))
     assert np.array_equal(on_device.offset, continued.offset)
+
+
+def output_error(w, q, h):
+    e = w - q.dequantize().double().numpy()
+    return float(np.trace(e @ bqq.solver.prepare_hessian(h) @ e.T))
+
+
+def test_compress_with_a_hessian_on_the_device_path_matches_the_cpu_solver(cpu_through_device_path):
+    """The output-aware search, refit and column blocks (Schur complements) on the torch backend."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 12))
+    x = rng.standard_normal((60, 12)) * np.linspace(0.3, 2.0, 12)
+    x[:, 1] *= 6  # an outlier channel
+    h = x.T @ x
+    opts = {"bits": 2, "group_size": (8, 6), "seed": 2, "hessian": h, "sweeps": 10, "polish_rounds": 5}
+    on_device = bqq.compress(w, device="cpu", **opts)
+    devices.TORCH_SOLVER_DEVICE_TYPES.discard("cpu")
+    on_cpu = bqq.compress(w, device="cpu", **opts)
+    data_free = bqq.compress(w, device="cpu", **{**opts, "hessian": None})
+    assert output_error(w, on_device, h) == pytest.approx(output_error(w, on_cpu, h), rel=0.02)
+    assert output_error(w, on_device, h) < output_error(w, data_free, h)
 
 
 def test_quantize_solves_same_shape_groups_of_all_layers_together(cpu_through_device_path, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The GPU solver (bqq.solver_torch and the Triton row sweep) against the CPU solver.
+"""The torch backend of the solver (bqq.solver.torch_backend and the Triton sweeps) against the CPU backend.
 
 Without a GPU the Triton kernel runs in Triton's interpreter on CPU tensors (conftest sets
 TRITON_INTERPRET=1), which is slow: shapes here are small. With a GPU the same tests run on CUDA.
@@ -17,9 +17,12 @@ import torch
 
 pytest.importorskip("triton")
 
-from bqq import solver, solver_torch
+from bqq import solver
+from bqq.solver import anneal, devices, torch_backend
+from bqq.solver.torch_backend import TorchBackend
+from bqq_kernels.cpu import coupled_row_sweep
 from bqq_kernels.cpu.binary_factorization import _row_sweep_serial, gram
-from bqq_kernels.gpu import row_sweep
+from bqq_kernels.gpu import coupled_sweep, row_sweep
 
 if row_sweep.interpreted():
     DEVICE = "cpu"
@@ -60,8 +63,8 @@ def test_kernel_matches_numba_sweep(shape, launch, hard):
     ut = torch.from_numpy(u.transpose(0, 2, 1).copy()).to(DEVICE)
     ht = torch.from_numpy(h.transpose(0, 2, 1).copy()).to(DEVICE)
     opts = launch or row_sweep.launch_options(shape[1], shape[3])
-    flips = row_sweep.row_sweep_triton(ht, ut, torch.from_numpy(g).to(DEVICE), torch.from_numpy(alpha).to(DEVICE),
-                                       torch.from_numpy(inv_temp).to(DEVICE), hard, **opts)
+    flips = row_sweep.row_sweep(ht, ut, torch.from_numpy(g).to(DEVICE), torch.from_numpy(alpha).to(DEVICE),
+                                torch.from_numpy(inv_temp).to(DEVICE), hard, **opts)
     got = ut.cpu().numpy().transpose(0, 2, 1)
     assert np.abs(got - expected).max() <= 1e-5
     assert int(flips) == flips_cpu
@@ -72,11 +75,40 @@ def test_kernel_matches_numba_sweep(shape, launch, hard):
 def test_kernel_rejects_bad_input():
     ut = torch.zeros(1, 4, 8, device=DEVICE)
     with pytest.raises(ValueError, match="shapes do not match"):
-        row_sweep.row_sweep_triton(ut, ut, torch.zeros(1, 3, 3, device=DEVICE), torch.ones(1, device=DEVICE),
-                                   torch.ones(1, device=DEVICE), False)
+        row_sweep.row_sweep(ut, ut, torch.zeros(1, 3, 3, device=DEVICE), torch.ones(1, device=DEVICE),
+                            torch.ones(1, device=DEVICE), False)
     with pytest.raises(ValueError, match="power of two"):
-        row_sweep.row_sweep_triton(ut, ut, torch.zeros(1, 4, 4, device=DEVICE), torch.ones(1, device=DEVICE),
-                                   torch.ones(1, device=DEVICE), False, block_rows=24)
+        row_sweep.row_sweep(ut, ut, torch.zeros(1, 4, 4, device=DEVICE), torch.ones(1, device=DEVICE),
+                            torch.ones(1, device=DEVICE), False, block_rows=24)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_coupled_kernel_matches_numba_sweep(hard):
+    rng = np.random.default_rng(2)
+    nbatch, m, n, l = 2, 9, 11, 6
+    _, u, _, alpha, inv_temp = sweep_inputs(nbatch, m, n, l, hard)
+    v = rng.uniform(-1, 1, (nbatch, n, l)).astype(np.float32)
+    if hard:
+        v = np.where(v >= 0, 1, -1).astype(np.float32)
+    xh = rng.standard_normal((n, 3 * n))
+    hm = np.repeat((xh @ xh.T / (3 * n)).astype(np.float32)[None], nbatch, axis=0)
+    p = rng.standard_normal((nbatch, n, l)).astype(np.float32)
+    k = gram(u)
+    expected = v.copy()
+    flips_cpu = coupled_row_sweep(p, np.matmul(expected, k), expected, k, hm, alpha, inv_temp, hard)
+    dev = {name: torch.from_numpy(a).to(DEVICE) for name, a in
+           {"k": k, "h": hm, "alpha": alpha, "inv": inv_temp}.items()}
+    vt = torch.from_numpy(v.transpose(0, 2, 1).copy()).to(DEVICE)
+    qt = torch.bmm(dev["k"], vt)
+    pt = torch.from_numpy(p.transpose(0, 2, 1).copy()).to(DEVICE)
+    flips = coupled_sweep.coupled_row_sweep(pt, qt, vt, dev["k"], dev["h"], dev["alpha"], dev["inv"], hard)
+    got = vt.cpu().numpy().transpose(0, 2, 1)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert int(flips) == flips_cpu
+    torch.testing.assert_close(qt, torch.bmm(dev["k"], vt), rtol=1e-4, atol=1e-4)  # q kept equal to K Vᵀ
+    shared = coupled_sweep.coupled_row_sweep(pt, torch.bmm(dev["k"], vt), vt.clone(), dev["k"],
+                                             dev["h"][:1].expand(nbatch, n, n), dev["alpha"], dev["inv"], hard)
+    assert shared is not None  # a broadcast H (stride 0) is accepted
 
 
 def mse_after_refit(x: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -95,7 +127,7 @@ def test_small_solve_matches_cpu_error():
     x = standardized_batch(2, 24, 20)
     seeds = [(0, 0, g, 0) for g in range(2)]
     u_cpu, v_cpu = solver.solve_sign_factors(x, 11, seeds, sweeps=20, **SETTINGS)
-    u, v = solver_torch.solve_sign_factors_torch(x, 11, seeds, sweeps=20, device=DEVICE, **SETTINGS)
+    u, v = solver.solve_sign_factors(x, 11, seeds, sweeps=20, backend=TorchBackend(DEVICE), **SETTINGS)
     assert u.shape == (2, 24, 11) and v.shape == (2, 20, 11) and u.dtype == torch.int8
     assert set(np.unique(u.cpu().numpy())) <= {-1, 1}
     cpu = mse_after_refit(x, u_cpu, v_cpu).mean()
@@ -106,13 +138,14 @@ def test_small_solve_matches_cpu_error():
 def test_same_seed_same_codes():
     x = standardized_batch(2, 16, 12, seed=3)
     seeds = [(7, 0, g, 0) for g in range(2)]
-    runs = [solver_torch.solve_sign_factors_torch(x, 7, seeds, sweeps=4, device=DEVICE, **SETTINGS) for _ in range(2)]
+    runs = [solver.solve_sign_factors(x, 7, seeds, sweeps=4, backend=TorchBackend(DEVICE), **SETTINGS)
+            for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
 def test_starts_are_the_cpu_starts():
     seeds = [(1, 2, 3, 0), (1, 2, 4, 0)]
-    u, v = solver_torch.draw_starts(seeds, 5, 4, 3)
+    u, v = anneal.draw_starts(seeds, 5, 4, 3)
     rng = np.random.default_rng(np.random.SeedSequence([1, 2, 4, 0]))
     assert np.array_equal(u[1], rng.uniform(-0.01, 0.01, (5, 3)).astype(np.float32))
     assert np.array_equal(v[1], rng.uniform(-0.01, 0.01, (4, 3)).astype(np.float32))
@@ -123,16 +156,22 @@ def test_spectral_norm_and_sign_fit_error_match_cpu():
 
     x = standardized_batch(3, 9, 13)
     x[2] = 0.0
-    got = solver_torch.spectral_norm_torch(torch.from_numpy(x).to(DEVICE)).cpu().numpy()
+    got = torch_backend.spectral_norm_torch(torch.from_numpy(x).to(DEVICE)).cpu().numpy()
     np.testing.assert_allclose(got, spectral_norm(x, solver.POWER_ITERATIONS), rtol=1e-12, atol=1e-12)
     rng = np.random.default_rng(0)
     u = np.where(rng.random((3, 9, 4)) < 0.5, 1, -1).astype(np.int8)
     v = np.where(rng.random((3, 13, 4)) < 0.5, 1, -1).astype(np.int8)
-    err = solver_torch.sign_fit_error_torch(x, torch.from_numpy(u).to(DEVICE), torch.from_numpy(v).to(DEVICE))
-    np.testing.assert_allclose(err.cpu().numpy(), solver.sign_fit_error(x, u, v), rtol=1e-12, atol=1e-12)
+    err = solver.sign_fit_error(x, torch.from_numpy(u).to(DEVICE), torch.from_numpy(v).to(DEVICE),
+                                backend=TorchBackend(DEVICE))
+    np.testing.assert_allclose(err, solver.sign_fit_error(x, u, v), rtol=1e-12, atol=1e-12)
+    h = np.repeat(solver.prepare_hessian(np.cov(np.random.default_rng(1).standard_normal((13, 40))))[None], 3, 0)
+    err = solver.sign_fit_error(x, torch.from_numpy(u).to(DEVICE), torch.from_numpy(v).to(DEVICE), h,
+                                backend=TorchBackend(DEVICE))
+    np.testing.assert_allclose(err, solver.sign_fit_error(x, u, v, h), rtol=1e-10, atol=1e-10)
 
 
-def test_batched_refit_equals_refit_scalars():
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "hessian"])
+def test_batched_refit_equals_refit_scalars(weighted):
     rng = np.random.default_rng(0)
     nbatch, p, m, n, l = 4, 3, 17, 13, 7
     w = rng.standard_normal((nbatch, m, n))
@@ -140,10 +179,11 @@ def test_batched_refit_equals_refit_scalars():
     zs = (rng.random((nbatch, p, l, n)) < 0.5).astype(np.uint8)
     ys[1, 0] = 1  # degenerate designs: an all-ones Y, an all-zero Z
     zs[2, 1] = 0
-    scales, offset = solver_torch.refit_scalars_torch(w, ys, zs, device=DEVICE)
+    h = solver.prepare_hessian(np.cov(rng.standard_normal((n, 50)))) + 0.1 * np.eye(n) if weighted else None
+    scales, offset = solver.refit_scalars_batched(w, ys, zs, h, device=DEVICE)
     assert scales.shape == (nbatch, p, 3) and scales.dtype == torch.float64
     for b in range(nbatch):
-        coef, off = solver.refit_scalars(w[b], ys[b], zs[b])
+        coef, off = solver.refit_scalars(w[b], ys[b], zs[b], h)
         np.testing.assert_allclose(scales[b].cpu().numpy(), coef, rtol=1e-9, atol=1e-11)
         assert offset[b].item() == pytest.approx(off, rel=1e-9, abs=1e-11)
 
@@ -154,7 +194,7 @@ def test_quantize_groups_matches_cpu_stacks():
 
     cfg = BQQConfig(sweeps=6, polish_rounds=5)
     w = standardized_batch(2, 16, 12, seed=5)
-    codes = solver_torch.quantize_groups_torch(w, 2, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE)
+    codes = torch_backend.quantize_groups_torch(w, 2, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE)
     l = 7  # inner_dim((16, 12), 1.0)
     assert codes.ys.shape == (2, 2, 16, l) and codes.zs.shape == (2, 2, l, 12)
     assert codes.scales.dtype == torch.float32 and codes.offset.shape == (2,)
@@ -169,33 +209,33 @@ def test_quantize_groups_matches_cpu_stacks():
         fits = [solver.refit_scalars(w[b], ys[b], zs[b]) for b in range(2)]
         scales = torch.tensor(np.stack([c for c, _ in fits]), dtype=torch.float32)
         offset = torch.tensor([o for _, o in fits], dtype=torch.float32)
-        residual = w - solver_torch.dequantize_groups_torch(torch.from_numpy(ys), torch.from_numpy(zs), scales,
-                                                            offset).numpy()
+        residual = w - solver.GroupCodes(ys, zs, scales.numpy(), offset.numpy()).dequantize()
     cpu_mse = (residual ** 2).mean()
     gpu_mse = ((w - codes.dequantize().cpu().numpy()) ** 2).mean()
     assert abs(gpu_mse / cpu_mse - 1) <= 0.02, (gpu_mse, cpu_mse)
     # extend: one stack, then one more from those codes, equals two at once (as compress(2) = compress(1).extend(1))
     steps = []
-    one = solver_torch.quantize_groups_torch(w, 1, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE,
-                                             progress=steps.append)
-    two = solver_torch.quantize_groups_torch(w, 1, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE, initial=one)
+    one = torch_backend.quantize_groups_torch(w, 1, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE,
+                                              progress=steps.append)
+    two = torch_backend.quantize_groups_torch(w, 1, seed=3, group_ids=[4, 9], config=cfg, device=DEVICE,
+                                              initial=one)
     assert steps == [2]
     assert torch.equal(two.ys, codes.ys) and torch.equal(two.zs, codes.zs)
     assert torch.equal(two.scales, codes.scales) and torch.equal(two.offset, codes.offset)
 
 
 def test_memory_estimate():
-    per = solver_torch.bytes_per_group((384, 384), 192, stacks=2)
+    per = torch_backend.bytes_per_group((384, 384), 192, stacks=2)
     assert 16 * 384 * 384 < per < 40 * 384 * 384  # float64 target and residual, float32 state
-    budget = solver_torch.TRANSIENT_BYTES + 10 * per
-    assert solver_torch.groups_per_batch((384, 384), 192, budget, stacks=2) == 10
-    assert solver_torch.groups_per_batch((384, 384), 192, 1, stacks=2) == 1
-    assert solver_torch.bytes_per_group((384, 384), 192, restarts=2) > solver_torch.bytes_per_group((384, 384), 192)
+    budget = torch_backend.TRANSIENT_BYTES + 10 * per
+    assert torch_backend.groups_per_batch((384, 384), 192, budget, stacks=2) == 10
+    assert torch_backend.groups_per_batch((384, 384), 192, 1, stacks=2) == 1
+    assert torch_backend.bytes_per_group((384, 384), 192, restarts=2) > torch_backend.bytes_per_group((384, 384), 192)
 
 
 def test_unsupported_device_is_refused():
     with pytest.raises(RuntimeError, match="CUDA"):
-        solver_torch.resolve_device("meta")
+        devices.resolve_device("meta")
 
 
 def test_missing_triton_names_the_package(monkeypatch):
@@ -203,7 +243,7 @@ def test_missing_triton_names_the_package(monkeypatch):
     for name in [k for k in sys.modules if k == "bqq_kernels.gpu" or k.startswith("bqq_kernels.gpu.")]:
         monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ImportError, match="'triton' package"):
-        solver_torch.resolve_device(None)
+        devices.resolve_device(None)
 
 
 def test_kernel_compiles_for_hopper_without_spills():
@@ -224,3 +264,30 @@ def test_kernel_compiles_for_hopper_without_spills():
     for row in rows:
         assert row["stack"] == 0 and row["LDL"] == row["STL"] == 0, row
         assert row["SHFL"] == 0 and row["LDS"] == 0 and row["shared_bytes"] == 0, row  # rows stay in their threads
+
+
+def test_coupled_kernel_compiles_for_hopper():
+    """The coupled sweep lowers for sm_90 (Triton's lowering and ptxas, no GPU needed), soft and hard, with a
+    small and a large inner dimension."""
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("this Triton has no NVIDIA backend")
+    code = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from bqq_kernels.gpu.coupled_sweep import _coupled_sweep_kernel as kernel
+kinds = dict.fromkeys(["p_ptr", "q_ptr", "v_ptr", "k_ptr", "h_ptr", "alpha_ptr", "beta_ptr"], "*fp32")
+kinds |= {"flips_ptr": "*i32", "n": "i32", "l": "i32", "h_stride": "i64"}
+for hard in (False, True):
+    for block_l, block_o in ((64, 64), (256, 16)):
+        consts = {"HARD": hard, "BLOCK_L": block_l, "BLOCK_O": block_o}
+        sig = {k: "constexpr" if k in consts else kinds[k] for k in kernel.arg_names}
+        triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4, "enable_fp_fusion": True})
+print("compiled")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]

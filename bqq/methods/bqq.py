@@ -1,27 +1,37 @@
 """BQQ: W ≈ Σ_i (r_i Y_i Z_i + s_i Y_i 1 + t_i 1 Z_i) + u per group, Y_i, Z_i binary.
 
-Stacks are added greedily: each new stack is solved on the current residual of every group
-(:mod:`bqq.solver`), then all 3p + 1 scalars of the group are refitted exactly by least squares on
-the binaries. ``compress(w, bits=p)`` is literally p calls of the stack step, so
+Stacks are added greedily: each new stack is solved on the current residual of every group, then
+all 3p + 1 scalars of the group are refitted exactly by least squares on the binaries (:mod:`bqq.solver`,
+on the CPU or a torch device). ``compress(w, bits=p)`` is literally p calls of the stack step, so
 ``compress(w, bits=2).extend(2)`` equals ``compress(w, bits=4)`` bit for bit.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 import bqq_kernels
 
-from .. import solver, solver_torch
 from ..common import as_float_matrix, check_settings, hessian_matrix, is_int, is_number, progress_bar
 from ..format import pack_bits, packed_length, unpack_bits
 from ..grouping import GroupGrid
 from ..quantized import GroupField, QuantizedMatrix
+from ..solver import (
+    GroupCodes,
+    StackSettings,
+    auto_sweeps,
+    backend_for,
+    clipped_channels,
+    damped,
+    grow_grid,
+    inner_dim,
+    prepare_hessian,
+    solve_groups,
+    solver_device,
+)
 from . import register_method
 
 
@@ -34,12 +44,12 @@ class BQQConfig:
         sweeps: annealing sweeps per stack; None picks ``auto_sweeps`` (more for small groups).
         t_start, t_end: annealing temperatures as fractions of the critical temperature.
         alpha_scale: fixed ±1 scale during annealing, in units of rms(residual)/sqrt(l).
-        aspect_exponent: per-side temperature split for non-square groups (see bqq.solver).
+        aspect_exponent: per-side temperature split for non-square groups (see bqq.solver.settings).
         polish_rounds: maximum rounds of exact bit-flip descent after annealing.
         restarts: independent anneals per group and stack; the best is kept.
         batch_groups: groups of one shape solved together (bounds memory: ~5 m n · 4 bytes each).
         channel_clip: with a ``hessian`` H, input channels count at most ``channel_clip`` times the median
-            channel (:func:`bqq.solver.clipped_channels`; a huge value keeps H as measured).
+            channel (:func:`bqq.solver.hessian_math.clipped_channels`; a huge value keeps H as measured).
         damping: with a ``hessian`` H (mean diagonal 1), solve under H + damping·I: half the weight on
             the calibration inputs, half on every direction alike. Calibration sets are small, and BQQ's
             shared binaries can move error into directions they barely excite: with GPTQ's usual 0.01
@@ -97,27 +107,6 @@ class BQQConfig:
         return {"t_start": self.t_start, "t_end": self.t_end, "alpha_scale": self.alpha_scale}
 
 
-SWEEP_BUDGET = 1.4e10  # (m + n) · l² · sweeps: about 500 sweeps for a 384×384 group
-
-
-def auto_sweeps(shape: tuple[int, int], rank: int, weighted: bool = False) -> int:
-    """Default annealing length: the same work per stack for every group shape, within [300, 6000].
-
-    A sweep costs about (m + n)·l² multiply-adds, plus n²·l for the H coupling of the output-aware
-    (``weighted``) V phase. Small groups are cheap and need long schedules to reach their best error;
-    large ones self-average. The budget keeps a 384×384 stack near 2-3 s on two cores and gives a
-    128×128 stack 6000 sweeps (about 2 s).
-    """
-    work = (shape[0] + shape[1]) * rank * rank + (shape[1] ** 2 * rank if weighted else 0)
-    return int(min(6000, max(300, round(SWEEP_BUDGET / work))))
-
-
-def inner_dim(shape: tuple[int, int], rank_scale: float) -> int:
-    """l = round(rank_scale · m n / (m + n)), at least 1."""
-    m, n = shape
-    return max(1, round(rank_scale * m * n / (m + n)))
-
-
 @register_method("bqq")
 class BQQMatrix(QuantizedMatrix):
     """A BQQ-compressed matrix: per group p stacks of packed binaries and FP32 scalars.
@@ -172,11 +161,12 @@ class BQQMatrix(QuantizedMatrix):
         across layers this way). ``progress``: called with a group count after each stack of a batch."""
         m, n = matrices[0].shape
         grid = GroupGrid.build((m, n), (m, n))
-        codes = solver_torch.quantize_groups_torch(np.stack(matrices), int(bits), seed=seeds, group_ids=first_groups,
-                                                   config=config, device=device, progress=progress)
-        arrays = _packed_codes(codes)
-        return [cls((m, n), "float64", grid, int(bits), seed, config, y=[arrays["y"][j]], z=[arrays["z"][j]],
-                    scales=arrays["scales"][j:j + 1], offset=arrays["offset"][j:j + 1])
+        rank = inner_dim((m, n), config.rank_scale)
+        codes = solve_groups(backend_for(device), np.stack(matrices), int(bits), rank=rank,
+                             settings=StackSettings.of(config, (m, n), rank, False), seeds=list(seeds),
+                             group_ids=list(first_groups), progress=progress).numpy()
+        return [cls((m, n), "float64", grid, int(bits), seed, config, y=[pack_bits(codes.ys[j])],
+                    z=[pack_bits(codes.zs[j])], scales=codes.scales[j:j + 1], offset=codes.offset[j:j + 1])
                 for j, seed in enumerate(seeds)]
 
     def extend(self, extra_bits: int, w: Any = None, progress: bool | None = None, hessian: Any = None,
@@ -207,103 +197,37 @@ class BQQMatrix(QuantizedMatrix):
         else:
             raise ValueError("extend() needs the original matrix: this one was loaded from a file or "
                              "released its source; call q.extend(bits, w=original)")
-        h = None if hessian is None else solver.prepare_hessian(hessian_matrix(hessian, self.shape[1]))
+        h = None if hessian is None else prepare_hessian(hessian_matrix(hessian, self.shape[1]))
         self._add_stacks(source, int(extra_bits), progress, h, solver_device(device))
         return self
 
     def _add_stacks(self, w: np.ndarray, count: int, progress: bool | None, hessian: np.ndarray | None = None,
                     device: Any = None) -> None:
-        if device is not None and hessian is None:
-            return self._add_stacks_on(device, w, count, progress)
-        codes = _Codes.of(self)
-        with progress_bar(total=count * len(self.grid), progress=progress, unit="group",
-                          desc=f"bqq {self.shape[0]}x{self.shape[1]}") as bar:
-            if hessian is None:
-                self._grow(dict(enumerate(self.grid.split(w))), None, count, codes, bar)
-            else:
-                self._grow_column_blocks(w, hessian, count, codes, bar)
-        codes.store(self)
-
-    def _grow_column_blocks(self, w: np.ndarray, hessian: np.ndarray, count: int, codes: _Codes, bar: Any) -> None:
-        """Under tr(E H Eᵀ): column block after column block (:func:`bqq.solver.column_blocks`), each
-        block's groups under its Schur complement, their error carried onto the later columns."""
-        h = solver.damped(solver.clipped_channels(hessian, self.config.channel_clip), self.config.damping)
-        target = np.array(w, np.float64)
-        for b, (cs, weight, carry) in enumerate(solver.column_blocks(h, self.grid.col_sizes)):
-            rows = {g: rs for g, (_, col, rs, _) in enumerate(self.grid.blocks()) if col == b}
-            targets = {g: np.ascontiguousarray(target[rs, cs]) for g, rs in rows.items()}
-            self._grow(targets, weight, count, codes, bar)
-            if carry is not None:
-                error = np.empty((self.shape[0], cs.stop - cs.start))
-                for g, rs in rows.items():
-                    error[rs] = targets[g] - codes.rebuild(g)
-                target[:, cs.stop:] += error @ carry
-
-    def _grow(self, targets: dict[int, np.ndarray], weight: np.ndarray | None, count: int, codes: _Codes,
-              bar: Any) -> None:
-        """Add ``count`` stacks to the groups in ``targets`` (group -> (m_g, n_g) target), greedily, each
-        followed by the exact refit of the group's scalars (under ``weight``, an H shared by these groups)."""
-        by_shape: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-        for g in targets:
-            by_shape[(*targets[g].shape, self.ranks[g])].append(g)
-        batches = [(key[2], idx[i:i + self.config.batch_groups]) for key, idx in by_shape.items()
-                   for i in range(0, len(idx), self.config.batch_groups)]
-        for _ in range(count):
-            residuals = {g: t - codes.rebuild(g) for g, t in targets.items()}
-            for rank, idx in batches:
-                h = None if weight is None else np.broadcast_to(weight, (len(idx), *weight.shape))
-                ys, zs = self._solve_batch([residuals[g] for g in idx], rank, len(codes.ys[idx[0]]), idx, h)
-                for g, y, z in zip(idx, ys, zs, strict=True):
-                    codes.ys[g].append(y)
-                    codes.zs[g].append(z)
-                bar.update(len(idx))
-            for g, t in targets.items():
-                coef, u = solver.refit_scalars(t, np.stack(codes.ys[g]), np.stack(codes.zs[g]), weight)
-                codes.scales[g], codes.offset[g] = coef.astype(np.float32), np.float32(u)
-
-    def _add_stacks_on(self, device: Any, w: np.ndarray, count: int, progress: bool | None) -> None:
-        """:meth:`_add_stacks` with :mod:`bqq.solver_torch` on ``device``: the groups of each shape at once
-        (batched by device memory), stack by stack, refit on the device; same seeds as on the CPU."""
-        targets = self.grid.split(w)
-        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for g, shape in enumerate(self.grid.group_shapes()):
-            by_shape[shape].append(g)
-        total = self.stacks + count
-        scales = np.zeros((len(self.grid), total, 3), np.float32)
-        offset = np.zeros(len(self.grid), np.float32)
-        with progress_bar(total=count * len(self.grid), progress=progress, unit="group",
-                          desc=f"bqq {self.shape[0]}x{self.shape[1]} on {device}") as bar:
-            for idx in by_shape.values():
-                initial = None if self.stacks == 0 else solver_torch.GroupCodes(
-                    *(torch.from_numpy(np.stack(a)) for a in (
-                        [self._unpacked_y(g) for g in idx], [self._unpacked_z(g) for g in idx],
-                        [self.scales[g] for g in idx], [self.offset[g] for g in idx])))
-                codes = solver_torch.quantize_groups_torch(
-                    np.stack([targets[g] for g in idx]), count, rank=self.ranks[idx[0]], seed=self.seed,
-                    group_ids=[self.first_group + g for g in idx], config=self.config, device=device,
-                    initial=initial, progress=bar.update)
-                arrays = _packed_codes(codes)
-                for j, g in enumerate(idx):
-                    self.y[g], self.z[g] = arrays["y"][j], arrays["z"][j]
-                scales[idx], offset[idx] = arrays["scales"], arrays["offset"]
-        self.scales, self.offset, self.bits = scales, offset, total
-
-    def _solve_batch(self, residuals: list[np.ndarray], rank: int, stack: int, groups: list[int],
-                     hessian: np.ndarray | None = None):
+        """``count`` stacks for every group (:func:`bqq.solver.grow_grid`) on ``device`` (None: the CPU);
+        under ``hessian`` (prepared H) damped and channel-capped as configured, column block by column block."""
         cfg = self.config
-        restarts = cfg.restarts
-        x = np.repeat(np.stack(residuals), restarts, axis=0)
-        h = None if hessian is None else np.repeat(hessian, restarts, axis=0)
-        seeds = [(self.seed, stack, self.first_group + g, r) for g in groups for r in range(restarts)]
-        sweeps = cfg.sweeps or auto_sweeps(x.shape[1:], rank, weighted=h is not None)
-        u, v = solver.solve_sign_factors(x, rank, seeds, sweeps=sweeps, polish_rounds=cfg.polish_rounds,
-                                         aspect_exponent=cfg.aspect_exponent, hessian=h,
-                                         **cfg.schedule(h is not None))
-        best = solver.sign_fit_error(x, u, v, h).reshape(len(groups), restarts).argmin(axis=1)
-        pick = np.arange(len(groups)) * restarts + best
-        ys = [(u[k] > 0).astype(np.uint8) for k in pick]
-        zs = [np.ascontiguousarray((v[k] > 0).astype(np.uint8).T) for k in pick]
-        return ys, zs
+        h = None if hessian is None else damped(clipped_channels(hessian, cfg.channel_clip), cfg.damping)
+        where = "" if device is None else f" on {device}"
+        with progress_bar(total=count * len(self.grid), progress=progress, unit="group",
+                          desc=f"bqq {self.shape[0]}x{self.shape[1]}{where}") as bar:
+            codes = grow_grid(backend_for(device, cfg.batch_groups), w, self.grid,
+                              [self._group_codes(g) for g in range(len(self.grid))], count, seed=self.seed,
+                              first_group=self.first_group, ranks=self.ranks,
+                              settings=lambda shape, rank, weighted: StackSettings.of(cfg, shape, rank, weighted),
+                              hessian=h, progress=bar.update)
+        self.y = [pack_bits(c.ys[0]) for c in codes]
+        self.z = [pack_bits(c.zs[0]) for c in codes]
+        self.scales = np.concatenate([c.scales for c in codes]).astype(np.float32)
+        self.offset = np.concatenate([c.offset for c in codes]).astype(np.float32)
+        self.bits = self.scales.shape[1]
+
+    def _group_codes(self, g: int) -> GroupCodes:
+        """Group ``g``'s codes unpacked (G = 1), for adding stacks."""
+        (m, n), rank, p = self.grid.group_shapes()[g], self.ranks[g], self.stacks
+        ys = self._unpacked_y(g) if p else np.zeros((0, m, rank), np.uint8)
+        zs = self._unpacked_z(g) if p else np.zeros((0, rank, n), np.uint8)
+        return GroupCodes(ys[None], zs[None], np.asarray(self.scales[g], np.float32)[None],
+                          np.asarray(self.offset[g:g + 1], np.float32))
 
     # --- reading ----------------------------------------------------------------------------
     def _unpacked_y(self, g: int) -> np.ndarray:
@@ -313,8 +237,7 @@ class BQQMatrix(QuantizedMatrix):
         return unpack_bits(self.z[g], self.grid.group_shapes()[g][1])
 
     def dequantize_group(self, index: int) -> np.ndarray:
-        return _rebuild(self.grid.group_shapes()[index], self._unpacked_y(index), self._unpacked_z(index),
-                        self.scales[index], self.offset[index])
+        return self._group_codes(index).dequantize()[0]
 
     def group_scalars(self, index: int) -> np.ndarray:
         """(r, s, t) of every stack of group ``index``, then its offset u."""
@@ -338,76 +261,6 @@ class BQQMatrix(QuantizedMatrix):
         factors = [bqq_kernels.BQQGroupFactors(self.y[g], self.z[g], self.scales[g], float(self.offset[g]))
                    for g in range(len(self.grid))]
         return bqq_kernels.build_layout(factors, self.grid.row_sizes, self.grid.col_sizes)
-
-
-def _rebuild(shape: tuple[int, int], ys: Any, zs: Any, scales: np.ndarray, offset: float) -> np.ndarray:
-    """One group (m, n) in float64 from its unpacked binaries ys (p, m, l), zs (p, l, n), float32 scales
-    (p, 3) and offset."""
-    out = np.full(shape, float(offset))
-    for (r, s, t), y, z in zip(np.asarray(scales, np.float64), ys, zs, strict=True):
-        y, z = y.astype(np.float32), z.astype(np.float32)
-        yz = (y @ z).astype(np.float64)  # counts <= l: exact in float32, and twice as fast as float64
-        out += r * yz + s * y.sum(axis=1, keepdims=True, dtype=np.float64) + t * z.sum(axis=0, keepdims=True,
-                                                                                       dtype=np.float64)
-    return out
-
-
-@dataclass
-class _Codes:
-    """A BQQ matrix's codes while stacks are added: per group the unpacked binaries and the scalars."""
-
-    shapes: list[tuple[int, int]]
-    ys: list[list[np.ndarray]]  # group -> p arrays (m, l) in {0, 1}
-    zs: list[list[np.ndarray]]  # group -> p arrays (l, n)
-    scales: list[np.ndarray]  # group -> (p, 3) float32
-    offset: list[np.float32]
-
-    @classmethod
-    def of(cls, q: BQQMatrix) -> _Codes:
-        groups = range(len(q.grid))
-        return cls(q.grid.group_shapes(), [list(q._unpacked_y(g)) for g in groups],
-                   [list(q._unpacked_z(g)) for g in groups], [q.scales[g] for g in groups],
-                   [q.offset[g] for g in groups])
-
-    def rebuild(self, g: int) -> np.ndarray:
-        return _rebuild(self.shapes[g], self.ys[g], self.zs[g], self.scales[g], self.offset[g])
-
-    def store(self, q: BQQMatrix) -> None:
-        """Write the codes into ``q`` (packed bits, float32 scalars)."""
-        q.y = [pack_bits(np.stack(y)) for y in self.ys]
-        q.z = [pack_bits(np.stack(z)) for z in self.zs]
-        q.scales, q.offset = np.stack(self.scales).astype(np.float32), np.array(self.offset, np.float32)
-        q.bits = q.scales.shape[1]
-
-
-def _packed_codes(codes: solver_torch.GroupCodes) -> dict[str, Any]:
-    """Device codes (G, p, m, l) / (G, p, l, n) as this class stores them: packed bits per group, float32
-    scalars (G, p, 3) and offsets (G,), on the CPU."""
-    ys, zs = codes.ys.cpu().numpy(), codes.zs.cpu().numpy()
-    return {"y": [pack_bits(y) for y in ys], "z": [pack_bits(z) for z in zs],
-            "scales": codes.scales.cpu().numpy().astype(np.float32),
-            "offset": codes.offset.cpu().numpy().astype(np.float32)}
-
-
-def solver_device(device: Any) -> torch.device | None:
-    """The device the BQQ solver runs on for a ``device`` argument: None for the CPU (numba), else a
-    :class:`torch.device` handled by :mod:`bqq.solver_torch` (CUDA; the CPU only in tests, through
-    :data:`TORCH_SOLVER_DEVICE_TYPES`). ValueError for a device string torch does not know."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if dev.type not in TORCH_SOLVER_DEVICE_TYPES:
-        if dev.type == "cpu":
-            return None
-        raise ValueError(f"the BQQ solver runs on the CPU or on CUDA devices, got {device!r}")
-    return dev
-
-
-# Device types the torch/Triton solver handles. Tests add "cpu" (Triton's interpreter) to run that path.
-TORCH_SOLVER_DEVICE_TYPES = {"cuda"}
 
 
 __all__ = ["BQQConfig", "BQQMatrix", "auto_sweeps", "inner_dim", "solver_device"]

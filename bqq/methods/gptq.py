@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..common import check_settings, is_int, is_number, progress_bar
-from ..solver import damped
+from ..solver.hessian_math import damped
 from . import register_method
 from .uniform import UQMatrix, group_blocks, pack_code_planes, uniform_grids
 

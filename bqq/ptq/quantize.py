@@ -18,9 +18,10 @@ from ..api import method_config
 from ..common import dtype_name, progress_bar, replace_module
 from ..grouping import GroupGrid
 from ..methods import get_method
-from ..methods.bqq import BQQConfig, solver_device
+from ..methods.bqq import BQQConfig
 from ..quantized import QuantizedMatrix
-from ..solver import clipped_channels, prepare_hessian
+from ..solver.devices import solver_device
+from ..solver.hessian_math import clipped_channels, prepare_hessian
 from .blocks import BlockStack, block_pass, capture_inputs, chain_check, find_stack, without_cache
 from .calibrate import Calibration, calibrate, tunable_parameters
 from .fold import fold_batchnorm
@@ -333,7 +334,7 @@ def select(solved: dict[str, QuantizedMatrix], w: np.ndarray, hessian: np.ndarra
     """The candidate with the lowest relative error (the first of equal ones: candidates come in
     preference order) and what was measured: ``{"rel_error": e, "candidates": {method: e}}``. With
     ``hessian`` the error is the output error (:func:`relative_error`) with input channels capped as
-    BQQ's objective caps them (:func:`bqq.solver.clipped_channels`, ``BQQConfig.channel_clip``).
+    BQQ's objective caps them (:func:`bqq.solver.hessian_math.clipped_channels`, ``BQQConfig.channel_clip``).
 
     Why capped: under a raw H one "massive" input channel can dominate the measure and rank candidates
     backwards. MiniLM layer 0's FFN output (one channel 636x the median): a BQQ fit of that channel at

@@ -1,6 +1,6 @@
 """The solver's Gauss-Seidel row sweep as a Triton kernel (NVIDIA GPUs; CPU through TRITON_INTERPRET=1).
 
-Same update as the numba kernel :func:`bqq_kernels.cpu.binary_factorization._row_sweep`: for row i of
+:func:`row_sweep`, named like the numba :func:`bqq_kernels.cpu.row_sweep`, does the same update: for row i of
 problem b and its entries j = 0..l-1 in order, with h = X V and G = VᵀV (diagonal set to the row
 count of V), the local field is f_j = 2α (h_ij - α (Σ_k G_jk u_ik - G_jj u_ij)) and u_ij becomes
 tanh(f_j / T) (soft: the numba ``fast_tanh``, the [7/6] Padé approximant, exactly ±1 from |f/T| >= 4.97)
@@ -49,6 +49,23 @@ UNROLL = 4  # unrolling of the G·u accumulation loop (independent loads in flig
 
 
 @triton.jit
+def mean_field_update(field, beta, old, HARD: tl.constexpr):
+    """An entry's new value from its local field: sign(field), ``old`` at 0 (HARD), else tanh(field·beta) by
+    the numba ``fast_tanh``, the [7/6] Padé approximant of tanh, exactly ±1 from |x| >= 4.97; x is clamped
+    first so that huge fields do not overflow x² into inf/inf = NaN before the select."""
+    if HARD:
+        new = tl.where(field > 0, 1.0, tl.where(field < 0, -1.0, old))
+    else:
+        x = field * beta
+        xs = tl.minimum(tl.maximum(x, -4.97), 4.97)
+        x2 = xs * xs
+        num = 135135.0 + x2 * (17325.0 + x2 * (378.0 + x2))
+        den = 135135.0 + x2 * (62370.0 + x2 * (3150.0 + x2 * 28.0))
+        new = tl.where(x >= 4.97, 1.0, tl.where(x <= -4.97, -1.0, xs * num / den))
+    return new
+
+
+@triton.jit
 def _row_sweep_kernel(h_ptr, u_ptr, g_ptr, alpha_ptr, beta_ptr, flips_ptr, rows, l,
                       HARD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr,
                       UNROLL: tl.constexpr):
@@ -86,18 +103,7 @@ def _row_sweep_kernel(h_ptr, u_ptr, g_ptr, alpha_ptr, beta_ptr, flips_ptr, rows,
             gjj = tl.load(g_ptr + g_base + j * l + j)
             guj = tl.sum(tl.where(blk[:, None] == jj, gu, 0.0), axis=0)
             field = two_a * (hj - a * (guj - gjj * old))
-            if HARD:
-                new = tl.where(field > 0, 1.0, tl.where(field < 0, -1.0, old))
-            else:
-                # The numba fast_tanh, inline (a jitted helper costs ~2 ms per call in the interpreter):
-                # the [7/6] Padé approximant of tanh, exactly ±1 from |x| >= 4.97; x is clamped first so
-                # that huge fields do not overflow x² into inf/inf = NaN before the select.
-                x = field * beta
-                xs = tl.minimum(tl.maximum(x, -4.97), 4.97)
-                x2 = xs * xs
-                num = 135135.0 + x2 * (17325.0 + x2 * (378.0 + x2))
-                den = 135135.0 + x2 * (62370.0 + x2 * (3150.0 + x2 * 28.0))
-                new = tl.where(x >= 4.97, 1.0, tl.where(x <= -4.97, -1.0, xs * num / den))
+            new = mean_field_update(field, beta, old, HARD)
             count += ((new > 0) != (old > 0)).to(tl.int32)
             u_blk = tl.where(blk[:, None] == jj, new[None, :], u_blk)
             g_row = tl.load(g_ptr + g_base + j * l + jcols, mask=jcols < l, other=0.0)
@@ -175,10 +181,10 @@ def launch_options(rows: int, l: int) -> dict[str, int]:
     return {"block_rows": BLOCK_ROWS, "block_cols": BLOCK_COLS, "num_warps": NUM_WARPS, "unroll": UNROLL}
 
 
-def row_sweep_triton(ht: torch.Tensor, ut: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
-                     inv_temp: torch.Tensor, hard: bool, *, block_rows: int = BLOCK_ROWS,
-                     block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS, unroll: int = UNROLL,
-                     count: bool = True) -> torch.Tensor | None:
+def row_sweep(ht: torch.Tensor, ut: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
+              inv_temp: torch.Tensor, hard: bool, *, block_rows: int = BLOCK_ROWS,
+              block_cols: int = BLOCK_COLS, num_warps: int = NUM_WARPS, unroll: int = UNROLL,
+              count: bool = True) -> torch.Tensor | None:
     """One Gauss-Seidel pass over every entry of u, in place; returns the number of sign changes.
 
     Args:
@@ -205,7 +211,7 @@ def row_sweep_triton(ht: torch.Tensor, ut: torch.Tensor, g: torch.Tensor, alpha:
     if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device != ut.device for t in tensors):
         raise ValueError("ht, ut, g, alpha and inv_temp must be contiguous float32 tensors on one device")
     if ut.device.type != "cuda" and not interpreted():
-        raise RuntimeError(f"row_sweep_triton got {ut.device.type} tensors: compiled Triton kernels need CUDA "
+        raise RuntimeError(f"row_sweep got {ut.device.type} tensors: compiled Triton kernels need CUDA "
                            "tensors (CPU tensors only work in the interpreter, TRITON_INTERPRET=1 set before "
                            "bqq_kernels.gpu is imported)")
     for name, size in (("block_rows", block_rows), ("block_cols", block_cols), ("unroll", unroll),
@@ -222,3 +228,6 @@ def row_sweep_triton(ht: torch.Tensor, ut: torch.Tensor, g: torch.Tensor, alpha:
     elif count:
         flips.zero_()
     return flips.sum(dtype=torch.int64) if count else None
+
+
+row_sweep_triton = row_sweep  # the name before the sweeps were named alike on both devices (benchmarks use it)

@@ -1,0 +1,60 @@
+"""What one BQQ stack solve needs to know besides its data: inner dimension, sweep count and schedule.
+
+:class:`bqq.methods.bqq.BQQConfig` holds the user's settings; :meth:`StackSettings.of` reads them here
+(duck-typed, so the solver does not import ``bqq.methods``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+POWER_ITERATIONS = 30  # power iterations for σ_max in the critical temperature T_c = 2 α σ_max
+SWEEP_BUDGET = 1.4e10  # (m + n) · l² · sweeps: about 500 sweeps for a 384×384 group
+
+
+def inner_dim(shape: tuple[int, int], rank_scale: float) -> int:
+    """l = round(rank_scale · m n / (m + n)), at least 1."""
+    m, n = shape
+    return max(1, round(rank_scale * m * n / (m + n)))
+
+
+def auto_sweeps(shape: tuple[int, int], rank: int, weighted: bool = False) -> int:
+    """Default annealing length: the same work per stack for every group shape, within [300, 6000].
+
+    A sweep costs about (m + n)·l² multiply-adds, plus n²·l for the H coupling of the output-aware
+    (``weighted``) V phase. Small groups are cheap and need long schedules to reach their best error;
+    large ones self-average. The budget keeps a 384×384 stack near 2-3 s on two cores and gives a
+    128×128 stack 6000 sweeps (about 2 s).
+    """
+    work = (shape[0] + shape[1]) * rank * rank + (shape[1] ** 2 * rank if weighted else 0)
+    return int(min(6000, max(300, round(SWEEP_BUDGET / work))))
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """The annealing of one stack (see :mod:`bqq.solver` for the method).
+
+    Attributes:
+        sweeps: annealing sweeps (one U phase and one V phase each).
+        t_start, t_end: first and last temperature as fractions of T_c (geometric in between).
+        alpha_scale: the fixed ±1 scale while annealing, in units of rms(residual)/sqrt(l).
+        polish_rounds: at most this many rounds of exact bit-flip descent after annealing.
+        aspect_exponent: T_U / T_V = (n/m)^(2·aspect_exponent) for non-square groups.
+        restarts: independent anneals per group; the smallest sign-fit error is kept.
+    """
+
+    sweeps: int
+    t_start: float
+    t_end: float
+    alpha_scale: float
+    polish_rounds: int
+    aspect_exponent: float = 0.7
+    restarts: int = 1
+
+    @classmethod
+    def of(cls, config: Any, shape: tuple[int, int], rank: int, weighted: bool) -> StackSettings:
+        """The settings a :class:`~bqq.methods.bqq.BQQConfig` gives a group of ``shape`` and inner dim
+        ``rank``, under the plain or the output-aware (``weighted``) objective."""
+        return cls(sweeps=config.sweeps or auto_sweeps(shape, rank, weighted), polish_rounds=config.polish_rounds,
+                   aspect_exponent=config.aspect_exponent, restarts=config.restarts, **config.schedule(weighted))
