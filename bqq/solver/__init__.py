@@ -27,8 +27,8 @@ Layout of the package (no module imports :mod:`bqq.methods`):
 * :mod:`~bqq.solver.anneal`: one stack (starts, schedule, annealing, polish, restarts), over a backend;
 * :mod:`~bqq.solver.stacks`: the greedy stack loop and the column-block driver, over a backend;
 * :mod:`~bqq.solver.codes`: :class:`GroupCodes`, the codes under construction;
-* backends: :mod:`~bqq.solver.numpy_backend` (numba sweeps) and :mod:`~bqq.solver.torch_backend` (Triton
-  sweeps); :mod:`~bqq.solver.devices` picks the device.
+* backends, the interface :mod:`~bqq.solver.backend`: :mod:`~bqq.solver.numpy_backend` (numba sweeps) and
+  :mod:`~bqq.solver.torch_backend` (Triton sweeps); :mod:`~bqq.solver.devices` picks the device.
 
 Everything is batched over same-shape groups; randomness comes from one SeedSequence per
 (seed, stack, group, restart), so results do not depend on batching or thread count.
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from . import anneal
+from .backend import Backend
 from .codes import TRANSIENT_BYTES, GroupCodes
 from .devices import TORCH_SOLVER_DEVICE_TYPES, resolve_device, solver_device
 from .hessian_math import clipped_channels, column_blocks, damped, prepare_hessian
@@ -50,8 +51,6 @@ from .numpy_backend import NumpyBackend, refit_scalars
 from .settings import POWER_ITERATIONS, SWEEP_BUDGET, StackSettings, auto_sweeps, inner_dim
 from .stacks import grow_grid, solve_groups
 from .torch_backend import TorchBackend, refit_scalars_batched
-
-Backend = NumpyBackend | TorchBackend
 
 
 def backend_for(device: torch.device | None, batch_groups: int = 64) -> Backend:

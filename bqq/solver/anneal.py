@@ -1,5 +1,5 @@
 """One binary stack for a batch of residuals: starts, annealing schedule, polish and restarts, written
-once over a backend (:mod:`bqq.solver.backends`).
+once over a backend (:mod:`bqq.solver.backend`).
 
 The backend owns the large arrays (the centered residuals, the magnetizations, X H) and the sweeps; this
 module only handles per-problem vectors (B,) on the host: α, T_c, the inverse temperatures, the fits. Those
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import Backend
 from .settings import StackSettings
 
 # Schedule entries (sweeps × problems) computed and handed to the backend at once (64 MB of float32).
@@ -55,12 +56,12 @@ def fit_alpha(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).astype(np.float32)
 
 
-def solve_sign_factors(backend: Any, x: Any, rank: int, seeds: Sequence[Sequence[int]], settings: StackSettings,
+def solve_sign_factors(backend: Backend, x: Any, rank: int, seeds: Sequence[Sequence[int]], settings: StackSettings,
                        hessian: Any = None) -> tuple[Any, Any]:
     """Sign factors of a batch of residuals: X ≈ α U Vᵀ + row/column/constant terms.
 
     Args:
-        backend: a :class:`~bqq.solver.backends.NumpyBackend` or :class:`~bqq.solver.backends.TorchBackend`.
+        backend: a :class:`~bqq.solver.backend.Backend` (numpy or torch).
         x: (B, m, n) residuals (float64; the mean under the objective is removed here).
         rank: inner dimension l.
         seeds: B integer sequences, one per problem, seeding its start.
@@ -95,14 +96,14 @@ def solve_sign_factors(backend: Any, x: Any, rank: int, seeds: Sequence[Sequence
     return u, v
 
 
-def sign_fit_error(backend: Any, x: Any, u: Any, v: Any, hessian: Any = None) -> np.ndarray:
+def sign_fit_error(backend: Backend, x: Any, u: Any, v: Any, hessian: Any = None) -> np.ndarray:
     """Error of the best α·U Vᵀ + constant fit per problem (B,), under H if given (picks among restarts)."""
     xc = backend.center(x, hessian)
     num, den = backend.fit_terms(xc, u, v, hessian)
     return backend.weighted_square(xc, hessian) - np.where(den > 0, num * num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def solve_stack(backend: Any, residuals: Any, rank: int, seeds: Sequence[Sequence[int]], settings: StackSettings,
+def solve_stack(backend: Backend, residuals: Any, rank: int, seeds: Sequence[Sequence[int]], settings: StackSettings,
                 hessian: Any = None) -> tuple[Any, Any]:
     """One new stack for a batch of same-shape groups: ``settings.restarts`` anneals each, the best kept.
 

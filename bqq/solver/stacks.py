@@ -21,6 +21,7 @@ import numpy as np
 
 from ..grouping import GroupGrid
 from .anneal import solve_stack
+from .backend import Backend
 from .codes import GroupCodes
 from .hessian_math import column_blocks
 from .settings import StackSettings
@@ -28,7 +29,7 @@ from .settings import StackSettings
 Progress = Callable[[int], object] | None
 
 
-def add_stacks(backend: Any, codes: GroupCodes, targets: Any, count: int, *, rank: int, settings: StackSettings,
+def add_stacks(backend: Backend, codes: GroupCodes, targets: Any, count: int, *, rank: int, settings: StackSettings,
                seeds: Sequence[int], group_ids: Sequence[int], solve_size: int, hessian: Any = None,
                progress: Progress = None) -> GroupCodes:
     """``count`` greedy stacks on G same-shape groups already on the backend.
@@ -63,7 +64,7 @@ def add_stacks(backend: Any, codes: GroupCodes, targets: Any, count: int, *, ran
     return codes
 
 
-def solve_groups(backend: Any, targets: np.ndarray | Any, count: int, *, rank: int, settings: StackSettings,
+def solve_groups(backend: Backend, targets: np.ndarray | Any, count: int, *, rank: int, settings: StackSettings,
                  seeds: Sequence[int], group_ids: Sequence[int], hessian: np.ndarray | None = None,
                  initial: GroupCodes | None = None, progress: Progress = None) -> GroupCodes:
     """BQQ codes of same-shape groups: ``count`` greedy stacks added to ``initial`` (None: new groups).
@@ -105,7 +106,7 @@ def solve_groups(backend: Any, targets: np.ndarray | Any, count: int, *, rank: i
     return GroupCodes.stack(parts)
 
 
-def grow_grid(backend: Any, w: np.ndarray, grid: GroupGrid, codes: list[GroupCodes], count: int, *, seed: int,
+def grow_grid(backend: Backend, w: np.ndarray, grid: GroupGrid, codes: list[GroupCodes], count: int, *, seed: int,
               first_group: int, ranks: Sequence[int], settings: Callable[[tuple[int, int], int, bool], StackSettings],
               hessian: np.ndarray | None = None, progress: Progress = None) -> list[GroupCodes]:
     """``count`` more stacks for every group of a matrix ``w`` cut by ``grid``.
