@@ -32,6 +32,7 @@ from ..grouping import GroupGrid
 from ..io import load, save
 from ..methods import get_method
 from ..quantized import QuantizedMatrix
+from ..threads import apply_budget, policy_enabled, threads_per_process
 from ..version import __version__
 
 
@@ -91,8 +92,9 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
 
     Args:
         workers: None or 1: in this process (numba uses all cores per group); an int n > 1: n local
-            processes, each with cores/n numba threads; or any ``concurrent.futures.Executor``
-            (e.g. ``distributed.Client(...).get_executor()`` to spread groups over a Dask cluster).
+            processes, each with cores/n threads for numba, torch and BLAS (:mod:`bqq.threads`); or any
+            ``concurrent.futures.Executor`` (e.g. ``distributed.Client(...).get_executor()`` to spread groups
+            over a Dask cluster).
         cache_dir: folder for finished groups; an interrupted run (Ctrl-C, kill -9) resumes from it.
         max_in_flight: jobs submitted ahead to an executor (default 2 per local worker, 64 otherwise),
             bounding the memory held by queued group data.
@@ -130,7 +132,7 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
         elif isinstance(workers, cf.Executor):
             _run_on(workers, jobs, todo, finish, max_in_flight or 64)
         elif isinstance(workers, int) and not isinstance(workers, bool) and workers > 1:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = threads_per_process(workers)
             pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                           initializer=_init_worker, initargs=(threads,))
             try:
@@ -193,9 +195,14 @@ def _run_on(executor: cf.Executor, jobs: list[GroupJob], todo: Iterable[int],
 
 
 def _init_worker(threads: int) -> None:
-    import numba
+    """A worker process's share of the cores for numba, torch and BLAS alike (each library would
+    otherwise start one thread per core in every worker)."""
+    if policy_enabled():
+        apply_budget(threads)
+    else:  # BQQ_THREAD_POLICY=off: numba only, as before bqq.threads
+        import numba
 
-    numba.set_num_threads(threads)
+        numba.set_num_threads(threads)
 
 
 def _cache_path(cache: Path, job: GroupJob) -> Path:
