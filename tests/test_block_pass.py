@@ -142,3 +142,16 @@ def test_calibration_settings_are_checked():
     model = tiny_llama(layers=2)
     bqq.quantize(model, bits=2, method="gptq", group_size=32, progress=False,
                  calibration=bqq.Calibration(token_batches(), device="cpu"))
+
+
+def test_blocks_after_the_last_solved_block_do_not_run():
+    """With only the first block's layers included, the later blocks run in the opening forward (one batch,
+    for the stage order) and never again."""
+    model = tiny_llama(layers=4)
+    runs = {i: 0 for i in range(4)}
+    for i, layer in enumerate(model.model.layers):
+        layer.input_layernorm.register_forward_pre_hook(lambda module, args, i=i: runs.__setitem__(i, runs[i] + 1))
+    batches = token_batches(count=4)
+    bqq.quantize(model, bits=2, method="gptq", group_size=32, include=["model.layers.0.*"],
+                 calibration=bqq.Calibration(batches), progress=False)
+    assert runs[0] > len(batches) and runs[3] <= 1

@@ -254,8 +254,9 @@ def block_pass(stack: BlockStack, stages: list[list], mode: str, fp_stream: list
     by_block: dict[int, list[list]] = {}
     for stage in stages:
         by_block.setdefault(stack.owner(stage[0].name), []).append(stage)
-    for index, (prefix, block) in enumerate(progress_bar(stack.blocks, progress=progress, desc="blocks",
-                                                         unit="block")):
+    last = max(by_block, default=-1)  # the blocks after it have nothing to solve: they never run
+    for index, (prefix, block) in enumerate(progress_bar(stack.blocks[:last + 1], progress=progress,
+                                                         desc="blocks", unit="block")):
         home = next((p.device for p in block.parameters()), None)
         if device is not None:
             block.to(device)
