@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import hashlib
 import json
 import platform
 import resource
@@ -210,12 +211,21 @@ def planned_rows(args) -> list[tuple[str, int | None]]:
 
 
 def earlier_rows(path: Path, settings: dict) -> tuple[list[dict], list[str]]:
-    """Rows and commands of an earlier run written to ``path`` with the same ``settings`` (else none)."""
+    """Rows and commands of an earlier run written to ``path`` with the same ``settings`` (else none).
+
+    A table written with other settings is not overwritten: it is moved aside (``ptq_llm.<settings hash>.json``
+    and ``.md``), so hours of measured rows are never lost to a mistyped flag."""
     if not path.exists():
         return [], []
     old = json.loads(path.read_text())
     if old.get("settings") != settings:
-        print(f"{path}: written with other settings; starting a new table", flush=True)
+        digest = hashlib.sha256(json.dumps(old.get("settings"), sort_keys=True).encode()).hexdigest()[:8]
+        for suffix in (".json", ".md"):
+            earlier = path.with_suffix(suffix)
+            if earlier.exists():
+                earlier.rename(path.with_name(f"{path.stem}.{digest}{suffix}"))
+        print(f"{path}: written with other settings; moved aside as {path.stem}.{digest}.json/.md, "
+              "starting a new table", flush=True)
         return [], []
     return old.get("rows", []), old.get("commands", [])
 

@@ -181,3 +181,9 @@ def test_llm_benchmark_measures_rows_and_keeps_earlier_ones(tmp_path):
         assert by[row, 4]["ratio"] == pytest.approx(by[row, 4]["perplexity"] / fp)
     assert len(result["commands"]) == 2
     assert "| 4 | GPTQ | yes | 1x128 |" in (tmp_path / "ptq_llm.md").read_text()
+
+    ptq_llm.main(["--bits", "4", "--rows", "fp", "--seed", "1", *small])  # other settings: a new table
+    assert [r["row"] for r in json.loads((tmp_path / "ptq_llm.json").read_text())["rows"]] == ["fp"]
+    (moved,) = tmp_path.glob("ptq_llm.*.json")  # ... and the earlier one is kept beside it, not overwritten
+    assert json.loads(moved.read_text()) == result
+    assert moved.with_suffix(".md").exists()
