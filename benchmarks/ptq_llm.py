@@ -2,7 +2,7 @@
 
     python -m benchmarks.ptq_llm [--model DIR] [--text FILE | --dataset wikitext2] [--calib-text FILE]
                                  [--seqlen 256] [--nsamples 128] [--bits 2 3 4]
-                                 [--rows fp rtn gptq bqq bqq-data auto] [--bqq-group 256] [--sweeps N]
+                                 [--rows fp noise rtn gptq bqq bqq-data auto] [--bqq-group 256] [--sweeps N]
                                  [--out DIR]
 
 Defaults: the committed tiny Llama (``benchmarks/models/tiny-llama``, made by
@@ -16,6 +16,9 @@ tiny model. Calibration: ``--nsamples`` windows of ``seqlen`` tokens at GPTQ's r
 Rows, for every ``--bits`` b (each quantizes a fresh copy of the FP model with ``bqq.quantize``):
 
 - ``fp``: the unquantized model (once).
+- ``noise``: the FP model with Gaussian noise of 0.5 × each weight's standard deviation added to every linear
+  layer of the decoder blocks (once): how sensitive the model is, to read the quantized rows against (a model
+  that barely notices such noise cannot separate methods by their perplexity ratios alone).
 - ``rtn``: ``method="uq"``, ``group_size=(1, 128)``: GPTQ's "group 128" (one row × 128 columns share a scale
   and a zero point; a layer narrower than 128 columns gets its whole row). bqq's UQ searches each group's
   clip range on the weights (paper Alg. S.1), so it is a little stronger than min-max round-to-nearest.
@@ -49,7 +52,8 @@ packed kernels up to float rounding, faster on a CPU). ``bqq.quantize`` runs wit
 is printed per row.
 
 Results go to ``OUT/ptq_llm.{md,json}`` after every row; rows of an earlier run with the same settings (model,
-texts, seqlen, nsamples, seed, BQQ groups) stay unless measured again, so a grid can be filled in by parts.
+texts, seqlen, nsamples, seed, BQQ groups, sweeps) stay unless measured again, so a grid can be filled in by parts;
+a table written with other settings is moved aside (``ptq_llm.<hash>.json``/``.md``), never overwritten.
 Targets (issue 22): data-aware BQQ perplexity ≤ 1.05× FP at 4*, ≤ 1.15× at 3*, ≤ 1.6× at 2*, and below GPTQ
 g128 at 2 and 3 bits.
 """

@@ -187,3 +187,23 @@ def test_llm_benchmark_measures_rows_and_keeps_earlier_ones(tmp_path):
     (moved,) = tmp_path.glob("ptq_llm.*.json")  # ... and the earlier one is kept beside it, not overwritten
     assert json.loads(moved.read_text()) == result
     assert moved.with_suffix(".md").exists()
+
+
+def test_llm_scale_check_counts_forwards_and_memory(tmp_path):
+    """benchmarks/llm_scale.py on a toy Llama: the embedding runs at most twice per batch, each solved block
+    at most its stages + 2 times (its FP copy likewise), a block after the last solved one only in the opening
+    forward."""
+    transformers_module()
+    from benchmarks import llm_scale
+
+    doc = llm_scale.main(["--shape", "toy", "--blocks", "2", "--nsamples", "2", "--seqlen", "16",
+                          "--out", str(tmp_path)])
+    runs = doc["runs_per_batch"]
+    stages = 4  # q/k/v, o, gate/up, down
+    assert runs["embedding"] <= 2
+    for name in ("block 0", "block 1", "block 0 FP copy", "block 1 FP copy"):  # corrected: an FP copy each
+        assert 1 < runs[name] <= stages + 2, (name, runs)
+    assert runs["block 2"] * 2 == 1  # not solved: it ran once in all, in the opening forward (first batch)
+    assert doc["blocks_solved"] == 2 and len(doc["per_block_s"]) == 2
+    assert doc["peak_rss_bytes"] > doc["model_bytes"] and doc["memory_ratio"] > 0
+    assert "| peak / (model + activations) |" in (tmp_path / "llm_scale_toy.md").read_text()
