@@ -23,6 +23,7 @@ import json
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "nsamples": args.nsamples, "seqlen": args.seqlen, "torch": torch.__version__, "bqq": bqq.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(),
     }
-    text = markdown(doc, " ".join(["python -m benchmarks.llm_scale", *(argv or [])]))
+    text = markdown(doc, " ".join(["python -m benchmarks.llm_scale", *(sys.argv[1:] if argv is None else argv)]))
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"llm_scale_{args.shape}.md").write_text(text)
