@@ -85,6 +85,37 @@ def test_quantize_solves_same_shape_groups_of_all_layers_together(cpu_through_de
         assert torch.equal(model(x), reference(x))
 
 
+def test_calibrated_quantize_solves_bqq_layers_on_the_device(cpu_through_device_path, monkeypatch):
+    """Calibrated (H) BQQ layers go to the torch backend too, each under its own H; the model then computes
+    about what the CPU solver's does."""
+    devices_seen = []
+    real = bqq_method.BQQMatrix._add_stacks
+
+    def spy(self, w, count, progress, hessian=None, device=None):
+        devices_seen.append((hessian is not None, device))
+        return real(self, w, count, progress, hessian, device)
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6)).eval()
+
+    monkeypatch.setattr(bqq_method.BQQMatrix, "_add_stacks", spy)
+    x = torch.randn(40, 12, generator=torch.Generator().manual_seed(1))
+    opts = {"bits": 1, "method": "bqq", "calibration": bqq.Calibration([x[:20], x[20:]]), "sweeps": 8,
+            "polish_rounds": 3}
+    on_device = bqq.quantize(model(), device="cpu", **opts)
+    assert len(devices_seen) == 2 and all(h and d == torch.device("cpu") for h, d in devices_seen)
+    devices_seen.clear()
+    devices.TORCH_SOLVER_DEVICE_TYPES.discard("cpu")
+    on_cpu = bqq.quantize(model(), device="cpu", **opts)
+    assert len(devices_seen) == 2 and all(h and d is None for h, d in devices_seen)
+    with torch.no_grad():
+        fp = model()(x)
+        error_device = float(((on_device(x) - fp) ** 2).mean())
+        error_cpu = float(((on_cpu(x) - fp) ** 2).mean())
+    assert error_device == pytest.approx(error_cpu, rel=0.5)  # same objective, different sweep order
+
+
 def test_a_cuda_device_without_a_gpu_is_refused():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -72,15 +72,16 @@ def layer_seed(seed: int, layer: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def solve_group(job: GroupJob) -> QuantizedMatrix:
+def solve_group(job: GroupJob, device: torch.device | None = None) -> QuantizedMatrix:
     """Compress one group as group ``job.index`` of its layer (runs in workers; module-level so every
     executor can pickle it). Returns a single-group matrix for :meth:`QuantizedMatrix.from_groups`, or
-    the whole layer for a job with ``group_shape``."""
+    the whole layer for a job with ``group_shape``. ``device``: the torch backend's device for a method
+    that solves on devices (None: the CPU solver)."""
     cls, config = method_config(job.method, job.bits, job.opts)
     array, _ = as_float_matrix(job.matrix)
     grid = GroupGrid.build(array.shape, job.group_shape or array.shape)
     q = solve(cls, array, grid, job.bits, job.seed, config, progress=False, first_group=job.index,
-              hessian=job.hessian)
+              hessian=job.hessian, device=device)
     q.dtype = job.dtype
     return q
 
@@ -98,9 +99,10 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
         cache_dir: folder for finished groups; an interrupted run (Ctrl-C, kill -9) resumes from it.
         max_in_flight: jobs submitted ahead to an executor (default 2 per local worker, 64 otherwise),
             bounding the memory held by queued group data.
-        device: a GPU (from :func:`bqq.methods.bqq.solver_device`) for the jobs whose method solves on
-            devices (BQQ without calibration data): those are solved in this process, all groups of one
-            shape and settings together, whatever layer they come from; the rest run as above.
+        device: a GPU (from :func:`bqq.solver.devices.solver_device`) for the jobs whose method solves on
+            devices (BQQ): those are solved in this process, data-free groups of one shape and settings
+            together whatever layer they come from, calibrated layers one by one under their H; the rest
+            run as above.
     """
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
@@ -123,9 +125,13 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
             bar.update(1)
 
         if device is not None:
-            batched = [i for i in todo if _on_device(jobs[i])]
-            _solve_on_device(jobs, batched, device, finish)
-            todo = [i for i in todo if not _on_device(jobs[i])]
+            on_device = [i for i in todo if get_method(jobs[i].method).solves_on_devices]
+            _solve_on_device(jobs, [i for i in on_device if _batches(jobs[i])], device, finish)
+            for i in on_device:  # calibrated (H) jobs: each under its own H, one after another on the device
+                if not _batches(jobs[i]):
+                    finish(i, solve_group(jobs[i], device))
+            done = set(on_device)
+            todo = [i for i in todo if i not in done]
         if workers is None or workers == 1:
             for i in todo:
                 finish(i, solve_group(jobs[i]))
@@ -146,8 +152,9 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
     return results  # type: ignore[return-value]
 
 
-def _on_device(job: GroupJob) -> bool:
-    return get_method(job.method).solves_on_devices and job.hessian is None and job.group_shape is None
+def _batches(job: GroupJob) -> bool:
+    """Whether a device job joins the batches of same-shape groups (data-free single groups do)."""
+    return job.hessian is None and job.group_shape is None
 
 
 HOST_BATCH_BYTES = 1 << 31  # float64 group data handed to one device call (the device batches again by its memory)
