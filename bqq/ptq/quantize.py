@@ -277,16 +277,27 @@ def _stage_statistics(root: nn.Module, fp_root: nn.Module | None, stage: list[La
         stats = collect_hessians(root, list(local.values()), data, forward)
         moments = {name: (h, None, count) for name, (h, count) in stats.items()}
     for name, rel in local.items():
-        h, cross, count = moments[rel]
+        h, cross, count = moments.pop(rel)  # popped: each layer's n x n sums are freed once used
         if count == 0 or not float(h.diagonal().sum()) > 0:
             continue
         hessians[name] = prepare_hessian(h.numpy())
         if cross is not None and not torch.equal(cross, h):  # equal: no error upstream yet, W' = W
             w = weight_matrix(fp_root.get_submodule(rel), kinds[name]).detach().cpu().double().numpy()
-            h, cross = h.numpy(), cross.numpy()
-            ridge = CORRECTION_DAMPING * float(np.trace(h)) / len(h) * np.eye(len(h))
-            targets[name] = np.linalg.solve((h + h.T) / 2 + ridge, (w @ (cross + ridge)).T).T
+            targets[name] = corrected_target(w, h.numpy(), cross.numpy())
+        del h, cross
     return hessians, targets
+
+
+def corrected_target(w: np.ndarray, h: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """W' = W (C + λI)(H + λI)⁻¹ (``w`` (m, n), ``h`` = H̃ and ``cross`` = C (n, n), float64), λ a fraction
+    ``CORRECTION_DAMPING`` of H's mean diagonal. Overwrites ``cross``; builds one n x n temporary (numpy's
+    solve copies it once more), not an identity and a sum per term: for an 11008-wide layer each is ~1 GB."""
+    ridge = CORRECTION_DAMPING * float(np.trace(h)) / len(h)
+    a = h + h.T
+    a *= 0.5
+    a[np.diag_indices_from(a)] += ridge
+    cross[np.diag_indices_from(cross)] += ridge
+    return np.linalg.solve(a, (w @ cross).T).T
 
 
 def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[str, np.ndarray], seed: int,
