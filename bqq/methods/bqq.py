@@ -206,7 +206,7 @@ class BQQMatrix(QuantizedMatrix):
         """``count`` stacks for every group (:func:`bqq.solver.grow_grid`) on ``device`` (None: the CPU);
         under ``hessian`` (prepared H) damped and channel-capped as configured, column block by column block."""
         cfg = self.config
-        h = None if hessian is None else damped(clipped_channels(hessian, cfg.channel_clip), cfg.damping)
+        h = None if hessian is None else damped(clipped_channels(hessian, cfg.channel_clip), cfg.damping, copy=False)
         where = "" if device is None else f" on {device}"
         with progress_bar(total=count * len(self.grid), progress=progress, unit="group",
                           desc=f"bqq {self.shape[0]}x{self.shape[1]}{where}") as bar:

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..common import check_settings, is_int, is_number, progress_bar
-from ..solver.hessian_math import damped
+from ..solver.hessian_math import damped, upper_inverse_factor
 from . import register_method
 from .uniform import UQMatrix, group_blocks, pack_code_planes, uniform_grids
 
@@ -69,8 +69,8 @@ class GPTQMatrix(UQMatrix):
     def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None) -> GPTQMatrix:
         bits = int(bits)
         zero, scale = uniform_grids(w, grid, bits, config.grid_points, progress, "gptq grids")
-        h = None if hessian is None else damped(hessian, config.damping)
-        codes = _gptq_codes(w, grid, zero, scale, bits, h, config.block_size, progress)
+        codes = _gptq_codes(w, grid, zero, scale, bits, None if hessian is None else damped(hessian, config.damping),
+                            config.block_size, progress)
         planes: list[np.ndarray] = [np.empty(0, np.uint8)] * len(grid)
         for block in group_blocks(grid):
             for g, p in zip(block.index.tolist(), pack_code_planes(block.gather(codes), bits), strict=True):
@@ -80,7 +80,8 @@ class GPTQMatrix(UQMatrix):
 
 def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: int, hessian: np.ndarray | None,
                 block_size: int, progress: bool | None) -> np.ndarray:
-    """uint8 (m, n) codes, column by column with GPTQ's error feedback (none without ``hessian``)."""
+    """uint8 (m, n) codes, column by column with GPTQ's error feedback (none without ``hessian``, the damped
+    H (n, n), which is overwritten: its memory holds the factor of H⁻¹)."""
     m, n = w.shape
     # Per column block b: every row's grid (lo, step), expanded from the row blocks.
     rows = np.repeat(np.arange(len(grid.row_sizes)), grid.row_sizes)
@@ -90,7 +91,8 @@ def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: 
     codes = np.empty((m, n), np.uint8)
     work = w.astype(np.float64, copy=True)
     # Upper factor U of H⁻¹ = Uᵀ U: column j's error, divided by U_jj, moves the later columns by U_j,k.
-    chol = None if hessian is None else np.linalg.cholesky(np.linalg.inv(hessian)).T
+    chol = None if hessian is None else upper_inverse_factor(hessian)
+    del hessian
     for start in progress_bar(range(0, n, block_size), progress=progress, desc=f"gptq {m}x{n}", unit="block"):
         stop = min(start + block_size, n)
         errors = np.empty((m, stop - start))

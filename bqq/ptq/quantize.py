@@ -21,7 +21,7 @@ from ..methods import get_method
 from ..methods.bqq import BQQConfig
 from ..quantized import QuantizedMatrix
 from ..solver.devices import solver_device
-from ..solver.hessian_math import clipped_channels, prepare_hessian
+from ..solver.hessian_math import clipped_channels, prepare_hessian, solve_positive_definite
 from .blocks import BlockStack, block_pass, capture_inputs, chain_check, find_stack, without_cache
 from .calibrate import Calibration, calibrate, tunable_parameters
 from .fold import fold_batchnorm
@@ -274,30 +274,40 @@ def _stage_statistics(root: nn.Module, fp_root: nn.Module | None, stage: list[La
     if mode == "corrected":
         moments = collect_cross_moments(root, fp_root, list(local.values()), data, forward, fp_data)
     else:
-        stats = collect_hessians(root, list(local.values()), data, forward)
-        moments = {name: (h, None, count) for name, (h, count) in stats.items()}
+        moments = {name: (h, None, count)
+                   for name, (h, count) in collect_hessians(root, list(local.values()), data, forward).items()}
+    # Each layer's n x n arrays are freed as soon as they are used (popped, deleted): for an 11008-wide
+    # layer each is ~1 GB, and at most three exist at a time here.
     for name, rel in local.items():
-        h, cross, count = moments.pop(rel)  # popped: each layer's n x n sums are freed once used
+        h, cross, count = moments.pop(rel)
         if count == 0 or not float(h.diagonal().sum()) > 0:
             continue
-        hessians[name] = prepare_hessian(h.numpy())
-        if cross is not None and not torch.equal(cross, h):  # equal: no error upstream yet, W' = W
+        corrected = cross is not None and not torch.equal(cross, h)  # equal: no error upstream yet, W' = W
+        h = symmetric(h.numpy())  # frees the raw sums
+        hessians[name] = prepare_hessian(h)
+        if corrected:
             w = weight_matrix(fp_root.get_submodule(rel), kinds[name]).detach().cpu().double().numpy()
-            targets[name] = corrected_target(w, h.numpy(), cross.numpy())
+            targets[name] = corrected_target(w, h, cross.numpy())
         del h, cross
     return hessians, targets
 
 
+def symmetric(h: np.ndarray) -> np.ndarray:
+    """(h + hᵀ) / 2 as float64, in one new array."""
+    out = np.add(h, h.T, dtype=np.float64)
+    out *= 0.5
+    return out
+
+
 def corrected_target(w: np.ndarray, h: np.ndarray, cross: np.ndarray) -> np.ndarray:
-    """W' = W (C + λI)(H + λI)⁻¹ (``w`` (m, n), ``h`` = H̃ and ``cross`` = C (n, n), float64), λ a fraction
-    ``CORRECTION_DAMPING`` of H's mean diagonal. Overwrites ``cross``; builds one n x n temporary (numpy's
-    solve copies it once more), not an identity and a sum per term: for an 11008-wide layer each is ~1 GB."""
+    """W' = W (C + λI)(H + λI)⁻¹ (``w`` (m, n), symmetric ``h`` = H̃ and ``cross`` = C (n, n), float64), λ a
+    fraction ``CORRECTION_DAMPING`` of H's mean diagonal: (H + λI) W'ᵀ = (C + λI)ᵀ Wᵀ solved by Cholesky.
+    Overwrites ``h`` and ``cross``; no other n x n array is made."""
     ridge = CORRECTION_DAMPING * float(np.trace(h)) / len(h)
-    a = h + h.T
-    a *= 0.5
-    a[np.diag_indices_from(a)] += ridge
     cross[np.diag_indices_from(cross)] += ridge
-    return np.linalg.solve(a, (w @ cross).T).T
+    rhs = (w @ cross).T  # (n, m), Fortran-ordered: solved in place
+    h[np.diag_indices_from(h)] += ridge
+    return solve_positive_definite(h, rhs).T
 
 
 def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[str, np.ndarray], seed: int,
