@@ -4,9 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bqq.ptq.quantize import CORRECTION_DAMPING, corrected_target, correction_rhs, relative_error
 from bqq.solver.hessian_math import (
+    channel_scale,
     clipped_channels,
     damped,
+    prepare_hessian,
     solve_positive_definite,
     upper_inverse_factor,
 )
@@ -58,3 +61,51 @@ def test_damped_copies_unless_told_and_clipped_channels_leaves_input_alone() -> 
     np.testing.assert_array_equal(h, keep)
     assert np.isclose(np.trace(clipped) / 12, 1.0)
     assert clipped[0, 0] < h[0, 0] / (np.trace(h) / 12)
+
+
+@pytest.mark.parametrize("n", [1, 5, 512, 1100])
+def test_prepare_hessian_in_place_is_the_formula_bitwise(n: int) -> None:
+    raw = np.random.default_rng(n).standard_normal((n, n)) + n * np.eye(n)  # not symmetric: sums as summed
+    expected = (raw + raw.T) * 0.5
+    expected /= np.trace(expected) / n
+    np.testing.assert_array_equal(prepare_hessian(raw), expected)  # copy: raw untouched
+    own = raw.copy()
+    out = prepare_hessian(own, copy=False)
+    assert out is own
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_channel_scaled_error_equals_error_under_clipped_h() -> None:
+    class Rebuilt:
+        def __init__(self, w: np.ndarray) -> None:
+            self.w = w
+
+        def _dequantize64(self) -> np.ndarray:
+            return self.w
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((200, 30))
+    x[:, 3] *= 40.0  # a massive channel for the cap to bite on
+    h = prepare_hessian(x.T @ x)
+    w = rng.standard_normal((8, 30))
+    q = Rebuilt(w + 0.1 * rng.standard_normal((8, 30)))
+    scale = channel_scale(h, 3.0)
+    assert scale.min() < 0.5
+    expected = relative_error(w, q, clipped_channels(h, 3.0))
+    assert np.isclose(relative_error(w, q, h, scale), expected, rtol=1e-12)
+    assert not np.isclose(relative_error(w, q, h), expected, rtol=1e-3)
+
+
+def test_corrected_target_is_the_formula_on_raw_sums() -> None:
+    rng = np.random.default_rng(5)
+    n, m = 24, 7
+    x_fp = rng.standard_normal((300, n)) * 3.0
+    x_q = x_fp + 0.2 * rng.standard_normal((300, n))
+    raw_h, raw_c = x_q.T @ x_q, x_fp.T @ x_q  # H = Σ x̃ x̃ᵀ, C = Σ x x̃ᵀ
+    w = rng.standard_normal((m, n))
+    ridge = CORRECTION_DAMPING * np.trace(raw_h) / n
+    expected = w @ (raw_c + ridge * np.eye(n)) @ np.linalg.inv(raw_h + ridge * np.eye(n))
+    mean_diag = np.trace(raw_h) / n
+    h = prepare_hessian(raw_h)
+    got = corrected_target(h, correction_rhs(w, raw_c.copy(), mean_diag))
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-9)

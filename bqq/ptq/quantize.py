@@ -21,7 +21,7 @@ from ..methods import get_method
 from ..methods.bqq import BQQConfig
 from ..quantized import QuantizedMatrix
 from ..solver.devices import solver_device
-from ..solver.hessian_math import clipped_channels, prepare_hessian, solve_positive_definite
+from ..solver.hessian_math import channel_scale, damped, prepare_hessian, solve_positive_definite
 from .blocks import BlockStack, block_pass, capture_inputs, chain_check, find_stack, without_cache
 from .calibrate import Calibration, calibrate, tunable_parameters
 from .fold import fold_batchnorm
@@ -276,38 +276,39 @@ def _stage_statistics(root: nn.Module, fp_root: nn.Module | None, stage: list[La
     else:
         moments = {name: (h, None, count)
                    for name, (h, count) in collect_hessians(root, list(local.values()), data, forward).items()}
-    # Each layer's n x n arrays are freed as soon as they are used (popped, deleted): for an 11008-wide
-    # layer each is ~1 GB, and at most three exist at a time here.
+    # Each layer's n x n arrays are freed as soon as they are used (popped, released): for an 11008-wide
+    # layer each is ~1 GB, and at most two exist at a time here besides the prepared H of earlier layers.
     for name, rel in local.items():
         h, cross, count = moments.pop(rel)
         if count == 0 or not float(h.diagonal().sum()) > 0:
             continue
         corrected = cross is not None and not torch.equal(cross, h)  # equal: no error upstream yet, W' = W
-        h = symmetric(h.numpy())  # frees the raw sums
-        hessians[name] = prepare_hessian(h)
+        h = h.numpy()
+        mean_diag = float(np.trace(h)) / len(h)
+        hessians[name] = h = prepare_hessian(h, copy=False)  # the raw sums are ours: prepared in their memory
         if corrected:
             w = weight_matrix(fp_root.get_submodule(rel), kinds[name]).detach().cpu().double().numpy()
-            targets[name] = corrected_target(w, h, cross.numpy())
-        del h, cross
+            rhs = correction_rhs(w, cross.numpy(), mean_diag)
+            cross = None  # freed before the solve makes its n x n copy of H
+            targets[name] = corrected_target(h, rhs)
+        h = cross = rhs = None  # released before the next layer's arrays are made
     return hessians, targets
 
 
-def symmetric(h: np.ndarray) -> np.ndarray:
-    """(h + hᵀ) / 2 as float64, in one new array."""
-    out = np.add(h, h.T, dtype=np.float64)
-    out *= 0.5
-    return out
+def correction_rhs(w: np.ndarray, cross: np.ndarray, scale: float) -> np.ndarray:
+    """(C / scale + λI)ᵀ Wᵀ (n, m), Fortran-ordered, for :func:`corrected_target` (``w`` (m, n); ``cross``
+    = C (n, n) float64, overwritten; ``scale`` the raw H's mean diagonal, which the prepared H was divided
+    by; λ = ``CORRECTION_DAMPING``, the prepared H having mean diagonal 1)."""
+    cross /= scale
+    cross[np.diag_indices_from(cross)] += CORRECTION_DAMPING
+    return (w @ cross).T
 
 
-def corrected_target(w: np.ndarray, h: np.ndarray, cross: np.ndarray) -> np.ndarray:
-    """W' = W (C + λI)(H + λI)⁻¹ (``w`` (m, n), symmetric ``h`` = H̃ and ``cross`` = C (n, n), float64), λ a
-    fraction ``CORRECTION_DAMPING`` of H's mean diagonal: (H + λI) W'ᵀ = (C + λI)ᵀ Wᵀ solved by Cholesky.
-    Overwrites ``h`` and ``cross``; no other n x n array is made."""
-    ridge = CORRECTION_DAMPING * float(np.trace(h)) / len(h)
-    cross[np.diag_indices_from(cross)] += ridge
-    rhs = (w @ cross).T  # (n, m), Fortran-ordered: solved in place
-    h[np.diag_indices_from(h)] += ridge
-    return solve_positive_definite(h, rhs).T
+def corrected_target(h: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """W' = W (C + λI)(H + λI)⁻¹ (m, n), for ``h`` = H from :func:`prepare_hessian` (symmetric, mean diagonal
+    1) and ``rhs`` from :func:`correction_rhs` (overwritten): (H + λI) W'ᵀ = rhs solved by Cholesky on one
+    damped copy of ``h``. H and C both divided by H's mean diagonal leave W' unchanged."""
+    return solve_positive_definite(damped(h, CORRECTION_DAMPING), rhs).T
 
 
 def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[str, np.ndarray], seed: int,
@@ -361,20 +362,24 @@ def select(solved: dict[str, QuantizedMatrix], w: np.ndarray, hessian: np.ndarra
     backwards. MiniLM layer 0's FFN output (one channel 636x the median): a BQQ fit of that channel at
     the cost of all others scored 0.19 and broke the model (embedding cosine 0.66), GPTQ scored 0.97
     and kept it (0.994)."""
-    if hessian is not None:
-        hessian = clipped_channels(hessian, BQQConfig.channel_clip)
-    errors = {name: relative_error(w, q, hessian) for name, q in solved.items()}
+    scale = None if hessian is None else channel_scale(hessian, BQQConfig.channel_clip)
+    errors = {name: relative_error(w, q, hessian, scale) for name, q in solved.items()}
     best = min(errors, key=errors.get)
     return solved[best], {"rel_error": errors[best], "candidates": errors if len(errors) > 1 else {},
                           "objective": "weight" if hessian is None else "output"}
 
 
-def relative_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None = None) -> float:
+def relative_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None = None,
+                   channel_scale: np.ndarray | None = None) -> float:
     """‖W − Ŵ‖_F / ‖W‖_F in float64, or with ``hessian`` H the output error sqrt(tr(E H Eᵀ) / tr(W H Wᵀ))
     (E = W − Ŵ; the ratio of Σ‖E x‖² to Σ‖W x‖² over the calibration inputs). 0 for an all-zero W
-    rebuilt exactly."""
+    rebuilt exactly. ``channel_scale`` D (n,): measured under D H D (what :func:`clipped_channels` gives up
+    to a factor, which the ratio cancels) without an n x n copy, by scaling the columns of W and E."""
     w = w.astype(np.float64)
     diff = w - q._dequantize64()
+    if hessian is not None and channel_scale is not None:
+        w *= channel_scale  # w is our float64 copy
+        diff *= channel_scale
     if hessian is None:
         norm, err = float(np.linalg.norm(w)), float(np.linalg.norm(diff))
     else:

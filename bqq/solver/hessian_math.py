@@ -13,24 +13,41 @@ import numpy as np
 from scipy.linalg import lapack
 
 
-def prepare_hessian(h: np.ndarray) -> np.ndarray:
+def prepare_hessian(h: np.ndarray, copy: bool = True) -> np.ndarray:
     """H (n, n) made solver-ready: symmetric and scaled to mean diagonal 1 (the objective's minimizers
     do not change; float32 sums stay in range; a method's ``damping`` is then a fraction of the mean).
 
-    Raises ValueError for a non-square, non-finite or all-zero H.
+    ``copy=False`` prepares a float64 ``h`` in its own memory (no n x n temporary: ~1 GB for an 11008-wide
+    layer), for sums the caller owns. Raises ValueError for a non-square, non-finite or all-zero H.
     """
     h = np.asarray(h, np.float64)
     if h.ndim != 2 or h.shape[0] != h.shape[1]:
         raise ValueError(f"hessian must be a square matrix, got shape {h.shape}")
     if not np.isfinite(h).all():
         raise ValueError("hessian contains NaN or Inf")
-    h = h + h.T  # in place from here: n² float64 is ~1 GB for an 11008-wide layer
-    h *= 0.5
     mean_diag = float(np.trace(h)) / h.shape[0]
     if not mean_diag > 0:
         raise ValueError("hessian has no positive diagonal: the layer saw no (non-zero) inputs")
+    h = np.array(h, copy=True) if copy else h
+    symmetrize_(h)
     h /= mean_diag
     return h
+
+
+_BLOCK = 512
+
+
+def symmetrize_(h: np.ndarray) -> None:
+    """h = (h + hᵀ) / 2 in place, a block pair at a time (temporaries of one block, not of n x n)."""
+    n = h.shape[0]
+    for i in range(0, n, _BLOCK):
+        rows = slice(i, i + _BLOCK)
+        h[rows, rows] = (h[rows, rows] + h[rows, rows].T) * 0.5
+        for j in range(i + _BLOCK, n, _BLOCK):
+            cols = slice(j, j + _BLOCK)
+            mean = (h[rows, cols] + h[cols, rows].T) * 0.5
+            h[rows, cols] = mean
+            h[cols, rows] = mean.T
 
 
 def damped(h: np.ndarray, damping: float, copy: bool = True) -> np.ndarray:
@@ -74,10 +91,19 @@ def solve_positive_definite(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x
 
 
+def channel_scale(h: np.ndarray, clip: float) -> np.ndarray:
+    """(n,) the factor min(1, sqrt(clip · median(diag) / H_ii)) per input channel of ``h`` (n, n) that caps
+    every channel's weight at ``clip`` times the median one (all ones when the median is 0)."""
+    diag = np.clip(np.diag(h), 0.0, None)
+    cap = clip * float(np.median(diag))
+    if not cap > 0:
+        return np.ones(len(diag))
+    return np.sqrt(np.minimum(1.0, cap / np.where(diag > 0, diag, cap)))
+
+
 def clipped_channels(h: np.ndarray, clip: float) -> np.ndarray:
-    """H with every input channel's scale capped: channel i is scaled by min(1, sqrt(clip · median(diag)
-    / H_ii)) on both sides, so no channel weighs more than ``clip`` times the median one; then scaled to
-    mean diagonal 1.
+    """H with every input channel's scale capped (:func:`channel_scale` on both sides, so no channel weighs
+    more than ``clip`` times the median one), then scaled to mean diagonal 1.
 
     Why: transformers carry "massive activations", a few input channels hundreds of times larger than
     the rest (MiniLM layer 0's FFN output: one channel at 636× the median). The raw objective then
@@ -86,14 +112,9 @@ def clipped_channels(h: np.ndarray, clip: float) -> np.ndarray:
     embeddings: cosine 0.77 with that one layer quantized, against 0.98 data-free and 0.99 with the
     cap at 3).
     """
-    diag = np.clip(np.diag(h), 0.0, None)
-    cap = clip * float(np.median(diag))
-    if cap > 0:
-        scale = np.sqrt(np.minimum(1.0, cap / np.where(diag > 0, diag, cap)))
-        h = h * scale[:, None]
-        h *= scale[None, :]  # in place: one n x n copy, not three
-    else:
-        h = np.array(h, np.float64, copy=True)
+    scale = channel_scale(h, clip)
+    h = h * scale[:, None]
+    h *= scale[None, :]  # in place: one n x n copy, not three
     h /= float(np.trace(h)) / h.shape[0]
     return h
 
