@@ -78,6 +78,10 @@ class GPTQMatrix(UQMatrix):
         return cls(w.shape, "float64", grid, bits, seed, config, codes=planes, scale=scale, zero=zero)
 
 
+# Later columns updated at a time after each block (bounds the temporary of the update).
+_CHUNK = 1024
+
+
 def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: int, hessian: np.ndarray | None,
                 block_size: int, progress: bool | None) -> np.ndarray:
     """uint8 (m, n) codes, column by column with GPTQ's error feedback (none without ``hessian``, the damped
@@ -105,8 +109,8 @@ def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: 
             err = (work[:, j] - (lo[:, b] + k * step[:, b])) / chol[j, j]
             work[:, j + 1:stop] -= np.outer(err, chol[j, j + 1:stop])
             errors[:, j - start] = err
-        if chol is not None and stop < n:
-            work[:, stop:] -= errors @ chol[start:stop, stop:]
+        for later in range(stop, n if chol is not None else stop, _CHUNK):  # chunks: no (m, n) temporary
+            work[:, later:later + _CHUNK] -= errors @ chol[start:stop, later:later + _CHUNK]
     return codes
 
 
