@@ -5,10 +5,12 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT]      # OUT: where results go (default: $OUT, else benchmarks/results/gpu)
 #
-# Steps, each under its own time limit so the whole stays within about 8 minutes: the CUDA tests (every
-# test file with CUDA parametrizations), then the GPU benchmarks: kernels (BQQ paths, bit-plane kernels,
-# DeiT-S), the GPU solver, and DeiT-S quantized on the GPU. Writes at most 8 files (the device tool's limit):
-# kernels_cuda.md/.json, solver_cuda.json, ptq_timing's files, and gpu_check.log with every step's output.
+# Steps, each under its own time limit (9 minutes in all at most): the CUDA tests (every test file with CUDA
+# parametrizations), then the GPU benchmarks: kernels (BQQ paths, bit-plane kernels, DeiT-S), the GPU solver,
+# DeiT-S quantized on the GPU, and the LLM scale check's block pass with its blocks run on the GPU (one block of
+# TinyLlama's shapes; GPTQ's solve itself runs on the CPU). Writes 7 files (the device tool takes 8):
+# kernels_cuda.md/.json, solver_cuda.json, ptq_timing's json, llm_scale_tinyllama.md/.json, and gpu_check.log
+# with every step's output.
 # Exit status: 0 when every step passed.
 set -u
 cd "$(dirname "$0")/.."
@@ -41,6 +43,8 @@ step cuda_tests 150 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu_ke
 step kernels 150 "$python" -m benchmarks.kernels --device cuda --out "$out"
 step solver 60 "$python" benchmarks/solver.py --device cuda --skip-llm --json "$out/solver_cuda.json"
 step ptq_timing 60 "$python" -m benchmarks.ptq_timing --device cuda --out "$out"
+step llm_scale 60 "$python" -m benchmarks.llm_scale --shape tinyllama --model-blocks 1 --blocks 1 --nsamples 4 \
+    --seqlen 128 --device cuda --out "$out"
 if [ "$failed" -eq 0 ]; then summary="every step passed"; else summary="some steps failed (see $log)"; fi
 echo "gpu_check: $summary" | tee -a "$log"
 exit "$failed"

@@ -60,6 +60,13 @@ def build(shape: str, layers: int | None) -> torch.nn.Module:
     return model.to(torch.bfloat16).eval()
 
 
+def full_model_bytes(shape: str) -> int:
+    """Bytes of the whole bf16 model of ``shape`` (all its blocks, untied embeddings), without building it."""
+    hidden, inter, depth, heads, kv, vocab = SHAPES[shape]
+    block = 2 * hidden * hidden + 2 * hidden * (hidden * kv // heads) + 3 * hidden * inter + 2 * hidden
+    return 2 * (2 * vocab * hidden + depth * block + hidden)
+
+
 def count_runs(model: torch.nn.Module, events: list[tuple[str, float]]) -> dict[str, int]:
     """Forward counts of the embedding and of each block (its input norm: a block runs when that does). A
     block's FP copy (``inputs="corrected"``) inherits the hook and counts apart, as "block i FP copy"; every
@@ -154,6 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_source": memory.source, "runtime_rss_bytes": runtime_rss,
         "memory_ratio": (peak - runtime_rss) / (model_bytes + activation_bytes),
         "memory_ratio_raw": peak / (model_bytes + activation_bytes),
+        # The pass's memory above the model is per layer (the widest layer's statistics and solve), not per
+        # block: carried over unchanged to the model at full depth.
+        "full_model_bytes": full_model_bytes(args.shape),
+        "memory_ratio_full_depth": (peak - runtime_rss - model_bytes + full_model_bytes(args.shape))
+        / (full_model_bytes(args.shape) + activation_bytes),
         "quantize_s": wall, "build_s": built, "per_block_s": per_block, "median_block_s": median,
         "projected_model_s": median * SHAPES[args.shape][2], "runs_per_batch": runs,
         "nsamples": args.nsamples, "seqlen": args.seqlen, "torch": torch.__version__, "bqq": bqq.__version__,
@@ -188,6 +200,10 @@ def markdown(doc: dict, command: str) -> str:
         f"{doc['runtime_rss_bytes'] / gib:.2f} GiB |",
         f"| (peak - runtime) / (model + activations) | {doc['memory_ratio']:.2f} (target <= {MEMORY_TARGET}: {met}) |",
         f"| peak / (model + activations) | {doc['memory_ratio_raw']:.2f} |",
+        f"| peak RSS before the pass (model build) | {doc['rss_before_quantize_bytes'] / gib:.2f} GiB |",
+        *([f"| projected (peak - runtime) / (model + activations) with all {SHAPES[doc['shape']][2]} blocks "
+           f"({doc['full_model_bytes'] / gib:.2f} GiB; the excess above the model carried over) | "
+           f"{doc['memory_ratio_full_depth']:.2f} |"] if doc["blocks_in_model"] < SHAPES[doc["shape"]][2] else []),
         f"| quantize wall time | {doc['quantize_s']:.0f} s |",
         f"| per block (median) | {doc['median_block_s']:.1f} s |",
         f"| projected, all {SHAPES[doc['shape']][2]} blocks | {doc['projected_model_s'] / 60:.1f} min |",
