@@ -1,6 +1,7 @@
 """BQQ solver benchmark: quality against the paper's Table S.4 and speed against the official code.
 
     python benchmarks/solver.py [--repeats 3] [--json OUT.json]                  # CPU solver (bqq.compress)
+    python benchmarks/solver.py --baseline [REF] [--rounds 3]                  # against earlier code, one run
     python benchmarks/solver.py --device cuda [--tune] [--tf32] [--json OUT.json]  # GPU solver (bqq.solver_torch)
 
 Quality: MSE after p = 1..4 stacks on 128×128 standardized Gaussians (the paper's matrix,
@@ -38,6 +39,11 @@ import numpy as np
 import torch
 
 import bqq
+
+try:  # run as a script (python benchmarks/solver.py) or as a module (python -m benchmarks.solver)
+    from solver_baseline import ISSUE_23_BASELINE, compare, print_comparison
+except ImportError:
+    from benchmarks.solver_baseline import ISSUE_23_BASELINE, compare, print_comparison
 
 PAPER_RANDOM = {1: 0.3243, 2: 0.1053, 3: 0.0344, 4: 0.0112}  # Table S.4, Random, l_scale = 1
 OFFICIAL = {(128, 128): (41.5, 0.3287), (384, 384): (176.9, 0.3237)}  # 2-core CPU, 50k steps
@@ -131,7 +137,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="run the cuda code path on tiny shapes in Triton's interpreter (checks the script; "
                              "its numbers are not measurements)")
+    parser.add_argument("--baseline", nargs="?", const=ISSUE_23_BASELINE, metavar="REF",
+                        help="only time one stack against git revision REF (benchmarks/solver_baseline.py)")
+    parser.add_argument("--rounds", type=int, default=3, help="--baseline: interleaved rounds per tree")
     args = parser.parse_args(argv)
+    if args.baseline:
+        rows = compare(args.baseline, args.rounds, args.repeats)
+        print_comparison(rows)
+        if args.json:
+            args.json.write_text(json.dumps({"baseline": rows}, indent=2))
+        return
     if args.device != "cpu" or args.smoke:
         gpu_main(args)
         return
