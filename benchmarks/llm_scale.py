@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     depth = len(model.model.layers)
     blocks = min(args.blocks or depth, depth)
     model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(t.numel() for t in model.state_dict().values())  # before quantization packs the weights
     hidden = model.config.hidden_size
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(0, model.config.vocab_size, (1, args.seqlen), generator=g),
@@ -154,8 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     median = statistics.median(per_block) if per_block else wall / blocks
     runs = {name: count / args.nsamples for name, count in counts.items()}
     doc = {
-        "shape": args.shape, "blocks_in_model": depth, "blocks_solved": blocks, "params": sum(
-            t.numel() for t in model.state_dict().values()),
+        "shape": args.shape, "blocks_in_model": depth, "blocks_solved": blocks, "params": params,
         "model_bytes": model_bytes, "activation_bytes": activation_bytes, "peak_rss_bytes": peak,
         "rss_before_quantize_bytes": rss_before, "process_peak_rss_bytes": process_peak,
         "peak_source": memory.source, "runtime_rss_bytes": runtime_rss,
