@@ -4,7 +4,8 @@
 
 REF (default :data:`ISSUE_23_BASELINE`, the code when the solver issue was filed) is checked out into a
 temporary ``git worktree``. Each tree is timed in its own subprocess that imports that tree's ``bqq`` and
-its ``kernels/`` as ``bqq_kernels`` (whatever is installed), compiles with one warm-up solve, then times
+its ``kernels/`` as ``bqq_kernels`` (whatever is installed) and compiles into a numba cache of its own, made
+fresh for this run (as on a new install), with one warm-up solve, then times
 ``--repeats`` solves of ``bqq.compress(w, bits=1)`` (default settings) on the same ``default_rng(1)``
 standardized Gaussian. The two trees alternate for ``--rounds`` rounds, so load on a shared machine falls
 on both alike; the medians over all timed solves and their ratio are reported, with each tree's MSE (the
@@ -14,6 +15,7 @@ codes are meant to be identical, so the MSEs should be too).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,9 +53,10 @@ print(json.dumps({"times": times, "mse": mse}))
 """
 
 
-def _time_tree(tree: Path, shape: tuple[int, int], repeats: int) -> dict:
+def _time_tree(tree: Path, shape: tuple[int, int], repeats: int, cache: Path) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))  # each tree compiles into its own, fresh cache
     out = subprocess.run([sys.executable, "-c", _TIMER, str(tree), str(shape[0]), str(shape[1]), str(repeats)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"timing {tree} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -72,8 +75,8 @@ def compare(ref: str = ISSUE_23_BASELINE, rounds: int = 3, repeats: int = 3) -> 
             for shape in SHAPES:
                 runs: dict[str, list[dict]] = {"baseline": [], "current": []}
                 for _ in range(rounds):
-                    runs["baseline"].append(_time_tree(base, shape, repeats))
-                    runs["current"].append(_time_tree(ROOT, shape, repeats))
+                    runs["baseline"].append(_time_tree(base, shape, repeats, Path(tmp) / "cache-baseline"))
+                    runs["current"].append(_time_tree(ROOT, shape, repeats, Path(tmp) / "cache-current"))
                 row = {"shape": list(shape), "baseline_ref": ref}
                 for name, results in runs.items():
                     row[f"{name}_s"] = statistics.median(t for r in results for t in r["times"])

@@ -17,6 +17,8 @@ from collections.abc import Mapping, MutableMapping
 import numba as nb
 import numpy as np
 
+from .builds import parallel_and_serial
+
 POLICY_ENV = "BQQ_THREAD_POLICY"
 # OpenMP runtimes' own switches: a user who set any of them has chosen a wait policy; keep theirs.
 WAIT_SWITCHES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -205,8 +207,7 @@ def _sweep_tile(hb, gub, ub, gb, a, beta, first):
     return count
 
 
-_row_sweep_parallel = nb.njit(parallel=True, cache=True)(_row_sweep)
-_row_sweep_serial = nb.njit(parallel=False, cache=True)(_row_sweep)
+_row_sweep_parallel, _row_sweep_serial = parallel_and_serial(_row_sweep)
 
 
 def coupled_row_sweep(p: np.ndarray, q: np.ndarray, v: np.ndarray, k: np.ndarray, hm: np.ndarray, alpha: np.ndarray,
@@ -281,8 +282,7 @@ def _coupled_sweep(p, q, v, k, hm, alpha, inv_temp, hard):
     return flips.sum()
 
 
-_coupled_sweep_parallel = nb.njit(parallel=True, cache=True)(_coupled_sweep)
-_coupled_sweep_serial = nb.njit(parallel=False, cache=True)(_coupled_sweep)
+_coupled_sweep_parallel, _coupled_sweep_serial = parallel_and_serial(_coupled_sweep)
 
 
 @nb.njit(parallel=True, cache=True)

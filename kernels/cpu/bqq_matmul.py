@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..layout import LayoutTensors
+from .builds import parallel_and_serial
 from .simd import BYTE_ROWS, NIBBLE_ROWS, SUM_BLOCK, lut_accumulate, vadd
 
 WIDE = 16  # tokens per table row for batches (two AVX2 / one AVX-512 register of fp32)
@@ -149,8 +150,7 @@ def _tasks(x, out, tag, rows_per_task, z, y, r, t, rowterm, row_start, row_size,
                 out[t0 + q, r0 + j] = acc[j * lanes + q]
 
 
-_tasks_parallel = nb.njit(parallel=True, cache=True)(_tasks)
-_tasks_serial = nb.njit(parallel=False, cache=True)(_tasks)
+_tasks_parallel, _tasks_serial = parallel_and_serial(_tasks)
 
 
 # Entry points per row width: the width tuple is made inside compiled code, so a call types only

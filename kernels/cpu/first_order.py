@@ -17,6 +17,8 @@ import math
 import numba as nb
 import numpy as np
 
+from .builds import parallel_and_serial
+
 # Below this much work (candidate·element evaluations, or element·round updates) the serial build runs.
 PARALLEL_MIN_WORK = 400_000
 
@@ -212,8 +214,7 @@ def _clip_search(xs, los, his, mu, levels, prefix):
     return best
 
 
-_clip_search_parallel = nb.njit(parallel=True, cache=True)(_clip_search)
-_clip_search_serial = nb.njit(parallel=False, cache=True)(_clip_search)
+_clip_search_parallel, _clip_search_serial = parallel_and_serial(_clip_search)
 
 
 def clip_search(xs: np.ndarray, los: np.ndarray, his: np.ndarray, mu: np.ndarray, levels: int) -> np.ndarray:
@@ -266,8 +267,7 @@ def _encode_uniform(x, lo, step, levels):
     return out
 
 
-_encode_parallel = nb.njit(parallel=True, cache=True)(_encode_uniform)
-_encode_serial = nb.njit(parallel=False, cache=True)(_encode_uniform)
+_encode_parallel, _encode_serial = parallel_and_serial(_encode_uniform)
 
 
 def encode_uniform(x: np.ndarray, lo: np.ndarray, step: np.ndarray, levels: int) -> np.ndarray:
@@ -454,8 +454,7 @@ def _bcq_fit(x, bits, rounds):
     return alpha, planes
 
 
-_bcq_parallel = nb.njit(parallel=True, cache=True)(_bcq_fit)
-_bcq_serial = nb.njit(parallel=False, cache=True)(_bcq_fit)
+_bcq_parallel, _bcq_serial = parallel_and_serial(_bcq_fit)
 
 
 def bcq_fit(x: np.ndarray, bits: int, rounds: int) -> tuple[np.ndarray, np.ndarray]:

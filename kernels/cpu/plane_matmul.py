@@ -24,6 +24,7 @@ import torch
 
 from ..layout import PlaneTensors
 from .bqq_matmul import BLOCK_TABLE_BYTES, LOWEST_BIT, NARROW_BELOW, column_tables, kernel_io, numpy_views
+from .builds import parallel_and_serial
 from .simd import BYTE_ROWS, SUM_BLOCK, lut_accumulate
 
 
@@ -79,8 +80,7 @@ def _tasks(x, out, tag, rows_per_task, planes, coef, offset, col_start, col_size
                 out[t0 + q, j0 + j] = acc[j * lanes + q]
 
 
-_tasks_parallel = nb.njit(parallel=True, cache=True)(_tasks)
-_tasks_serial = nb.njit(parallel=False, cache=True)(_tasks)
+_tasks_parallel, _tasks_serial = parallel_and_serial(_tasks)
 
 
 # Fewest rows per task when the rows are split over threads: each task builds every column table of its
