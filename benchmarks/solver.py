@@ -8,6 +8,10 @@ Quality: MSE after p = 1..4 stacks on 128×128 standardized Gaussians (the paper
 ``torch.manual_seed(1); torch.randn``, and ``numpy.random.default_rng(k)`` for k = 1, 2, 3), with the
 default settings, against Table S.4 (0.3243, 0.1053, 0.0344, 0.0112).
 
+Schedule: the default annealing schedule against the one before it (t_start 0.95, sweep budget 1.4e10:
+494 sweeps at 384²), MSE and seconds on ``default_rng(1..3)`` matrices of several group shapes, one stack
+(two for one 384² row): the default may run fewer sweeps only where it keeps the error.
+
 Speed: seconds per stack (median of ``--repeats`` timed runs after one warm-up that also compiles the
 numba kernels) and MSE for one stack at 128², 384² and 384×1536 on ``default_rng(1)`` matrices, with the
 ratio to the official algorithm's time on a 2-core CPU (bqq-method.md §5.4: 128² 41.5 s at MSE
@@ -96,6 +100,42 @@ def speed_rows(repeats: int) -> list[dict]:
     return rows
 
 
+PREVIOUS_SCHEDULE = {"t_start": 0.95, "sweep_budget": 1.4e10}  # the defaults of BQQConfig version 2
+SCHEDULE_CASES = (((384, 384), 1), ((384, 384), 2), ((256, 256), 1), ((192, 192), 1), ((96, 384), 1),
+                  ((384, 1536), 1))
+
+
+def schedule_rows() -> list[dict]:
+    """Per case and schedule: mean MSE over three matrices, the MSEs, sweeps and mean seconds per solve."""
+    rows = []
+    for shape, stacks in SCHEDULE_CASES:
+        for name, opts in (("previous", PREVIOUS_SCHEDULE), ("default", {})):
+            errors, seconds = [], []
+            for seed in (1, 2, 3):
+                w = numpy_matrix(*shape, seed)
+                start = time.perf_counter()
+                q = bqq.compress(w, bits=stacks, **opts)
+                seconds.append(time.perf_counter() - start)
+                errors.append(mse(q, w))
+            sweeps = bqq.methods.bqq.auto_sweeps(shape, q.ranks[0], budget=opts.get("sweep_budget"))
+            rows.append({"shape": list(shape), "stacks": stacks, "schedule": name, "sweeps": sweeps,
+                         "mse": float(np.mean(errors)), "mses": errors, "seconds": float(np.mean(seconds))})
+    return rows
+
+
+def print_schedule(rows: list[dict]) -> None:
+    print("\n## Schedule: default against the previous one (t_start 0.95, budget 1.4e10); mean of 3 matrices\n")
+    print("| shape | p | previous sweeps | previous MSE | previous s | default sweeps | default MSE | default s | "
+          "MSE ratio | time ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for old, new in zip(rows[::2], rows[1::2], strict=True):
+        shape = tuple(old["shape"])
+        cells = [f"{shape[0]}x{shape[1]}", old["stacks"], old["sweeps"], f"{old['mse']:.4f}", f"{old['seconds']:.2f}",
+                 new["sweeps"], f"{new['mse']:.4f}", f"{new['seconds']:.2f}", f"{new['mse'] / old['mse']:.4f}",
+                 f"{new['seconds'] / old['seconds']:.2f}"]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
 def print_quality(rows: list[dict]) -> None:
     print("\n## Quality: MSE after p stacks, 128x128 standardized Gaussian (bar: paper Table S.4)\n")
     print("| matrix | setting | p=1 | p=2 | p=3 | p=4 | all <= paper | seconds (p=1..4) |")
@@ -159,8 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     print_speed(speed)
     quality = quality_rows()
     print_quality(quality)
+    schedule = schedule_rows()
+    print_schedule(schedule)
     if args.json:
-        args.json.write_text(json.dumps({"env": env, "speed": speed, "quality": quality}, indent=2))
+        args.json.write_text(json.dumps({"env": env, "speed": speed, "quality": quality, "schedule": schedule},
+                                        indent=2))
 
 
 # --- GPU solver (bqq.solver_torch) ------------------------------------------------------------------

@@ -114,7 +114,11 @@ def config_version(cls: type) -> int:
 
 
 def config_from_dict(cls: type, data: Any, version: Any = 1) -> Any:
-    """Rebuild a config dataclass written with ``version``; ValueError for a newer version or unknown fields."""
+    """Rebuild a config dataclass written with ``version``; ValueError for a newer version or unknown fields.
+
+    A field missing from an older config takes the default of that version where the class records one
+    (``DEFAULTS_BEFORE = {last version: {field: value}}``), else the current default.
+    """
     known = config_version(cls)
     if not is_int(version) or version < 1:
         raise ValueError(f"{cls.__name__} version {version!r} is not a positive integer")
@@ -125,7 +129,9 @@ def config_from_dict(cls: type, data: Any, version: Any = 1) -> Any:
     unknown = unknown_fields(cls, data)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
-    return cls(**data)
+    then = {k: v for last, defaults in sorted(getattr(cls, "DEFAULTS_BEFORE", {}).items(), reverse=True)
+            if version <= last for k, v in defaults.items()}
+    return cls(**{**then, **data})
 
 
 def make_config(cls: type, opts: Mapping[str, Any], owner: str) -> Any:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import bqq
-from bqq.methods.bqq import auto_sweeps, inner_dim
-from bqq.solver import refit_scalars
+from bqq.methods.bqq import BQQConfig, auto_sweeps, inner_dim
+from bqq.solver import StackSettings, refit_scalars
 
 FAST = {"sweeps": 150}
 
@@ -180,6 +180,21 @@ def test_refit_recovers_exact_scalars():
 
 
 def test_auto_sweeps_spends_equal_work_within_bounds():
-    assert auto_sweeps((384, 384), 192) == round(1.4e10 / (768 * 192**2))  # 495
+    assert auto_sweeps((384, 384), 192) == round(1.0e10 / (768 * 192**2))  # 353
+    assert auto_sweeps((192, 192), 96, weighted=True) == round(1.4e10 / (384 * 96**2 + 192**2 * 96))  # 1055
+    assert auto_sweeps((384, 384), 192, budget=1.4e10) == 494
     assert auto_sweeps((128, 128), 64) == 6000 and auto_sweeps((1, 1), 1) == 6000
     assert auto_sweeps((384, 1536), 307) == 300
+
+
+def test_configs_of_older_versions_keep_the_schedule_they_were_solved_with():
+    from bqq.common import config_from_dict
+
+    old = config_from_dict(BQQConfig, {"rank_scale": 1.0, "sweeps": None, "t_end": 0.18}, 2)
+    assert (old.t_start, old.sweep_budget) == (0.95, 1.4e10)
+    assert config_from_dict(BQQConfig, {"t_start": 0.8}, 2).t_start == 0.8  # what the file says wins
+    assert BQQConfig().sweep_budget is None and BQQConfig().t_start == 0.6
+    settings = StackSettings.of(old, (384, 384), 192, weighted=False)
+    assert settings.sweeps == 494 and settings.t_start == 0.95
+    with pytest.raises(ValueError, match="sweep_budget"):
+        BQQConfig(sweep_budget=0)

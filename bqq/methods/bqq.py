@@ -42,7 +42,11 @@ class BQQConfig:
     Attributes:
         rank_scale: l = round(rank_scale · m n / (m + n)) per group (the paper's l_scale).
         sweeps: annealing sweeps per stack; None picks ``auto_sweeps`` (more for small groups).
-        t_start, t_end: annealing temperatures as fractions of the critical temperature.
+        sweep_budget: the work per stack ``auto_sweeps`` spends, (m + n)·l²·sweeps; None: 1.0e10
+            (plain) or 1.4e10 (output-aware), see bqq.solver.settings. Configs written before version 3
+            read as 1.4e10 with t_start 0.95, the schedule they were solved with.
+        t_start, t_end: annealing temperatures as fractions of the critical temperature. Starting at
+            0.6 T_c rather than 0.95 lets 353 sweeps reach the error 494 gave (384×384 plain groups).
         alpha_scale: fixed ±1 scale during annealing, in units of rms(residual)/sqrt(l).
         aspect_exponent: per-side temperature split for non-square groups (see bqq.solver.settings).
         polish_rounds: maximum rounds of exact bit-flip descent after annealing.
@@ -64,11 +68,15 @@ class BQQConfig:
             0.263 -> 0.228).
     """
 
-    VERSION: ClassVar[int] = 2  # 2: channel_clip, damping, weighted_* (version-1 configs read unchanged)
+    # 2: channel_clip, damping, weighted_*; 3: sweep_budget (and t_start 0.6 by default).
+    VERSION: ClassVar[int] = 3
+    # Defaults a config written with an older version was solved with (config_from_dict fills them in).
+    DEFAULTS_BEFORE: ClassVar[dict[int, dict[str, float]]] = {2: {"sweep_budget": 1.4e10, "t_start": 0.95}}
 
     rank_scale: float = 1.0
     sweeps: int | None = None
-    t_start: float = 0.95
+    sweep_budget: float | None = None
+    t_start: float = 0.6
     t_end: float = 0.18
     alpha_scale: float = 0.9
     aspect_exponent: float = 0.7
@@ -85,6 +93,7 @@ class BQQConfig:
         check_settings(self, {
             "rank_scale": is_number(self.rank_scale) and 0 < self.rank_scale <= 16,
             "sweeps": self.sweeps is None or (is_int(self.sweeps) and 1 <= self.sweeps <= 1_000_000),
+            "sweep_budget": self.sweep_budget is None or (is_number(self.sweep_budget) and self.sweep_budget > 0),
             "t_start": is_number(self.t_start) and self.t_start > 0,
             "t_end": is_number(self.t_end) and 0 < self.t_end <= self.t_start,
             "alpha_scale": is_number(self.alpha_scale) and self.alpha_scale > 0,

@@ -48,7 +48,7 @@ from .codes import TRANSIENT_BYTES, GroupCodes
 from .devices import TORCH_SOLVER_DEVICE_TYPES, resolve_device, solver_device
 from .hessian_math import clipped_channels, column_blocks, damped, prepare_hessian
 from .numpy_backend import NumpyBackend, refit_scalars
-from .settings import POWER_ITERATIONS, SWEEP_BUDGET, StackSettings, auto_sweeps, inner_dim
+from .settings import POWER_ITERATIONS, SWEEP_BUDGET, WEIGHTED_SWEEP_BUDGET, StackSettings, auto_sweeps, inner_dim
 from .stacks import grow_grid, solve_groups
 from .torch_backend import TorchBackend, refit_scalars_batched
 
@@ -95,6 +95,7 @@ __all__ = [
     "SWEEP_BUDGET",
     "TORCH_SOLVER_DEVICE_TYPES",
     "TRANSIENT_BYTES",
+    "WEIGHTED_SWEEP_BUDGET",
     "Backend",
     "GroupCodes",
     "NumpyBackend",
