@@ -5,8 +5,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import numba
 import pytest
 import torch
 from torch import nn
@@ -157,33 +159,56 @@ def _outputs(model, images):
         return model(images)
 
 
-def test_cache_resumes_without_redoing_finished_groups(tmp_path, images, monkeypatch):
+@pytest.mark.parametrize("workers", [1, None], ids=["one-at-a-time", "threads"])
+def test_cache_resumes_without_redoing_finished_groups(tmp_path, images, monkeypatch, workers):
     reference = _outputs(bqq.quantize(tiny(), bits=2, method="bqq", **FAST), images)
     calls = []
+    lock = threading.Lock()
     real = ptq_runner.solve_group
 
     def interrupted_after_five(job):
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        calls.append(job.layer)
+        with lock:
+            if len(calls) >= 5:
+                raise KeyboardInterrupt
+            calls.append(job.layer)
         return real(job)
 
     monkeypatch.setattr(ptq_runner, "solve_group", interrupted_after_five)
     with pytest.raises(KeyboardInterrupt):
-        bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, **FAST)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 5
+        bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, workers=workers, **FAST)
+    cached = len(list(tmp_path.glob("*.safetensors")))
+    # Groups already running on other threads when the interrupt came may finish and be cached too.
+    assert cached == 5 if workers == 1 else 1 <= cached <= 5
     counted = []
     monkeypatch.setattr(ptq_runner, "solve_group", lambda job: counted.append(job) or real(job))
-    resumed = bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, **FAST)
+    resumed = bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, workers=workers, **FAST)
     total = sum(len(m.qweight.grid) for _, m in quantized_layers(resumed))
-    assert len(counted) == total - 5
+    assert len(counted) == total - cached
     assert torch.equal(_outputs(resumed, images), reference)
     counted.clear()
-    bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, **FAST)
+    bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, workers=workers, **FAST)
     assert counted == []  # everything cached
     counted.clear()
-    bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, seed=1, **FAST)
+    bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, seed=1, workers=workers, **FAST)
     assert len(counted) == total  # another seed is other work
+
+
+def test_groups_side_by_side_on_threads_give_the_same_model(images, monkeypatch):
+    threads = []
+    real = ptq_runner.solve_group
+    monkeypatch.setattr(ptq_runner, "solve_group",
+                        lambda job: threads.append(threading.current_thread().name) or real(job))
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two numba threads")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        side_by_side = bqq.quantize(tiny(), bits=2, method="bqq", **FAST)
+    finally:
+        numba.set_num_threads(before)
+    assert all(name.startswith("bqq-group") for name in threads) and len(threads) > 1
+    one_at_a_time = bqq.quantize(tiny(), bits=2, method="bqq", workers=1, **FAST)
+    assert torch.equal(_outputs(side_by_side, images), _outputs(one_at_a_time, images))
 
 
 def test_cache_survives_kill_9(tmp_path, images):

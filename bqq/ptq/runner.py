@@ -92,7 +92,9 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
     """Solve every job (cached ones are loaded) and return the results in job order.
 
     Args:
-        workers: None or 1: in this process (numba uses all cores per group); an int n > 1: n local
+        workers: None: in this process, one group per thread on as many threads as numba may use, each
+            group's kernels single-threaded (:func:`_run_threaded`); 1: in this process, one group at a
+            time with numba using all cores per group; an int n > 1: n local
             processes, each with cores/n threads for numba, torch and BLAS (:mod:`bqq.threads`); or any
             ``concurrent.futures.Executor`` (e.g. ``distributed.Client(...).get_executor()`` to spread groups
             over a Dask cluster).
@@ -132,7 +134,10 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
                     finish(i, solve_group(jobs[i], device))
             done = set(on_device)
             todo = [i for i in todo if i not in done]
-        if workers is None or workers == 1:
+        threads = _group_threads()
+        if workers is None and len(todo) > 1 and threads > 1:
+            _run_threaded(jobs, todo, finish, threads)
+        elif workers is None or workers == 1:
             for i in todo:
                 finish(i, solve_group(jobs[i]))
         elif isinstance(workers, cf.Executor):
@@ -199,6 +204,47 @@ def _run_on(executor: cf.Executor, jobs: list[GroupJob], todo: Iterable[int],
         for fut in pending:
             fut.cancel()
         raise
+
+
+def _group_threads() -> int:
+    """Threads for groups side by side in this process: numba's thread setting (1 with BQQ_THREAD_POLICY=off,
+    which keeps the previous one-group-at-a-time behaviour)."""
+    import numba
+
+    return numba.get_num_threads() if policy_enabled() else 1
+
+
+def _run_threaded(jobs: list[GroupJob], todo: list[int], finish: Callable[[int, QuantizedMatrix], None],
+                  threads: int) -> None:
+    """The jobs on ``threads`` threads of this process, one group each, every library single-threaded.
+
+    Why: one group on all cores parallelizes each annealing sweep over rows, thousands of short parallel
+    regions per stack, each ending at a barrier. Beside another busy process a region waits for whichever
+    of its threads the scheduler parked (measured by ``benchmarks/busy_cpu.py --workload vit_tiny``).
+    Whole groups per thread need no barrier until the group is done. The kernels release the GIL;
+    results are identical (a group's codes depend only on its job). BLAS and torch are held to one
+    thread for the run (their limits are process-wide) and restored after.
+    """
+    from threadpoolctl import threadpool_limits
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-group", initializer=_serial_numba)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            _run_on(pool, jobs, todo, finish, 2 * threads)
+    except BaseException:  # Ctrl-C or a failed group: leave at once (running groups end on their own)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        torch.set_num_threads(torch_threads)
+    pool.shutdown(wait=True)
+
+
+def _serial_numba() -> None:
+    import numba
+
+    numba.set_num_threads(1)  # per thread: this thread's kernels run on it alone
 
 
 def _init_worker(threads: int) -> None:

@@ -285,7 +285,7 @@ def _coupled_sweep(p, q, v, k, hm, alpha, inv_temp, hard):
 _coupled_sweep_parallel, _coupled_sweep_serial = parallel_and_serial(_coupled_sweep)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def spectral_norm(x: np.ndarray, iters: int) -> np.ndarray:
     """Largest singular value of each x[b] (B, m, n) by power iteration on xᵀx from a fixed start."""
     nbatch, m, n = x.shape

@@ -155,7 +155,7 @@ _tasks_parallel, _tasks_serial = parallel_and_serial(_tasks)
 
 # Entry points per row width: the width tuple is made inside compiled code, so a call types only
 # arrays and ints (typing a tuple argument costs more than a small layer's whole matmul).
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _run_narrow(parallel, x, out, rows_per_task, z, y, r, t, rowterm, row_start, row_size, col_start, col_size,
                 rank, lowest_bit):
     args = (z, y, r, t, rowterm, row_start, row_size, col_start, col_size, rank, lowest_bit)
@@ -165,7 +165,7 @@ def _run_narrow(parallel, x, out, rows_per_task, z, y, r, t, rowterm, row_start,
         _tasks_serial(x, out, (0,), rows_per_task, *args)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _run_wide(parallel, x, out, rows_per_task, z, y, r, t, rowterm, row_start, row_size, col_start, col_size,
               rank, lowest_bit):
     args = (z, y, r, t, rowterm, row_start, row_size, col_start, col_size, rank, lowest_bit)

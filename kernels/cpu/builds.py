@@ -25,6 +25,8 @@ def _renamed(func: Callable, suffix: str) -> Callable:
 
 
 def parallel_and_serial(func: Callable) -> tuple[Callable, Callable]:
-    """(parallel build, serial build) of ``func``, cached under ``<name>_parallel`` and ``<name>_serial``."""
-    return (nb.njit(parallel=True, cache=True)(_renamed(func, "_parallel")),
-            nb.njit(parallel=False, cache=True)(_renamed(func, "_serial")))
+    """(parallel build, serial build) of ``func``, cached under ``<name>_parallel`` and ``<name>_serial``.
+
+    Both release the GIL: the model pass solves groups side by side on threads (bqq.ptq.runner)."""
+    return (nb.njit(parallel=True, cache=True, nogil=True)(_renamed(func, "_parallel")),
+            nb.njit(parallel=False, cache=True, nogil=True)(_renamed(func, "_serial")))

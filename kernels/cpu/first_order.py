@@ -44,7 +44,7 @@ _PRUNE_EVERY = 8
 _WALK_MAX_K_PER_CANDIDATE = 150
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _accumulate(xl: float, inv: np.ndarray, step: np.ndarray, err: np.ndarray, top: float) -> None:
     """err[j] += (xl − code·step[j])², code = min(ceil(xl·inv[j] − 1/2), top), for one value xl > 0.
 
@@ -60,7 +60,7 @@ def _accumulate(xl: float, inv: np.ndarray, step: np.ndarray, err: np.ndarray, t
         err[j] += d * d
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _search_direct(xs: np.ndarray, los: np.ndarray, his: np.ndarray, levels: int) -> tuple[int, int]:
     """Argmin (i, j) of the squared error over the (los[i], his[j]) grid for the sorted values ``xs``, each
     candidate evaluated value by value: code = clip(ceil((x − lo)/step − 1/2), 0, 2^b − 1) (ties go down).
@@ -117,7 +117,7 @@ def _search_direct(xs: np.ndarray, los: np.ndarray, his: np.ndarray, levels: int
     return bi, bj
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _upper_bound(xs: np.ndarray, value: float, begin: int, end: int) -> int:
     """First index in [begin, end) whose value exceeds ``value`` (``end`` if none); xs sorted."""
     while begin < end:
@@ -129,7 +129,7 @@ def _upper_bound(xs: np.ndarray, value: float, begin: int, end: int) -> int:
     return begin
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _search_prefix(xs: np.ndarray, los: np.ndarray, his: np.ndarray, mu: float, levels: int) -> tuple[int, int]:
     """Argmin (i, j) as :func:`_search_direct`, each candidate evaluated from prefix sums over the sorted
     values ``xs``: level l takes the sorted values in (bound_{l−1}, bound_l], bound_l = lo + (l + 1/2)·step, and
@@ -291,7 +291,7 @@ def encode_uniform(x: np.ndarray, lo: np.ndarray, step: np.ndarray, levels: int)
 
 # --- BCQ -------------------------------------------------------------------------------------------
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _greedy(x: np.ndarray, bits: int, alpha: np.ndarray, planes: np.ndarray) -> None:
     """Greedy residual binarization: α_i = mean|R|, B_i = sign(R) (sign(0) = +1), R −= α_i B_i."""
     k = x.size
@@ -311,7 +311,7 @@ def _greedy(x: np.ndarray, bits: int, alpha: np.ndarray, planes: np.ndarray) -> 
                 r[t] += a
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _jacobi_eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (n,) and eigenvectors (columns of an (n, n) array) of a small symmetric matrix, by
     cyclic Jacobi rotations (accurate and dependency-free for n <= 8). ``a`` is overwritten."""
@@ -363,7 +363,7 @@ def _jacobi_eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _NULL_EIGENVALUE = 1e-10
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _fit_alpha(x: np.ndarray, planes: np.ndarray, alpha: np.ndarray) -> None:
     """Least-squares α for fixed signs: the minimum-norm solution of the normal equations (S Sᵀ) α = S x,
     as ``np.linalg.lstsq`` gives it when planes repeat (singular Gram)."""
@@ -396,7 +396,7 @@ def _fit_alpha(x: np.ndarray, planes: np.ndarray, alpha: np.ndarray) -> None:
                 alpha[i] += v[i, m] * proj
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _assign_signs(x: np.ndarray, alpha: np.ndarray, planes: np.ndarray) -> bool:
     """Optimal signs for fixed α, written into ``planes`` (bits, k); returns whether any sign changed.
 

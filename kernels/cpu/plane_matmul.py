@@ -90,7 +90,7 @@ MIN_ROWS_PER_TASK = 64
 
 # Entry points per row width: the width tuple is made inside compiled code, so a call types only arrays
 # (as in kernels.cpu.bqq_matmul); the task split is chosen inside too.
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _split(tokens, m, lanes, threads):
     """(rows per task, run in parallel) for ``tokens`` rows of input in tiles of ``lanes`` on ``threads``."""
     tiles = (tokens + lanes - 1) // lanes
@@ -101,7 +101,7 @@ def _split(tokens, m, lanes, threads):
     return rows_per_task, tasks > 1 and threads > 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _run_narrow(threads, x, out, planes, coef, offset, col_start, col_size, lowest_bit):
     rows_per_task, parallel = _split(x.shape[0], out.shape[1], 1, threads)
     if parallel:
@@ -110,7 +110,7 @@ def _run_narrow(threads, x, out, planes, coef, offset, col_start, col_size, lowe
         _tasks_serial(x, out, (0,), rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _run_wide(threads, x, out, planes, coef, offset, col_start, col_size, lowest_bit):
     tag = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # WIDE entries
     rows_per_task, parallel = _split(x.shape[0], out.shape[1], len(tag), threads)
