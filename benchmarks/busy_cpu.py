@@ -9,8 +9,10 @@ groups, 1 stack, ``--sweeps`` annealing sweeps: the kind of solve that quantizin
 runs in a fresh subprocess (so the OpenMP wait policy, read when the runtime loads, is the one of its
 variant) under these thread policies (``--variants``):
 
-* ``fixed``: the library's defaults (:mod:`bqq.threads`: idle OpenMP threads sleep);
-* ``baseline``: ``BQQ_THREAD_POLICY=off`` (the libraries' own defaults, as before the fix);
+* ``fixed``: the library's defaults (:mod:`bqq.threads`: idle OpenMP threads sleep; ``bqq.quantize``
+  solves data-free groups side by side, one single-threaded group per core);
+* ``baseline``: ``BQQ_THREAD_POLICY=off`` (the libraries' own defaults and one group at a time, as
+  before the fixes);
 * ``one thread``: ``NUMBA_NUM_THREADS=1``.
 
 and two conditions: ``quiet`` and ``busy`` (beside a competitor: a subprocess solving the same kind of
@@ -171,8 +173,10 @@ def write(result: dict, out: Path, args: argparse.Namespace) -> None:
         lines.append(f"| {v} | {r['quiet']['wall']:.2f} | {r['quiet']['cpu']:.2f} | {r['busy']['wall']:.2f} | "
                      f"{r['busy']['cpu']:.2f} | {r['ratio']:.2f}x | {r['load_quiet']:.1f} | {r['load_busy']:.1f} | "
                      f"{'met' if r['ratio'] <= TARGET else 'NOT met'} |")
-    lines += ["", "fixed: bqq's thread policy (idle OpenMP threads sleep, `bqq.threads`); baseline: "
-              "`BQQ_THREAD_POLICY=off` (libraries' defaults: OpenMP workers spin between regions)."]
+    lines += ["", "fixed: bqq's thread policy (idle OpenMP threads sleep, `bqq.threads`; `bqq.quantize` solves "
+              "data-free groups side by side, one single-threaded group per core); baseline: "
+              "`BQQ_THREAD_POLICY=off` (libraries' defaults: OpenMP workers spin between regions; one group at "
+              "a time, each sweep parallel over rows)."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -87,7 +87,9 @@ def quantize(
             the FP model's outputs from the inputs the already-quantized layers give it
             (``Calibration.inputs``); with ``Calibration(epochs=k)`` biases and norms are then tuned for
             k epochs (c-BQQ).
-        workers: None (this process), a number of local processes, or a ``concurrent.futures.Executor``.
+        workers: None (this process: data-free groups side by side on one thread per core, each
+            single-threaded; calibrated ones one at a time), 1 (this process, one group at a time on all
+            cores), a number of local processes, or a ``concurrent.futures.Executor``.
         cache_dir: persist each finished group; a rerun with the same arguments resumes.
         seed: every layer's seed derives from it and the layer name.
         progress: tqdm bar over groups (None: only on a terminal).

@@ -92,8 +92,9 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
     """Solve every job (cached ones are loaded) and return the results in job order.
 
     Args:
-        workers: None: in this process, one group per thread on as many threads as numba may use, each
-            group's kernels single-threaded (:func:`_run_threaded`); 1: in this process, one group at a
+        workers: None: in this process, data-free groups side by side, one per thread on as many threads
+            as numba may use, each single-threaded (:func:`_run_threaded`), calibrated ones (each with its
+            n×n H) one at a time; 1: in this process, one group at a
             time with numba using all cores per group; an int n > 1: n local
             processes, each with cores/n threads for numba, torch and BLAS (:mod:`bqq.threads`); or any
             ``concurrent.futures.Executor`` (e.g. ``distributed.Client(...).get_executor()`` to spread groups
@@ -135,9 +136,12 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
             done = set(on_device)
             todo = [i for i in todo if i not in done]
         threads = _group_threads()
-        if workers is None and len(todo) > 1 and threads > 1:
-            _run_threaded(jobs, todo, finish, threads)
-        elif workers is None or workers == 1:
+        data_free = [i for i in todo if jobs[i].hessian is None]
+        if workers is None and len(data_free) > 1 and threads > 1:
+            # Calibrated jobs stay one at a time: each holds an n×n H and its working copies.
+            _run_threaded(jobs, data_free, finish, threads)
+            todo = [i for i in todo if jobs[i].hessian is not None]
+        if workers is None or workers == 1:
             for i in todo:
                 finish(i, solve_group(jobs[i]))
         elif isinstance(workers, cf.Executor):
