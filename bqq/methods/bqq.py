@@ -46,7 +46,8 @@ class BQQConfig:
             (plain) or 1.4e10 (output-aware), see bqq.solver.settings. Configs written before version 3
             read as 1.4e10 with t_start 0.95, the schedule they were solved with.
         t_start, t_end: annealing temperatures as fractions of the critical temperature. Starting at
-            0.6 T_c rather than 0.95 lets 353 sweeps reach the error 494 gave (384×384 plain groups).
+            0.6 T_c rather than 0.95 lets 353 sweeps reach the error 494 gave (384×384 plain groups;
+            schedule table of ``benchmarks/solver.py``).
         alpha_scale: fixed ±1 scale during annealing, in units of rms(residual)/sqrt(l).
         aspect_exponent: per-side temperature split for non-square groups (see bqq.solver.settings).
         polish_rounds: maximum rounds of exact bit-flip descent after annealing.

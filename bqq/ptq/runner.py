@@ -94,9 +94,9 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
     Args:
         workers: None: in this process, data-free groups side by side, one per thread on as many threads
             as numba may use, each single-threaded (:func:`_run_threaded`), calibrated ones (each with its
-            n×n H) one at a time; 1: in this process, one group at a
-            time with numba using all cores per group; an int n > 1: n local
-            processes, each with cores/n threads for numba, torch and BLAS (:mod:`bqq.threads`); or any
+            n×n H) one at a time; 1: in this process, one group at a time with numba using all cores per
+            group; an int n > 1: n local processes, each with cores/n threads for numba, torch and BLAS
+            (:mod:`bqq.threads`); or any
             ``concurrent.futures.Executor`` (e.g. ``distributed.Client(...).get_executor()`` to spread groups
             over a Dask cluster).
         cache_dir: folder for finished groups; an interrupted run (Ctrl-C, kill -9) resumes from it.

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 POWER_ITERATIONS = 30  # power iterations for σ_max in the critical temperature T_c = 2 α σ_max
-# Work per stack, (m + n)·l² (+ n²·l under H) times sweeps. Plain: 353 sweeps for a 384×384 group; with the
-# annealing starting at 0.6 T_c this reaches the MSE that 494 sweeps from 0.95 T_c gave (384²: 0.3223 against
-# 0.3220, mean of 3 matrices). The output-aware schedule keeps the budget it was tuned with.
+# Work per stack, (m + n)·l² (+ n²·l under H) times sweeps. Plain: 353 sweeps for a 384×384 group, which from
+# 0.6 T_c reach the error that 494 sweeps from 0.95 T_c gave (the schedule table of benchmarks/solver.py).
+# The output-aware schedule keeps the budget it was tuned with.
 SWEEP_BUDGET = 1.0e10
 WEIGHTED_SWEEP_BUDGET = 1.4e10
 
