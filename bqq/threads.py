@@ -17,6 +17,8 @@ libraries' defaults); results are identical either way, only the timing differs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Defined beside the sweeps, which start numba's threads, and applied when they are imported.
@@ -71,5 +73,28 @@ def apply_budget(threads: int) -> dict[str, int]:
     return {"numba": numba_threads, "torch": threads, "blas": threads}
 
 
+@contextmanager
+def single_threaded_libraries() -> Iterator[None]:
+    """Hold torch's intra-op pool and BLAS to one thread (both limits are process-wide), restoring them
+    after: for work spread over threads of its own, one task per core (bqq.ptq.runner)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def serial_numba_thread() -> None:
+    """Run this thread's numba kernels on it alone (numba's thread count is per thread)."""
+    import numba
+
+    numba.set_num_threads(1)
+
+
 __all__ = ["POLICY_ENV", "WAIT_SWITCHES", "apply_budget", "available_cores", "policy_enabled", "prefer_passive_waiting",
-           "threads_per_process"]
+           "serial_numba_thread", "single_threaded_libraries", "threads_per_process"]

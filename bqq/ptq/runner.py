@@ -32,7 +32,7 @@ from ..grouping import GroupGrid
 from ..io import load, save
 from ..methods import get_method
 from ..quantized import QuantizedMatrix
-from ..threads import apply_budget, policy_enabled, threads_per_process
+from ..threads import apply_budget, policy_enabled, serial_numba_thread, single_threaded_libraries, threads_per_process
 from ..version import __version__
 
 
@@ -135,11 +135,10 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
                     finish(i, solve_group(jobs[i], device))
             done = set(on_device)
             todo = [i for i in todo if i not in done]
-        threads = _group_threads()
         data_free = [i for i in todo if jobs[i].hessian is None]
-        if workers is None and len(data_free) > 1 and threads > 1:
+        if workers is None and len(data_free) > 1 and _group_threads() > 1:
             # Calibrated jobs stay one at a time: each holds an n×n H and its working copies.
-            _run_threaded(jobs, data_free, finish, threads)
+            _run_threaded(jobs, data_free, finish, _group_threads())
             todo = [i for i in todo if jobs[i].hessian is not None]
         if workers is None or workers == 1:
             for i in todo:
@@ -229,26 +228,14 @@ def _run_threaded(jobs: list[GroupJob], todo: list[int], finish: Callable[[int, 
     results are identical (a group's codes depend only on its job). BLAS and torch are held to one
     thread for the run (their limits are process-wide) and restored after.
     """
-    from threadpoolctl import threadpool_limits
-
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-group", initializer=_serial_numba)
+    pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-group", initializer=serial_numba_thread)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_threaded_libraries():
             _run_on(pool, jobs, todo, finish, 2 * threads)
     except BaseException:  # Ctrl-C or a failed group: leave at once (running groups end on their own)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
-    finally:
-        torch.set_num_threads(torch_threads)
     pool.shutdown(wait=True)
-
-
-def _serial_numba() -> None:
-    import numba
-
-    numba.set_num_threads(1)  # per thread: this thread's kernels run on it alone
 
 
 def _init_worker(threads: int) -> None:
