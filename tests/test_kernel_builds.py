@@ -15,7 +15,7 @@ from bqq_kernels.cpu import binary_factorization, bqq_matmul, first_order, plane
 from bqq_kernels.cpu.builds import parallel_and_serial
 
 PAIRS = [
-    (binary_factorization, "_row_sweep"), (binary_factorization, "_coupled_sweep"),
+    (binary_factorization, "_coupled_sweep"),
     (bqq_matmul, "_tasks"), (plane_matmul, "_tasks"),
     (first_order, "_clip_search"), (first_order, "_encode"), (first_order, "_bcq"),
 ]

@@ -21,7 +21,8 @@ from bqq import solver
 from bqq.solver import anneal, devices, torch_backend
 from bqq.solver.torch_backend import TorchBackend
 from bqq_kernels.cpu import coupled_row_sweep
-from bqq_kernels.cpu.binary_factorization import _row_sweep_serial, gram
+from bqq_kernels.cpu.binary_factorization import row_phase
+from bqq_kernels.cpu.binary_factorization import gram_blocks as gram
 from bqq_kernels.gpu import coupled_sweep, row_sweep
 
 if row_sweep.interpreted():
@@ -48,7 +49,7 @@ def sweep_inputs(nbatch: int, rows: int, other: int, l: int, hard: bool, seed: i
         u, v = np.where(u >= 0, 1, -1).astype(np.float32), np.where(v >= 0, 1, -1).astype(np.float32)
     alpha = np.full(nbatch, 1.0 / np.sqrt(l), np.float32)
     inv_temp = np.linspace(0.05, 3.0, nbatch).astype(np.float32)  # up to saturation (|f/T| > 4.97)
-    return np.matmul(x, v), u, gram(v), alpha, inv_temp
+    return x, v, u, gram(np.ascontiguousarray(v.transpose(0, 2, 1))), alpha, inv_temp
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
@@ -57,9 +58,12 @@ def sweep_inputs(nbatch: int, rows: int, other: int, l: int, hard: bool, seed: i
     ((2, 45, 70, 40), {"block_rows": 16, "block_cols": 16, "num_warps": 1, "unroll": 2}),  # 3 row blocks, 16+16+8
 ])
 def test_kernel_matches_numba_sweep(shape, launch, hard):
-    h, u, g, alpha, inv_temp = sweep_inputs(*shape, hard=hard)
-    expected = u.copy()
-    flips_cpu = _row_sweep_serial(h, np.matmul(u, g), expected, g, alpha, inv_temp, hard)
+    x, v, u, g, alpha, inv_temp = sweep_inputs(*shape, hard=hard)
+    h = np.matmul(x, v)
+    t = lambda a: np.ascontiguousarray(a.transpose(0, 2, 1))  # noqa: E731  (the CPU phase is entry-major)
+    expected_t = t(u)
+    flips_cpu = row_phase(t(x), expected_t, t(v), g, alpha, inv_temp, hard)
+    expected = expected_t.transpose(0, 2, 1)
     ut = torch.from_numpy(u.transpose(0, 2, 1).copy()).to(DEVICE)
     ht = torch.from_numpy(h.transpose(0, 2, 1).copy()).to(DEVICE)
     opts = launch or row_sweep.launch_options(shape[1], shape[3])
@@ -67,8 +71,8 @@ def test_kernel_matches_numba_sweep(shape, launch, hard):
                                 torch.from_numpy(inv_temp).to(DEVICE), hard, **opts)
     got = ut.cpu().numpy().transpose(0, 2, 1)
     assert np.abs(got - expected).max() <= 1e-5
-    assert int(flips) == flips_cpu
-    if hard:
+    if hard:  # (the CPU row phase counts sign changes in hard sweeps only)
+        assert int(flips) == flips_cpu
         assert np.array_equal(np.abs(got), np.ones_like(got))
 
 
@@ -86,14 +90,14 @@ def test_kernel_rejects_bad_input():
 def test_coupled_kernel_matches_numba_sweep(hard):
     rng = np.random.default_rng(2)
     nbatch, m, n, l = 2, 9, 11, 6
-    _, u, _, alpha, inv_temp = sweep_inputs(nbatch, m, n, l, hard)
+    _, _, u, _, alpha, inv_temp = sweep_inputs(nbatch, m, n, l, hard)
     v = rng.uniform(-1, 1, (nbatch, n, l)).astype(np.float32)
     if hard:
         v = np.where(v >= 0, 1, -1).astype(np.float32)
     xh = rng.standard_normal((n, 3 * n))
     hm = np.repeat((xh @ xh.T / (3 * n)).astype(np.float32)[None], nbatch, axis=0)
     p = rng.standard_normal((nbatch, n, l)).astype(np.float32)
-    k = gram(u)
+    k = gram(np.ascontiguousarray(u.transpose(0, 2, 1)))
     expected = v.copy()
     flips_cpu = coupled_row_sweep(p, np.matmul(expected, k), expected, k, hm, alpha, inv_temp, hard)
     dev = {name: torch.from_numpy(a).to(DEVICE) for name, a in

@@ -1,26 +1,30 @@
 """The CPU backend of the BQQ solver: numpy arrays, the numba sweeps of :mod:`bqq_kernels.cpu`, BLAS GEMMs.
 
-Factors are kept row-major with the inner dimension last, U (B, m, l) and V (B, n, l), so that the
-unweighted V phase is the U phase of Xᵀ. Everything is deterministic and independent of the thread count
-and of batching (see :mod:`bqq_kernels.cpu.binary_factorization`).
+Factors are kept entry-major, Uᵀ (B, l, m) and Vᵀ (B, l, n) (as on the torch backend), so that a row
+phase updates many rows of one entry with one vector instruction, and the unweighted V phase is the U
+phase of Xᵀ. Everything is deterministic and independent of the thread count and of batching (see
+:mod:`bqq_kernels.cpu.binary_factorization`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bqq_kernels.cpu import coupled_row_sweep, gram, row_sweep, spectral_norm
+from bqq_kernels.cpu import coupled_row_sweep, gram_blocks, row_phase, spectral_norm
+from bqq_kernels.cpu.binary_factorization import BLOCK, ROW_CHUNK, gram_band
 
 from .settings import POWER_ITERATIONS
 
 
 @dataclass
 class Problem:
-    """A batch being solved: float32 centered X (B, m, n) and its transpose, X H (X when unweighted),
-    H in float32 for the sweeps and in float64 for the fits (None when unweighted)."""
+    """A batch being solved: float32 centered X (B, m, n) and its transpose, (X H)ᵀ = H Xᵀ (B, n, m) (Xᵀ
+    when unweighted), H in float32 for the sweeps and in float64 for the fits (None when unweighted)."""
 
     xc: np.ndarray
     xt: np.ndarray
@@ -82,48 +86,76 @@ class NumpyBackend:
         hm = None if hessian is None else hessian.astype(np.float32)
         # Unweighted, the V phase is the U phase of Xᵀ; weighted, both phases use X H (fixed for the stack).
         xt = np.ascontiguousarray(xc.transpose(0, 2, 1))
-        xh = xc if hm is None else np.matmul(xc, hm)
+        xh = xt if hm is None else np.matmul(hm, xt)
         return Problem(xc, xt, xh, hm, hessian)
 
     def scale_stats(self, prob: Problem) -> tuple[np.ndarray, np.ndarray]:
         """rms(X) and σ_max(X H) per problem, float64 (B,)."""
         rms = np.sqrt((prob.xc.astype(np.float64) ** 2).mean(axis=(1, 2)))
-        return rms, spectral_norm(prob.xh.astype(np.float64), POWER_ITERATIONS)
+        return rms, spectral_norm(prob.xh.astype(np.float64), POWER_ITERATIONS)  # σ_max((X H)ᵀ) = σ_max(X H)
 
     def factors(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return u, v
+        """The starts U (B, m, l), V (B, n, l) as the entry-major state Uᵀ, Vᵀ."""
+        return self.factors_of(u), self.factors_of(v)
 
     def factors_of(self, u: np.ndarray) -> np.ndarray:
-        """The state for ±1 factors (B, rows, l) given by a caller."""
-        return np.asarray(u)
+        """The entry-major state (B, l, rows) for factors (B, rows, l) given by a caller."""
+        return np.ascontiguousarray(np.asarray(u, np.float32).transpose(0, 2, 1))
 
     def anneal(self, prob: Problem, u: np.ndarray, v: np.ndarray, alpha: np.ndarray, inv_u: np.ndarray,
                inv_v: np.ndarray) -> None:
         """Soft sweeps, one per row of the (k, B) inverse temperatures."""
-        for iu, iv in zip(inv_u, inv_v, strict=True):
-            self.sweep(prob, u, v, alpha, iu, iv, hard=False)
+        self._sweeps(prob, u, v, alpha, inv_u, inv_v, hard=False)
 
     def sweep(self, prob: Problem, u: np.ndarray, v: np.ndarray, alpha: np.ndarray, inv_temp_u: np.ndarray,
               inv_temp_v: np.ndarray, hard: bool) -> int:
-        """A U phase then a V phase; returns the sign changes."""
-        if prob.hm is None:
-            return (_half_sweep(prob.xc, u, v, alpha, inv_temp_u, hard)
-                    + _half_sweep(prob.xt, v, u, alpha, inv_temp_v, hard))
-        hv = np.matmul(prob.hm, v)
-        g = np.matmul(v.transpose(0, 2, 1), hv)  # Vᵀ H V (its diagonal cancels in the field)
-        flips = row_sweep(np.matmul(prob.xh, v), np.matmul(u, g), u, g, alpha, inv_temp_u, hard)
-        k = gram(u)
-        p = np.matmul(prob.xh.transpose(0, 2, 1), u)  # H Xᵀ U
-        return flips + coupled_row_sweep(p, np.matmul(v, k), v, k, prob.hm, alpha, inv_temp_v, hard)
+        """A U phase then a V phase; returns the sign changes (counted in hard sweeps only)."""
+        return self._sweeps(prob, u, v, alpha, inv_temp_u[None], inv_temp_v[None], hard)
+
+    def _sweeps(self, prob: Problem, u: np.ndarray, v: np.ndarray, alpha: np.ndarray, inv_u: np.ndarray,
+                inv_v: np.ndarray, hard: bool) -> int:
+        """Sweeps over the batch on :func:`sweep_threads` threads; the same codes for any thread count.
+
+        Many problems: each thread takes a fixed share of them through every sweep (no synchronization).
+        Few problems: each phase is split into row chunks over the threads, joined before the next phase.
+        """
+        nbatch, threads = u.shape[0], sweep_threads()
+        row_chunks = -(-max(u.shape[1], v.shape[1]) // ROW_CHUNK)
+        if threads == 1 or nbatch * row_chunks == 1:
+            if prob.hm is not None:
+                return sum(_weighted_sweep(None, prob, u, v, alpha, iu, iv, hard) for iu, iv in zip(inv_u, inv_v,
+                                                                                                     strict=True))
+            return _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, slice(0, nbatch))
+        with cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-sweep") as pool:
+            if prob.hm is not None:
+                return sum(_weighted_sweep(pool, prob, u, v, alpha, iu, iv, hard) for iu, iv in zip(inv_u, inv_v,
+                                                                                                     strict=True))
+            if nbatch >= 2 * threads:
+                bounds = np.linspace(0, nbatch, threads + 1).round().astype(int)
+                shares = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+                return sum(pool.map(lambda p: _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, p), shares))
+            flips = 0
+            for iu, iv in zip(inv_u, inv_v, strict=True):
+                flips += _split_phase(pool, prob.xt, u, v, alpha, iu, hard)
+                flips += _split_phase(pool, prob.xc, v, u, alpha, iv, hard)
+            return flips
 
     def signs(self, a: np.ndarray) -> np.ndarray:
         return np.where(a >= 0, 1.0, -1.0).astype(np.float32)
 
-    def fit_terms(self, xc: np.ndarray, u: np.ndarray, v: np.ndarray, hessian: np.ndarray | None
+    def fit_terms(self, xc: np.ndarray, ut: np.ndarray, vt: np.ndarray, hessian: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """<X, UVᵀ>_H and <UVᵀ, UVᵀ>_H per problem (float64), where <A, B>_H = tr(A H Bᵀ)."""
-        prod = np.matmul(u.astype(np.float64), v.astype(np.float64).transpose(0, 2, 1))  # exact integers
-        weighted = prod if hessian is None else np.matmul(prod, hessian)
+        """<X, UVᵀ>_H and <UVᵀ, UVᵀ>_H per problem (float64), where <A, B>_H = tr(A H Bᵀ).
+
+        Unweighted, without forming U Vᵀ: <X, UVᵀ> = Σ (Vᵀ Xᵀ) ∘ Uᵀ in float64, and ‖UVᵀ‖² = Σ (UᵀU) ∘ (VᵀV)
+        from float32 GEMMs (the Gram matrices of ±1 factors are exact integers)."""
+        if hessian is None:
+            xv = np.matmul(vt.astype(np.float64), np.asarray(xc, np.float64).transpose(0, 2, 1))
+            num = (xv * ut).sum(axis=(1, 2))
+            den = (gram_blocks(ut).astype(np.float64) * gram_blocks(vt)).sum(axis=(1, 2))
+            return num, den
+        prod = np.matmul(ut.astype(np.float64).transpose(0, 2, 1), vt.astype(np.float64))  # exact integers
+        weighted = np.matmul(prod, hessian)
         return (xc * weighted).sum(axis=(1, 2)), (prod * weighted).sum(axis=(1, 2))
 
     def weighted_square(self, xc: np.ndarray, hessian: np.ndarray | None) -> np.ndarray:
@@ -131,12 +163,13 @@ class NumpyBackend:
         xw = xc if hessian is None else np.matmul(xc, hessian)
         return (xc * xw).sum(axis=(1, 2))
 
-    def sign_bits(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def sign_bits(self, ut: np.ndarray, vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Y = (U > 0) (G, m, l) and Z = (Vᵀ > 0) (G, l, n), uint8."""
-        return (u > 0).astype(np.uint8), np.ascontiguousarray((v > 0).astype(np.uint8).transpose(0, 2, 1))
+        return np.ascontiguousarray((ut > 0).astype(np.uint8).transpose(0, 2, 1)), (vt > 0).astype(np.uint8)
 
-    def int8(self, u: np.ndarray) -> np.ndarray:
-        return u.astype(np.int8)
+    def int8(self, ut: np.ndarray) -> np.ndarray:
+        """The state as int8 factors (B, rows, l)."""
+        return np.ascontiguousarray(ut.astype(np.int8).transpose(0, 2, 1))
 
     # --- the refit -----------------------------------------------------------------------------
     def refit(self, targets: np.ndarray, ys: np.ndarray, zs: np.ndarray, hessian: np.ndarray | None
@@ -147,11 +180,51 @@ class NumpyBackend:
                 np.array([u for _, u in fits], np.float32))
 
 
-def _half_sweep(x: np.ndarray, u: np.ndarray, v: np.ndarray, alpha: np.ndarray, inv_temp: np.ndarray,
-                hard: bool) -> int:
-    """Update every entry of u (B, m, l) given v (B, n, l) and x (B, m, n); returns sign changes."""
-    g = gram(v)
-    return row_sweep(np.matmul(x, v), np.matmul(u, g), u, g, alpha, inv_temp, hard)
+def sweep_threads() -> int:
+    """Threads a CPU solve uses: numba's thread setting for the calling thread (the model pass sets 1 on
+    threads that each solve their own groups)."""
+    return numba.get_num_threads()
+
+
+def _plain_sweeps(prob: Problem, u: np.ndarray, v: np.ndarray, alpha: np.ndarray, inv_u: np.ndarray,
+                  inv_v: np.ndarray, hard: bool, share: slice) -> int:
+    """Every sweep (rows of inv_u, inv_v) for the problems ``share``, on the calling thread."""
+    flips = 0
+    a = alpha[share]
+    for iu, iv in zip(inv_u, inv_v, strict=True):
+        flips += row_phase(prob.xt[share], u[share], v[share], gram_blocks(v[share]), a, iu[share], hard)
+        flips += row_phase(prob.xc[share], v[share], u[share], gram_blocks(u[share]), a, iv[share], hard)
+    return flips
+
+
+def _split_phase(pool: cf.ThreadPoolExecutor | None, xt: np.ndarray, own: np.ndarray, other: np.ndarray,
+                 alpha: np.ndarray, inv_temp: np.ndarray, hard: bool, g: np.ndarray | None = None) -> int:
+    """One phase of a few problems spread over ``pool`` (None: this thread): the Gram matrices (unless
+    given) by bands of ``BLOCK`` columns, then the rows in chunks of ``ROW_CHUNK``; the same GEMM calls
+    either way. Arguments as :func:`row_phase`."""
+    run = map if pool is None else pool.map
+    nbatch, l, rows = own.shape
+    if g is None:
+        g = np.empty((nbatch, l, l), np.float32)
+        list(run(lambda j0: gram_band(other, g, j0), range(0, l, BLOCK)))
+    tasks = [(slice(b, b + 1), slice(r0, min(r0 + ROW_CHUNK, rows)))
+             for b in range(nbatch) for r0 in range(0, rows, ROW_CHUNK)]
+    return sum(run(lambda t: row_phase(xt[t[0]], own[t[0]], other[t[0]], g[t[0]], alpha[t[0]], inv_temp[t[0]],
+                                       hard, t[1]), tasks))
+
+
+def _weighted_sweep(pool: cf.ThreadPoolExecutor | None, prob: Problem, ut: np.ndarray, vt: np.ndarray,
+                    alpha: np.ndarray, inv_temp_u: np.ndarray, inv_temp_v: np.ndarray, hard: bool) -> int:
+    """Under H: the U phase is a row phase of X H with G = Vᵀ H V (its diagonal cancels in the field);
+    the V phase, whose rows couple through H, is :func:`coupled_row_sweep` (row-major V)."""
+    g = np.matmul(vt, np.matmul(prob.hm, vt.transpose(0, 2, 1)))
+    flips = _split_phase(pool, prob.xh, ut, vt, alpha, inv_temp_u, hard, g)
+    k = gram_blocks(ut)
+    v = np.ascontiguousarray(vt.transpose(0, 2, 1))
+    p = np.matmul(prob.xh, ut.transpose(0, 2, 1))  # H Xᵀ U
+    flips += coupled_row_sweep(p, np.matmul(v, k), v, k, prob.hm, alpha, inv_temp_v, hard)
+    vt[:] = v.transpose(0, 2, 1)
+    return flips
 
 
 def refit_scalars(w: np.ndarray, ys: np.ndarray, zs: np.ndarray, hessian: np.ndarray | None = None

@@ -48,166 +48,147 @@ def prefer_passive_waiting(environ: MutableMapping[str, str] = os.environ) -> bo
 prefer_passive_waiting()
 
 
-def gram(v: np.ndarray) -> np.ndarray:
-    """vᵀv per problem with the diagonal set to the row count n: (B, n, l) -> (B, l, l).
-
-    Setting the diagonal to n gives the mean-field expectation of VᵀV (each ±1 entry squares to 1);
-    for exact signs it changes nothing. (BLAS; OpenBLAS splits GEMMs over output blocks only, so the
-    result does not depend on the thread count.)
-    """
-    g = np.matmul(v.transpose(0, 2, 1), v)
-    idx = np.arange(v.shape[2])
-    g[:, idx, idx] = v.shape[1]
-    return g
+FMA = {"contract"}  # let LLVM fuse multiply-adds (deterministic for a given CPU, like BLAS)
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=True, error_model="numpy", fastmath=FMA)
 def fast_tanh(x: np.float32) -> np.float32:
     """tanh by its [7/6] Padé approximant (from Lambert's continued fraction), |error| < 1.1e-4.
 
-    The approximant reaches 1 at |x| ≈ 4.97, beyond which the result is clamped to ±1. It is about
-    four times faster than libm's tanh, which sits on the sequential critical path of the sweep; the
-    annealing only needs a smooth, odd, saturating response, not tanh to the last digit.
+    The approximant reaches 1 at |x| ≈ 4.97: the argument is clamped there and the result to [-1, 1],
+    with min/max rather than branches so that a loop over rows vectorizes. It is several times faster
+    than libm's tanh; the annealing only needs a smooth, odd, saturating response, not tanh to the
+    last digit.
     """
-    if x >= np.float32(4.97):
-        return np.float32(1.0)
-    if x <= np.float32(-4.97):
-        return np.float32(-1.0)
+    lim = np.float32(4.97)
+    x = lim if x > lim else (-lim if x < -lim else x)
     x2 = x * x
     num = np.float32(135135.0) + x2 * (np.float32(17325.0) + x2 * (np.float32(378.0) + x2))
     den = np.float32(135135.0) + x2 * (np.float32(62370.0) + x2 * (np.float32(3150.0) + x2 * np.float32(28.0)))
-    return x * num / den
+    one = np.float32(1.0)
+    return min(max(x * num / den, -one), one)
 
 
-# Below this many multiply-adds per sweep (B·m·l²) the serial kernel is used: a parallel region costs
-# tens of microseconds, and when the cores are shared with other work every region can stall a whole
-# scheduler time slice waiting for its slowest thread (measured: 12 batched 96×96 groups ran ~15×
-# slower than expected beside two busy processes).
+# Below this many multiply-adds (B·n²·l) the coupled sweep runs its serial build: a parallel region costs
+# tens of microseconds, and beside other work every region can stall a scheduler time slice.
 PARALLEL_MIN_WORK = 400_000
 
 
-def row_sweep(h: np.ndarray, gu: np.ndarray, u: np.ndarray, g: np.ndarray, alpha: np.ndarray,
-              inv_temp: np.ndarray, hard: bool) -> int:
-    """One Gauss-Seidel pass over every entry of u; returns the number of sign changes.
+BLOCK = 64  # entries of a row updated one by one against a BLOCK x BLOCK Gram block; the rest is GEMMs
+ROW_CHUNK = 256  # rows per GEMM call: fixed, so a problem's arithmetic never depends on batching or threads
+TILE = 64  # rows swept in lockstep inside a band (numba vectorizes loops of 32 or more)
 
-    Dispatches to a multithreaded or a serial build of :func:`_row_sweep` by problem size; both give
-    identical results.
+
+def gram_blocks(vt: np.ndarray) -> np.ndarray:
+    """v vᵀ per problem with the diagonal set to the column count n: (B, l, n) -> (B, l, l).
+
+    For the entry-major factor vt = Vᵀ this is VᵀV. Setting the diagonal to n gives the mean-field
+    expectation of VᵀV (each ±1 entry squares to 1); for exact signs it changes nothing. Formed a band of
+    BLOCK columns at a time (:func:`gram_band`), so each problem's Gram matrix is the same GEMM calls
+    alone or in a batch, on one thread or several.
     """
-    nbatch, m, l = u.shape
-    kernel = _row_sweep_parallel if nbatch * m * l * l >= PARALLEL_MIN_WORK else _row_sweep_serial
-    return kernel(h, gu, u, g, alpha, inv_temp, hard)
+    g = np.empty((vt.shape[0], vt.shape[1], vt.shape[1]), np.float32)
+    for j0 in range(0, vt.shape[1], BLOCK):
+        gram_band(vt, g, j0)
+    return g
 
 
-def _row_sweep(h: np.ndarray, gu: np.ndarray, u: np.ndarray, g: np.ndarray, alpha: np.ndarray,
-               inv_temp: np.ndarray, hard: bool) -> int:
-    """One Gauss-Seidel pass over every entry of u; returns the number of sign changes.
+def gram_band(vt: np.ndarray, g: np.ndarray, j0: int) -> None:
+    """Columns j0 .. j0 + BLOCK of g = vt vtᵀ (diagonal n): the part on and below the diagonal block by
+    one GEMM, the part above mirrored from the rows below (G is symmetric). Bands write disjoint entries."""
+    band = slice(j0, min(j0 + BLOCK, vt.shape[1]))
+    np.matmul(vt[:, j0:], vt[:, band].transpose(0, 2, 1), out=g[:, j0:, band])
+    g[:, band, band.stop:] = g[:, band.stop:, band].transpose(0, 2, 1)
+    idx = np.arange(band.start, band.stop)
+    g[:, idx, idx] = vt.shape[2]
 
-    For row i of problem b the energy is E(u_i) = -2α u_i·h_i + α² u_iᵀ G u_i with h = X V and
-    G = VᵀV (diagonal n). The local field on entry j is f_j = 2α (h_ij - α Σ_{k≠j} G_jk u_ik).
-    Soft (mean-field annealing): u_ij ← tanh(f_j / T) (:func:`fast_tanh`). Hard (T = 0, exact
-    descent): u_ij ← sign(f_j), kept when f_j = 0. The product G u_i (passed in as gu = U G) is
-    updated incrementally, and only where the rest of the pass still reads it (entries after j).
 
-    Soft passes sweep ROW_TILE rows of a problem in lockstep (:func:`_sweep_tile`). Every entry
-    still sees exactly the additions, in the same order, as in a row-by-row pass with a full update of
-    G u_i, so results are bit-identical to it and independent of the thread count.
+def row_phase(xt: np.ndarray, ut: np.ndarray, vt: np.ndarray, g: np.ndarray, alpha: np.ndarray,
+              inv_temp: np.ndarray, hard: bool, rows: slice | None = None) -> int:
+    """One Gauss-Seidel pass over every entry of U (rows ``rows``, default all) given V; returns the sign
+    changes of a hard pass (0 for a soft one).
 
-    All arrays are float32. h, gu: (B, m, l), gu is overwritten (left stale after the pass); u: (B, m, l)
-    updated in place; g: (B, l, l) from :func:`gram`; alpha, inv_temp: (B,).
+    For row i of problem b the energy is E(u_i) = -2α u_i·h_i + α² u_iᵀ G u_i with h = X V and G (from
+    :func:`gram_blocks`, or Vᵀ H V under an output weight). The local field on entry j is
+    f_j = 2α (h_ij - α Σ_{k≠j} G_jk u_ik). Soft (mean-field annealing): u_ij ← tanh(f_j / T); hard
+    (T = 0, exact descent): u_ij ← sign(f_j), kept when f_j = 0.
+
+    Blocked: the entries of a row go BLOCK at a time. For band J the sums over the other bands
+    (earlier ones already updated, later ones not) come from one GEMM over the rows, G[J, :] U;
+    inside the band each entry is updated in order and its change carried to the band's later entries
+    through G[J, J] (:func:`block_sweep`). That is the arithmetic of an entry-by-entry pass; only the
+    order of the float additions differs.
+
+    Factors are entry-major (the rows of U are the columns of ut), float32: xt = Xᵀ (B, n, m),
+    ut (B, l, m) updated in place, vt (B, l, n), g (B, l, l); alpha, inv_temp (B,).
     """
-    nbatch, m, _ = u.shape
-    tile = 1 if hard else ROW_TILE
-    tiles = (m + tile - 1) // tile
-    flips = np.zeros(nbatch * tiles, dtype=np.int64)
-    for task in nb.prange(nbatch * tiles):
-        b = task // tiles
-        first = (task % tiles) * tile
-        if tile == 1 or first + tile > m:
-            count = 0
-            for i in range(first, min(first + tile, m)):
-                count += _sweep_row(h[b, i], gu[b, i], u[b, i], g[b], alpha[b], inv_temp[b], hard)
-            flips[task] = count
-        else:
-            flips[task] = _sweep_tile(h[b], gu[b], u[b], g[b], alpha[b], inv_temp[b], first)
-    return flips.sum()
+    nbatch, l, m = ut.shape
+    rows = slice(0, m) if rows is None else rows
+    flips = 0
+    for r0 in range(rows.start, rows.stop, ROW_CHUNK):
+        part = slice(r0, min(r0 + ROW_CHUNK, rows.stop))
+        ht = np.matmul(vt, xt[:, :, part])
+        for j0 in range(0, l, BLOCK):
+            band = slice(j0, min(j0 + BLOCK, l))
+            gut = np.matmul(g[:, band], ut[:, :, part])
+            flips += block_sweep(ht[:, band], gut, ut[:, band, part], g[:, band, band], alpha, inv_temp, hard)
+    return flips
 
 
-@nb.njit(inline="always", cache=True)
-def _update(old: np.float32, field: np.float32, beta: np.float32, hard: bool) -> np.float32:
-    """The new value of an entry with local field ``field``: tanh(field·β), or sign(field) when hard
-    (the old value kept for a zero field)."""
-    if hard:
-        if field > 0:
-            return np.float32(1.0)
-        if field < 0:
-            return np.float32(-1.0)
-        return old
-    return fast_tanh(field * beta)
+@nb.njit(inline="always", cache=True, fastmath=FMA)
+def _add_changes(gj, dt, grow, j, nr):
+    """gj[:nr] += Σ_{k<j} grow[k] · dt[k, :nr]: the changes of the band's earlier entries, four rows of dt
+    per pass over gj (its loads and stores, not the arithmetic, bound this loop). dt has three zero rows
+    past the band, so the last pass may read beyond j."""
+    for k in range(0, j, 4):
+        c0 = grow[k]
+        c1 = grow[k + 1] if k + 1 < j else np.float32(0.0)
+        c2 = grow[k + 2] if k + 2 < j else np.float32(0.0)
+        c3 = grow[k + 3] if k + 3 < j else np.float32(0.0)
+        d0, d1, d2, d3 = dt[k, :nr], dt[k + 1, :nr], dt[k + 2, :nr], dt[k + 3, :nr]
+        for r in range(nr):
+            gj[r] += (d0[r] * c0 + d1[r] * c1) + (d2[r] * c2 + d3[r] * c3)
 
 
-@nb.njit(inline="always", cache=True)
-def _add_scaled_tail(y: np.ndarray, scale: np.float32, x: np.ndarray, start: int) -> None:
-    """y[start:] += scale · x[start:], elementwise.
+# error_model="numpy": no zero-division check in fast_tanh, which would keep the row loops scalar.
+@nb.njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
+def block_sweep(ht, gut, ut, g, alpha, inv_temp, hard):
+    """The entries of one band of U, in order, given the fields of everything outside the band.
 
-    Written over slices: the same loop over ``range(start, n)`` on the whole rows is not vectorized by
-    LLVM (measured: 2x slower), the loop over the slices is (AVX2)."""
-    yt = y[start:]
-    xt = x[start:]
-    for c in range(yt.shape[0]):
-        yt[c] += scale * xt[c]
-
-
-@nb.njit(inline="always", cache=True)
-def _sweep_row(hi, gui, ui, gb, a, beta, hard):
-    """One row of :func:`_row_sweep`; returns its sign changes."""
-    two_a = np.float32(2.0) * a
-    count = 0
-    for j in range(ui.shape[0]):
-        old = ui[j]
-        new = _update(old, two_a * (hi[j] - a * (gui[j] - gb[j, j] * old)), beta, hard)
-        delta = np.float32(new - old)
-        if delta != 0:
-            if (new > 0.0) != (old > 0.0):
-                count += 1
-            ui[j] = new
-            _add_scaled_tail(gui, delta, gb[j], j + 1)
-    return count
-
-
-ROW_TILE = 4  # rows swept in lockstep by a soft pass (:func:`_sweep_tile` is written out for this many)
-
-
-@nb.njit(inline="always", cache=True)
-def _sweep_tile(hb, gub, ub, gb, a, beta, first):
-    """ROW_TILE rows (first, first + 1, …) of one problem in a soft pass; returns their sign changes.
-
-    The four rows' tanh evaluations are independent, so they overlap in the pipeline instead of each
-    waiting for the previous entry's update. An unchanged entry (delta = 0) adds zero to finite partial
-    products: the same values as skipping it."""
-    two_a = np.float32(2.0) * a
-    u0, u1, u2, u3 = ub[first], ub[first + 1], ub[first + 2], ub[first + 3]
-    h0, h1, h2, h3 = hb[first], hb[first + 1], hb[first + 2], hb[first + 3]
-    g0, g1, g2, g3 = gub[first], gub[first + 1], gub[first + 2], gub[first + 3]
-    count = 0
-    for j in range(ub.shape[1]):
-        gjj = gb[j, j]
-        o0, o1, o2, o3 = u0[j], u1[j], u2[j], u3[j]
-        n0 = fast_tanh(two_a * (h0[j] - a * (g0[j] - gjj * o0)) * beta)
-        n1 = fast_tanh(two_a * (h1[j] - a * (g1[j] - gjj * o1)) * beta)
-        n2 = fast_tanh(two_a * (h2[j] - a * (g2[j] - gjj * o2)) * beta)
-        n3 = fast_tanh(two_a * (h3[j] - a * (g3[j] - gjj * o3)) * beta)
-        count += ((n0 > 0.0) != (o0 > 0.0)) + ((n1 > 0.0) != (o1 > 0.0))
-        count += ((n2 > 0.0) != (o2 > 0.0)) + ((n3 > 0.0) != (o3 > 0.0))
-        u0[j], u1[j], u2[j], u3[j] = n0, n1, n2, n3
-        gj = gb[j]
-        _add_scaled_tail(g0, np.float32(n0 - o0), gj, j + 1)
-        _add_scaled_tail(g1, np.float32(n1 - o1), gj, j + 1)
-        _add_scaled_tail(g2, np.float32(n2 - o2), gj, j + 1)
-        _add_scaled_tail(g3, np.float32(n3 - o3), gj, j + 1)
-    return count
-
-
-_row_sweep_parallel, _row_sweep_serial = parallel_and_serial(_row_sweep)
+    Entry-major (B, w, R) float32: ht the band's h = X V; gut the band's G U with its old values
+    (overwritten); ut the band of U, updated in place. g: (B, w, w) the band's Gram block. TILE rows go
+    in lockstep, one vector lane each. Returns the sign changes of a hard pass (0 when soft).
+    """
+    nbatch, width, rows = ut.shape
+    dt = np.zeros((width + 3, TILE), np.float32)  # the changes of the band's entries so far (3 zero pad rows)
+    flips = 0
+    for b in range(nbatch):
+        a = alpha[b]
+        beta = inv_temp[b]
+        two_a = np.float32(2.0) * a
+        gb = g[b]
+        for r0 in range(0, rows, TILE):
+            nr = min(TILE, rows - r0)
+            for j in range(width):
+                uj, gj, hj, dj = ut[b, j, r0:r0 + nr], gut[b, j, r0:r0 + nr], ht[b, j, r0:r0 + nr], dt[j, :nr]
+                _add_changes(gj, dt, gb[j], j, nr)
+                gjj = gb[j, j]
+                if hard:
+                    for r in range(nr):
+                        o = uj[r]
+                        f = two_a * (hj[r] - a * (gj[r] - gjj * o))
+                        nv = np.float32(f > 0) - np.float32(f < 0)
+                        nv = o if f == 0 else nv
+                        flips += (nv > 0) != (o > 0)
+                        dj[r] = nv - o
+                        uj[r] = nv
+                else:
+                    for r in range(nr):
+                        o = uj[r]
+                        nv = fast_tanh(two_a * (hj[r] - a * (gj[r] - gjj * o)) * beta)
+                        dj[r] = nv - o
+                        uj[r] = nv
+    return flips
 
 
 def coupled_row_sweep(p: np.ndarray, q: np.ndarray, v: np.ndarray, k: np.ndarray, hm: np.ndarray, alpha: np.ndarray,
