@@ -8,9 +8,14 @@ Quality: MSE after p = 1..4 stacks on 128×128 standardized Gaussians (the paper
 ``torch.manual_seed(1); torch.randn``, and ``numpy.random.default_rng(k)`` for k = 1, 2, 3), with the
 default settings, against Table S.4 (0.3243, 0.1053, 0.0344, 0.0112).
 
-Schedule: the default annealing schedule against the one before it (t_start 0.95, sweep budget 1.4e10:
-494 sweeps at 384²), MSE and seconds on ``default_rng(1..3)`` matrices of several group shapes, one stack
-(two for one 384² row): the default may run fewer sweeps only where it keeps the error.
+Groupings: one 1024×1024 ``default_rng(1)`` matrix at 2* cut into 1024², 256², 128² and 64² groups: seconds,
+time per weight, MSE, bits per weight (every scalar counted), and the solve's effective GFLOP/s (the
+annealing sweeps' GEMM and band arithmetic, :func:`sweep_flops`, over the whole wall time) beside dense fp32
+GEMM measured in the same run.
+
+Schedule: the default annealing schedule (per-weight sweeps, polish tolerance) against the one before it
+(per-group sweeps: 353 at 384², 6000 at 128²; polish until nothing flips), MSE and seconds on
+``default_rng(1..3)`` matrices of several group shapes, one stack (two for one 384² row).
 
 Speed: seconds per stack (median of ``--repeats`` timed runs after one warm-up that also compiles the
 numba kernels) and MSE for one stack at 128², 384² and 384×1536 on ``default_rng(1)`` matrices, with the
@@ -100,9 +105,69 @@ def speed_rows(repeats: int) -> list[dict]:
     return rows
 
 
-PREVIOUS_SCHEDULE = {"t_start": 0.95, "sweep_budget": 1.4e10}  # the defaults of BQQConfig version 2
-SCHEDULE_CASES = (((384, 384), 1), ((384, 384), 2), ((256, 256), 1), ((192, 192), 1), ((96, 384), 1),
+PREVIOUS_SCHEDULE = {"sweep_rule": "per_group", "polish_tolerance": 0.0}  # the defaults of BQQConfig version 3
+SCHEDULE_CASES = (((384, 384), 1), ((384, 384), 2), ((256, 256), 1), ((128, 128), 1), ((96, 384), 1),
                   ((384, 1536), 1))
+GROUPING_SIDE = 1024
+GROUPINGS = (None, 256, 128, 64)  # one 1024² group, then square groups
+GROUPING_BITS = 2
+GROUPING_TARGET_S = 10.0  # one 1024² matrix at 2*, any grouping
+
+
+def dense_gemm_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """fp32 GEMM of two size² matrices through numpy (BLAS, its default threads), median GFLOP/s."""
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    a @ a
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def sweep_flops(m: int, n: int, l: int, band: int = 64) -> float:
+    """Floating-point operations of one plain sweep of one m x n group as the CPU solver performs them:
+    per phase X V (rows x cols x l), G U (rows x l²), the Gram matrix's lower half (cols x l²/2) and
+    the band updates (rows x l x band/2), for the U and the V phase, 2 flops per multiply-add."""
+    def phase(rows: int, cols: int) -> float:
+        return rows * cols * l + rows * l * l + cols * l * l / 2 + rows * l * min(band, l) / 2
+    return 2.0 * (phase(m, n) + phase(n, m))
+
+
+def grouping_rows(gemm: float) -> list[dict]:
+    """One 1024² standardized Gaussian at 2* with each grouping: seconds, time per weight, MSE, bits per
+    weight, and the solve's effective GFLOP/s (annealing arithmetic over the whole wall time, polish and
+    refit included, so a lower bound) beside dense fp32 GEMM measured in this run."""
+    w = numpy_matrix(GROUPING_SIDE, GROUPING_SIDE)
+    bqq.compress(w[:64, :64], bits=1, sweeps=2)  # numba compilation (cached on disk after the first run)
+    rows = []
+    for group in GROUPINGS:
+        start = time.perf_counter()
+        q = bqq.compress(w, bits=GROUPING_BITS, group_size=group, progress=False)
+        seconds = time.perf_counter() - start
+        side = group or GROUPING_SIDE
+        rank = q.ranks[0]
+        sweeps = bqq.methods.bqq.auto_sweeps((side, side), rank)
+        flops = sweep_flops(side, side, rank) * sweeps * len(q.ranks) * GROUPING_BITS
+        rows.append({"group": side, "groups": len(q.ranks), "rank": rank, "sweeps": sweeps, "seconds": seconds,
+                     "us_per_weight_per_stack": 1e6 * seconds / w.size / GROUPING_BITS, "mse": mse(q, w),
+                     "bits_per_weight": q.bits_per_weight, "gflops": flops / seconds / 1e9,
+                     "gemm_fraction": flops / seconds / 1e9 / gemm})
+    return rows
+
+
+def print_grouping(rows: list[dict], gemm: float) -> None:
+    print(f"\n## Groupings: one {GROUPING_SIDE}x{GROUPING_SIDE} standardized Gaussian at {GROUPING_BITS}*, default "
+          f"schedule (dense fp32 GEMM in this run: {gemm:.0f} GFLOP/s)\n")
+    print("| group | groups | l | sweeps | seconds | us/weight/stack | MSE | bits/weight | GFLOP/s | of GEMM | "
+          f"<= {GROUPING_TARGET_S:.0f} s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        met = "yes" if r["seconds"] <= GROUPING_TARGET_S else "NO"
+        print(f"| {r['group']}² | {r['groups']} | {r['rank']} | {r['sweeps']} | {r['seconds']:.1f} | "
+              f"{r['us_per_weight_per_stack']:.2f} | {r['mse']:.4f} | {r['bits_per_weight']:.4f} | {r['gflops']:.0f} | "
+              f"{100 * r['gemm_fraction']:.0f} % | {met} |")
 
 
 def schedule_rows() -> list[dict]:
@@ -117,14 +182,15 @@ def schedule_rows() -> list[dict]:
                 q = bqq.compress(w, bits=stacks, **opts)
                 seconds.append(time.perf_counter() - start)
                 errors.append(mse(q, w))
-            sweeps = bqq.methods.bqq.auto_sweeps(shape, q.ranks[0], budget=opts.get("sweep_budget"))
+            sweeps = bqq.methods.bqq.auto_sweeps(shape, q.ranks[0], rule=opts.get("sweep_rule", "per_weight"))
             rows.append({"shape": list(shape), "stacks": stacks, "schedule": name, "sweeps": sweeps,
                          "mse": float(np.mean(errors)), "mses": errors, "seconds": float(np.mean(seconds))})
     return rows
 
 
 def print_schedule(rows: list[dict]) -> None:
-    print("\n## Schedule: default against the previous one (t_start 0.95, budget 1.4e10); mean of 3 matrices\n")
+    print("\n## Schedule: default (per-weight sweeps, polish tolerance 1e-4) against the previous one (per-group "
+          "sweeps, polish until nothing flips); mean of 3 matrices\n")
     print("| shape | p | previous sweeps | previous MSE | previous s | default sweeps | default MSE | default s | "
           "MSE ratio | time ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -195,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
            "machine": platform.machine()}
     print("# BQQ solver benchmark")
     print(" ".join(f"{k}={v}" for k, v in env.items()))
+    gemm = dense_gemm_gflops()
+    grouping = grouping_rows(gemm)
+    print_grouping(grouping, gemm)
     speed = speed_rows(args.repeats)
     print_speed(speed)
     quality = quality_rows()
@@ -202,8 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     schedule = schedule_rows()
     print_schedule(schedule)
     if args.json:
-        args.json.write_text(json.dumps({"env": env, "speed": speed, "quality": quality, "schedule": schedule},
-                                        indent=2))
+        args.json.write_text(json.dumps({"env": env, "gemm_gflops": gemm, "grouping": grouping, "speed": speed,
+                                         "quality": quality, "schedule": schedule}, indent=2))
 
 
 # --- GPU solver (bqq.solver_torch) ------------------------------------------------------------------

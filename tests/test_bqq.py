@@ -179,12 +179,21 @@ def test_refit_recovers_exact_scalars():
     assert np.allclose(scales, truth, atol=1e-9) and offset == pytest.approx(0.3, abs=1e-9)
 
 
-def test_auto_sweeps_spends_equal_work_within_bounds():
-    assert auto_sweeps((384, 384), 192) == round(1.0e10 / (768 * 192**2))  # 353
+def test_auto_sweeps_spends_equal_work_per_weight_within_bounds():
+    assert auto_sweeps((1024, 1024), 512) == 300 and auto_sweeps((384, 384), 192) == 800
+    assert auto_sweeps((256, 256), 128) == 1200 and auto_sweeps((128, 128), 64) == 2400
+    assert auto_sweeps((64, 64), 32) == 2400 and auto_sweeps((4096, 4096), 2048) == 300  # the bounds
+    assert auto_sweeps((384, 384), 192, budget=7.68e4) == 400
+
+
+def test_auto_sweeps_per_group_rule_spends_equal_work_per_group():
+    assert auto_sweeps((384, 384), 192, rule="per_group") == round(1.0e10 / (768 * 192**2))  # 353
     assert auto_sweeps((192, 192), 96, weighted=True) == round(1.4e10 / (384 * 96**2 + 192**2 * 96))  # 1055
-    assert auto_sweeps((384, 384), 192, budget=1.4e10) == 494
-    assert auto_sweeps((128, 128), 64) == 6000 and auto_sweeps((1, 1), 1) == 6000
-    assert auto_sweeps((384, 1536), 307) == 300
+    assert auto_sweeps((384, 384), 192, budget=1.4e10, rule="per_group") == 494
+    assert auto_sweeps((128, 128), 64, rule="per_group") == 6000 and auto_sweeps((1, 1), 1, rule="per_group") == 6000
+    assert auto_sweeps((384, 1536), 307, rule="per_group") == 300
+    with pytest.raises(ValueError, match="sweep rule"):
+        auto_sweeps((8, 8), 4, rule="fast")
 
 
 def test_configs_of_older_versions_keep_the_schedule_they_were_solved_with():
@@ -198,3 +207,10 @@ def test_configs_of_older_versions_keep_the_schedule_they_were_solved_with():
     assert settings.sweeps == 494 and settings.t_start == 0.95
     with pytest.raises(ValueError, match="sweep_budget"):
         BQQConfig(sweep_budget=0)
+    v3 = config_from_dict(BQQConfig, {"sweep_budget": None, "t_start": 0.6}, 3)
+    assert (v3.sweep_rule, v3.polish_tolerance) == ("per_group", 0.0)
+    assert StackSettings.of(v3, (384, 384), 192, weighted=False).sweeps == 353
+    assert StackSettings.of(BQQConfig(), (384, 384), 192, weighted=False).sweeps == 800
+    for bad in ({"sweep_rule": "fast"}, {"polish_tolerance": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BQQConfig(**bad)

@@ -21,8 +21,8 @@ from bqq import solver
 from bqq.solver import anneal, devices, torch_backend
 from bqq.solver.torch_backend import TorchBackend
 from bqq_kernels.cpu import coupled_row_sweep
-from bqq_kernels.cpu.binary_factorization import row_phase
 from bqq_kernels.cpu.binary_factorization import gram_blocks as gram
+from bqq_kernels.cpu.binary_factorization import row_phase
 from bqq_kernels.gpu import coupled_sweep, row_sweep
 
 if row_sweep.interpreted():

@@ -1,9 +1,10 @@
-"""The CPU solver's codes, bit for bit, against those saved from the code before the solver package
-(bqq/solver.py + the stack loop in bqq/methods/bqq.py, commit 433e1a8): moving the algorithm behind a
-backend interface must not change a single bit on the CPU.
+"""The CPU solver's codes, bit for bit, against saved ones: refactoring must not change a single bit.
 
-A change that alters CPU codes on purpose (a faster sweep, another schedule) regenerates the fixture with
-the ``CASES`` below and says so in its commit, with the MSE table showing no loss.
+The fixture was last written by the blocked row phase (GEMMs plus 64-wide bands, entry-major factors); before
+that, by the code before the solver package (commit 433e1a8). A change that alters CPU codes on purpose (a
+faster sweep, another schedule) regenerates it with ``python tests/test_solver_regression.py`` and says so
+in its commit, with the MSE table showing no loss. (Bits are for this CPU's instruction set: BLAS and the
+fused multiply-adds of the sweep may round differently on another.)
 """
 
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 import bqq
 
-FIXTURE = Path(__file__).parent / "fixtures" / "solver_codes_before_the_solver_package.npz"
+FIXTURE = Path(__file__).parent / "fixtures" / "solver_codes.npz"
 
 
 def inputs() -> dict:
@@ -49,3 +50,18 @@ def test_cpu_codes_are_bit_identical_to_the_saved_ones(name):
         assert np.array_equal(q.z[g], saved[f"{name}/z{g}"]), g
     assert np.array_equal(q.scales, saved[f"{name}/scales"])
     assert np.array_equal(q.offset, saved[f"{name}/offset"])
+
+
+def write_fixture() -> None:
+    """Save the codes of every case (run on purpose only, see the module docstring)."""
+    data, arrays = inputs(), {}
+    for name, (w, h, opts) in CASES.items():
+        q = bqq.compress(data[w], hessian=None if h is None else data[h], **opts)
+        for g in range(len(q.y)):
+            arrays[f"{name}/y{g}"], arrays[f"{name}/z{g}"] = q.y[g], q.z[g]
+        arrays[f"{name}/scales"], arrays[f"{name}/offset"] = q.scales, q.offset
+    np.savez_compressed(FIXTURE, **arrays)
+
+
+if __name__ == "__main__":
+    write_fixture()

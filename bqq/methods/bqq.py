@@ -41,10 +41,16 @@ class BQQConfig:
 
     Attributes:
         rank_scale: l = round(rank_scale · m n / (m + n)) per group (the paper's l_scale).
-        sweeps: annealing sweeps per stack; None picks ``auto_sweeps`` (more for small groups).
-        sweep_budget: the work per stack ``auto_sweeps`` spends, (m + n)·l²·sweeps; None: 1.0e10
-            (plain) or 1.4e10 (output-aware), see bqq.solver.settings. Configs written before version 3
-            read as 1.4e10 with t_start 0.95, the schedule they were solved with.
+        sweeps: annealing sweeps per stack; None picks ``auto_sweeps`` from the group shape.
+        sweep_budget: the work ``auto_sweeps`` spends: plain stacks (``sweep_rule="per_weight"``) run
+            sweep_budget / l sweeps within [300, 2400] (None: 1.536e5, so 300 sweeps at 1024², 800 at
+            384², 2400 at 128²: the same work per weight for every group shape); output-aware stacks
+            spend (m + n)·l² + n²·l per sweep out of 1.4e10 per group. See bqq.solver.settings.
+        sweep_rule: "per_weight" (above) or "per_group" (every plain group (m + n)·l²·sweeps = 1.0e10,
+            within [300, 6000]: the schedule of configs written before version 4, which read with it;
+            before version 3 also t_start 0.95 and a budget of 1.4e10).
+        polish_tolerance: the polish stops once a round flips at most this fraction of a stack's entries
+            (configs before version 4: 0, run until nothing flips or ``polish_rounds``).
         t_start, t_end: annealing temperatures as fractions of the critical temperature. Starting at
             0.6 T_c rather than 0.95 lets 353 sweeps reach the error 494 gave (384×384 plain groups;
             schedule table of ``benchmarks/solver.py``).
@@ -69,14 +75,20 @@ class BQQConfig:
             0.263 -> 0.228).
     """
 
-    # 2: channel_clip, damping, weighted_*; 3: sweep_budget (and t_start 0.6 by default).
-    VERSION: ClassVar[int] = 3
+    # 2: channel_clip, damping, weighted_*; 3: sweep_budget (and t_start 0.6 by default); 4: sweep_rule,
+    # polish_tolerance (per-weight schedule by default).
+    VERSION: ClassVar[int] = 4
     # Defaults a config written with an older version was solved with (config_from_dict fills them in).
-    DEFAULTS_BEFORE: ClassVar[dict[int, dict[str, float]]] = {2: {"sweep_budget": 1.4e10, "t_start": 0.95}}
+    DEFAULTS_BEFORE: ClassVar[dict[int, dict[str, Any]]] = {
+        2: {"sweep_budget": 1.4e10, "t_start": 0.95},
+        3: {"sweep_rule": "per_group", "polish_tolerance": 0.0},
+    }
 
     rank_scale: float = 1.0
     sweeps: int | None = None
     sweep_budget: float | None = None
+    sweep_rule: str = "per_weight"
+    polish_tolerance: float = 1e-4
     t_start: float = 0.6
     t_end: float = 0.18
     alpha_scale: float = 0.9
@@ -95,6 +107,8 @@ class BQQConfig:
             "rank_scale": is_number(self.rank_scale) and 0 < self.rank_scale <= 16,
             "sweeps": self.sweeps is None or (is_int(self.sweeps) and 1 <= self.sweeps <= 1_000_000),
             "sweep_budget": self.sweep_budget is None or (is_number(self.sweep_budget) and self.sweep_budget > 0),
+            "sweep_rule": self.sweep_rule in ("per_weight", "per_group"),
+            "polish_tolerance": is_number(self.polish_tolerance) and 0 <= self.polish_tolerance < 1,
             "t_start": is_number(self.t_start) and self.t_start > 0,
             "t_end": is_number(self.t_end) and 0 < self.t_end <= self.t_start,
             "alpha_scale": is_number(self.alpha_scale) and self.alpha_scale > 0,

@@ -89,9 +89,10 @@ def solve_sign_factors(backend: Backend, x: Any, rank: int, seeds: Sequence[Sequ
         # Polish: exact bit-flip descent (T = 0) from the signs, α refitted each round, until nothing flips.
         u, v = backend.signs(u), backend.signs(v)
         zero = np.zeros(nbatch, np.float32)
+        enough = settings.polish_tolerance * nbatch * (m + n) * rank
         for _ in range(settings.polish_rounds):
             alpha = fit_alpha(*backend.fit_terms(prob.xc, u, v, prob.hessian))
-            if backend.sweep(prob, u, v, alpha, zero, zero, hard=True) == 0:
+            if backend.sweep(prob, u, v, alpha, zero, zero, hard=True) <= enough:
                 break
     return u, v
 

@@ -9,6 +9,7 @@ phase of Xᵀ. Everything is deterministic and independent of the thread count a
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 from dataclasses import dataclass
 
 import numba
@@ -120,25 +121,24 @@ class NumpyBackend:
         Few problems: each phase is split into row chunks over the threads, joined before the next phase.
         """
         nbatch, threads = u.shape[0], sweep_threads()
-        row_chunks = -(-max(u.shape[1], v.shape[1]) // ROW_CHUNK)
-        if threads == 1 or nbatch * row_chunks == 1:
-            if prob.hm is not None:
-                return sum(_weighted_sweep(None, prob, u, v, alpha, iu, iv, hard) for iu, iv in zip(inv_u, inv_v,
-                                                                                                     strict=True))
-            return _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, slice(0, nbatch))
-        with cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-sweep") as pool:
-            if prob.hm is not None:
-                return sum(_weighted_sweep(pool, prob, u, v, alpha, iu, iv, hard) for iu, iv in zip(inv_u, inv_v,
-                                                                                                     strict=True))
-            if nbatch >= 2 * threads:
+        tasks = nbatch * -(-max(u.shape[2], v.shape[2]) // ROW_CHUNK)
+        pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-sweep") if threads > 1 and tasks > 1 else None
+        try:
+            if pool is not None and prob.hm is None and nbatch >= 2 * threads:
                 bounds = np.linspace(0, nbatch, threads + 1).round().astype(int)
-                shares = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+                shares = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
                 return sum(pool.map(lambda p: _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, p), shares))
             flips = 0
             for iu, iv in zip(inv_u, inv_v, strict=True):
-                flips += _split_phase(pool, prob.xt, u, v, alpha, iu, hard)
-                flips += _split_phase(pool, prob.xc, v, u, alpha, iv, hard)
+                if prob.hm is None:
+                    flips += _split_phase(pool, prob.xt, u, v, alpha, iu, hard)
+                    flips += _split_phase(pool, prob.xc, v, u, alpha, iv, hard)
+                else:
+                    flips += _weighted_sweep(pool, prob, u, v, alpha, iu, iv, hard)
             return flips
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
     def signs(self, a: np.ndarray) -> np.ndarray:
         return np.where(a >= 0, 1.0, -1.0).astype(np.float32)
@@ -147,11 +147,12 @@ class NumpyBackend:
                   ) -> tuple[np.ndarray, np.ndarray]:
         """<X, UVᵀ>_H and <UVᵀ, UVᵀ>_H per problem (float64), where <A, B>_H = tr(A H Bᵀ).
 
-        Unweighted, without forming U Vᵀ: <X, UVᵀ> = Σ (Vᵀ Xᵀ) ∘ Uᵀ in float64, and ‖UVᵀ‖² = Σ (UᵀU) ∘ (VᵀV)
-        from float32 GEMMs (the Gram matrices of ±1 factors are exact integers)."""
+        Unweighted, without forming U Vᵀ: <X, UVᵀ> = Σ (Vᵀ Xᵀ) ∘ Uᵀ in the precision of ``xc`` (float32 for
+        the polish's α, float64 to compare restarts), and ‖UVᵀ‖² = Σ (UᵀU) ∘ (VᵀV) from float32 GEMMs (the
+        Gram matrices of ±1 factors are exact integers)."""
         if hessian is None:
-            xv = np.matmul(vt.astype(np.float64), np.asarray(xc, np.float64).transpose(0, 2, 1))
-            num = (xv * ut).sum(axis=(1, 2))
+            xv = np.matmul(vt.astype(xc.dtype, copy=False), xc.transpose(0, 2, 1))
+            num = (xv.astype(np.float64) * ut).sum(axis=(1, 2))
             den = (gram_blocks(ut).astype(np.float64) * gram_blocks(vt)).sum(axis=(1, 2))
             return num, den
         prod = np.matmul(ut.astype(np.float64).transpose(0, 2, 1), vt.astype(np.float64))  # exact integers

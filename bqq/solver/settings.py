@@ -10,11 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 POWER_ITERATIONS = 30  # power iterations for σ_max in the critical temperature T_c = 2 α σ_max
-# Work per stack, (m + n)·l² (+ n²·l under H) times sweeps. Plain: 353 sweeps for a 384×384 group, which from
-# 0.6 T_c reach the error that 494 sweeps from 0.95 T_c gave (the schedule table of benchmarks/solver.py).
-# The output-aware schedule keeps the budget it was tuned with.
-SWEEP_BUDGET = 1.0e10
+# Plain stacks: sweeps × l per group (work per weight: a sweep costs ~l multiply-adds per weight in each
+# GEMM), within [MIN_SWEEPS, MAX_SWEEPS]. Chosen by the schedule table of benchmarks/solver.py: the same
+# work per weight for every group shape (300 sweeps at 1024², 800 at 384², 2400 at 128²).
+SWEEP_BUDGET = 1.536e5
+MIN_SWEEPS, MAX_SWEEPS = 300, 2400
+# Output-aware stacks and plain configs written before version 4: work per group, (m + n)·l² (+ n²·l under
+# H) times sweeps, within [300, 6000]; the budget these were tuned with.
 WEIGHTED_SWEEP_BUDGET = 1.4e10
+PER_GROUP_SWEEP_BUDGET = 1.0e10
 
 
 def inner_dim(shape: tuple[int, int], rank_scale: float) -> int:
@@ -23,16 +27,22 @@ def inner_dim(shape: tuple[int, int], rank_scale: float) -> int:
     return max(1, round(rank_scale * m * n / (m + n)))
 
 
-def auto_sweeps(shape: tuple[int, int], rank: int, weighted: bool = False, budget: float | None = None) -> int:
-    """Default annealing length: the same work per stack for every group shape, within [300, 6000].
+def auto_sweeps(shape: tuple[int, int], rank: int, weighted: bool = False, budget: float | None = None,
+                rule: str = "per_weight") -> int:
+    """Default annealing length of one stack.
 
-    A sweep costs about (m + n)·l² multiply-adds, plus n²·l for the H coupling of the output-aware
-    (``weighted``) V phase. Small groups are cheap and need long schedules to reach their best error;
-    large ones self-average. ``budget`` (default :data:`SWEEP_BUDGET`, or :data:`WEIGHTED_SWEEP_BUDGET`
-    when weighted) gives a 384×384 stack 353 sweeps and a 128×128 stack 6000.
+    ``rule="per_weight"`` (plain stacks): ``budget / l`` sweeps (default :data:`SWEEP_BUDGET`) within
+    [MIN_SWEEPS, MAX_SWEEPS], so time per weight does not grow as groups shrink (a sweep's GEMMs cost
+    ~l multiply-adds per weight). ``rule="per_group"`` (output-aware stacks, and configs of version <= 3):
+    the same work (m + n)·l² (+ n²·l under H) per group, within [300, 6000]; budget default
+    :data:`WEIGHTED_SWEEP_BUDGET` or :data:`PER_GROUP_SWEEP_BUDGET`.
     """
+    if rule == "per_weight" and not weighted:
+        return int(min(MAX_SWEEPS, max(MIN_SWEEPS, round((budget or SWEEP_BUDGET) / rank))))
+    if rule not in ("per_weight", "per_group"):
+        raise ValueError(f"unknown sweep rule {rule!r}: per_weight or per_group")
     if budget is None:
-        budget = WEIGHTED_SWEEP_BUDGET if weighted else SWEEP_BUDGET
+        budget = WEIGHTED_SWEEP_BUDGET if weighted else PER_GROUP_SWEEP_BUDGET
     work = (shape[0] + shape[1]) * rank * rank + (shape[1] ** 2 * rank if weighted else 0)
     return int(min(6000, max(300, round(budget / work))))
 
@@ -46,6 +56,8 @@ class StackSettings:
         t_start, t_end: first and last temperature as fractions of T_c (geometric in between).
         alpha_scale: the fixed ±1 scale while annealing, in units of rms(residual)/sqrt(l).
         polish_rounds: at most this many rounds of exact bit-flip descent after annealing.
+        polish_tolerance: the polish also stops once a round flips at most this fraction of the (m + n)·l
+            entries.
         aspect_exponent: T_U / T_V = (n/m)^(2·aspect_exponent) for non-square groups.
         restarts: independent anneals per group; the smallest sign-fit error is kept.
     """
@@ -55,6 +67,7 @@ class StackSettings:
     t_end: float
     alpha_scale: float
     polish_rounds: int
+    polish_tolerance: float = 0.0
     aspect_exponent: float = 0.7
     restarts: int = 1
 
@@ -62,6 +75,9 @@ class StackSettings:
     def of(cls, config: Any, shape: tuple[int, int], rank: int, weighted: bool) -> StackSettings:
         """The settings a :class:`~bqq.methods.bqq.BQQConfig` gives a group of ``shape`` and inner dim
         ``rank``, under the plain or the output-aware (``weighted``) objective."""
-        sweeps = config.sweeps or auto_sweeps(shape, rank, weighted, getattr(config, "sweep_budget", None))
+        sweeps = config.sweeps or auto_sweeps(shape, rank, weighted, getattr(config, "sweep_budget", None),
+                                              getattr(config, "sweep_rule", "per_weight"))
         return cls(sweeps=sweeps, polish_rounds=config.polish_rounds,
+                   # (measured for plain stacks only: the output-aware polish still runs until nothing flips)
+                   polish_tolerance=0.0 if weighted else getattr(config, "polish_tolerance", 0.0),
                    aspect_exponent=config.aspect_exponent, restarts=config.restarts, **config.schedule(weighted))

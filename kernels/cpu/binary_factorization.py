@@ -122,7 +122,7 @@ def row_phase(xt: np.ndarray, ut: np.ndarray, vt: np.ndarray, g: np.ndarray, alp
     Factors are entry-major (the rows of U are the columns of ut), float32: xt = Xᵀ (B, n, m),
     ut (B, l, m) updated in place, vt (B, l, n), g (B, l, l); alpha, inv_temp (B,).
     """
-    nbatch, l, m = ut.shape
+    _, l, m = ut.shape
     rows = slice(0, m) if rows is None else rows
     flips = 0
     for r0 in range(rows.start, rows.stop, ROW_CHUNK):
