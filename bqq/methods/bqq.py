@@ -49,6 +49,10 @@ class BQQConfig:
         sweep_rule: "per_weight" (above) or "per_group" (every plain group (m + n)·l²·sweeps = 1.0e10,
             within [300, 6000]: the schedule of configs written before version 4, which read with it;
             before version 3 also t_start 0.95 and a budget of 1.4e10).
+        bulk_end: plain stacks end the anneal at t_end times the critical temperature of the bulk of the
+            spectrum (a Gaussian matrix's, 2α·rms·(√m + √n)) where that is below T_c. Real weights have a
+            few large singular values that set T_c; ending at 0.18 T_c left their bulk disordered (MiniLM
+            2* relative error 3 % higher). Configs before version 4: False.
         polish_tolerance: the polish stops once a round flips at most this fraction of a stack's entries
             (configs before version 4: 0, run until nothing flips or ``polish_rounds``).
         t_start, t_end: annealing temperatures as fractions of the critical temperature. Starting at
@@ -76,12 +80,12 @@ class BQQConfig:
     """
 
     # 2: channel_clip, damping, weighted_*; 3: sweep_budget (and t_start 0.6 by default); 4: sweep_rule,
-    # polish_tolerance (per-weight schedule by default).
+    # polish_tolerance, bulk_end (per-weight schedule by default).
     VERSION: ClassVar[int] = 4
     # Defaults a config written with an older version was solved with (config_from_dict fills them in).
     DEFAULTS_BEFORE: ClassVar[dict[int, dict[str, Any]]] = {
         2: {"sweep_budget": 1.4e10, "t_start": 0.95},
-        3: {"sweep_rule": "per_group", "polish_tolerance": 0.0},
+        3: {"sweep_rule": "per_group", "polish_tolerance": 0.0, "bulk_end": False},
     }
 
     rank_scale: float = 1.0
@@ -89,6 +93,7 @@ class BQQConfig:
     sweep_budget: float | None = None
     sweep_rule: str = "per_weight"
     polish_tolerance: float = 1e-4
+    bulk_end: bool = True
     t_start: float = 0.6
     t_end: float = 0.18
     alpha_scale: float = 0.9
@@ -109,6 +114,7 @@ class BQQConfig:
             "sweep_budget": self.sweep_budget is None or (is_number(self.sweep_budget) and self.sweep_budget > 0),
             "sweep_rule": self.sweep_rule in ("per_weight", "per_group"),
             "polish_tolerance": is_number(self.polish_tolerance) and 0 <= self.polish_tolerance < 1,
+            "bulk_end": isinstance(self.bulk_end, bool),
             "t_start": is_number(self.t_start) and self.t_start > 0,
             "t_end": is_number(self.t_end) and 0 < self.t_end <= self.t_start,
             "alpha_scale": is_number(self.alpha_scale) and self.alpha_scale > 0,

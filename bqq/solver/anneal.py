@@ -35,19 +35,26 @@ def draw_starts(seeds: Sequence[Sequence[int]], m: int, n: int, rank: int) -> tu
     return u, v
 
 
-def inverse_temperatures(t_crit: np.ndarray, settings: StackSettings) -> Iterator[np.ndarray]:
-    """1/T of every sweep, float32 blocks (k, B): T_k = T_c·t_start·(t_end/t_start)^(k/(sweeps-1)).
+def inverse_temperatures(t_crit: np.ndarray, settings: StackSettings, t_bulk: np.ndarray | None = None
+                         ) -> Iterator[np.ndarray]:
+    """1/T of every sweep, float32 blocks (k, B): T_k = T_0·(T_end/T_0)^(k/(sweeps-1)), T_0 = t_start·T_c.
 
-    A problem with T_c = 0 (a constant residual: nothing to fit) gets 1/T = 0 and keeps its start.
+    T_end = t_end·T_c, or with ``settings.bulk_end`` t_end·min(T_c, t_bulk): where a few large singular
+    values set T_c (real weights, unlike Gaussian ones), the bulk of the modes orders far below it, and
+    the anneal ends relative to the bulk's scale ``t_bulk`` instead. A problem with T_c = 0 (a constant
+    residual: nothing to fit) gets 1/T = 0 and keeps its start.
     """
     sweeps, nbatch = settings.sweeps, len(t_crit)
     live = t_crit > 0
-    scaled = t_crit * settings.t_start
-    ratio = settings.t_end / settings.t_start
+    first = t_crit * settings.t_start
+    last = t_crit * settings.t_end
+    if settings.bulk_end and t_bulk is not None:
+        last = np.minimum(t_crit, t_bulk) * settings.t_end
+    ratio = np.where(live, last / np.where(live, first, 1.0), 1.0)
     rows = max(1, SCHEDULE_BLOCK // max(nbatch, 1))
     for k0 in range(0, sweeps, rows):
-        factors = np.array([ratio ** (k / max(sweeps - 1, 1)) for k in range(k0, min(k0 + rows, sweeps))])
-        temp = scaled[None, :] * factors[:, None]
+        steps = np.arange(k0, min(k0 + rows, sweeps)) / max(sweeps - 1, 1)
+        temp = first[None, :] * ratio[None, :] ** steps[:, None]
         yield np.where(live, 1.0 / np.where(live, temp, 1.0), 0.0).astype(np.float32)
 
 
@@ -79,12 +86,14 @@ def solve_sign_factors(backend: Backend, x: Any, rank: int, seeds: Sequence[Sequ
         rms, sigma = backend.scale_stats(prob)
         alpha = (settings.alpha_scale * rms / np.sqrt(rank)).astype(np.float32)
         t_crit = 2.0 * alpha * sigma
+        # σ_max of a Gaussian matrix with this rms: the scale of the bulk of the spectrum.
+        t_bulk = 2.0 * alpha * rms * (np.sqrt(m) + np.sqrt(n))
         # The U side of a wide matrix sees larger fields (sums over n > m columns) and freezes first; a
         # temperature ratio T_U / T_V = (n/m)^(2·aspect_exponent) keeps the product, hence T_c, unchanged
         # while balancing the sides (0.7 is empirical: 384×1536 MSE 0.363 -> 0.328 at equal sweeps).
         aspect = np.float32((n / m) ** settings.aspect_exponent)
         u, v = backend.factors(*draw_starts(seeds, m, n, rank))
-        for inv_temp in inverse_temperatures(t_crit, settings):
+        for inv_temp in inverse_temperatures(t_crit, settings, t_bulk):
             backend.anneal(prob, u, v, alpha, inv_temp / aspect, inv_temp * aspect)
         # Polish: exact bit-flip descent (T = 0) from the signs, α refitted each round, until nothing flips.
         u, v = backend.signs(u), backend.signs(v)

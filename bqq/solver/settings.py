@@ -56,6 +56,8 @@ class StackSettings:
         t_start, t_end: first and last temperature as fractions of T_c (geometric in between).
         alpha_scale: the fixed ±1 scale while annealing, in units of rms(residual)/sqrt(l).
         polish_rounds: at most this many rounds of exact bit-flip descent after annealing.
+        bulk_end: end the anneal at t_end times the bulk's critical temperature where it is below T_c
+            (see :func:`bqq.solver.anneal.inverse_temperatures`).
         polish_tolerance: the polish also stops once a round flips at most this fraction of the (m + n)·l
             entries.
         aspect_exponent: T_U / T_V = (n/m)^(2·aspect_exponent) for non-square groups.
@@ -68,6 +70,7 @@ class StackSettings:
     alpha_scale: float
     polish_rounds: int
     polish_tolerance: float = 0.0
+    bulk_end: bool = False
     aspect_exponent: float = 0.7
     restarts: int = 1
 
@@ -80,4 +83,5 @@ class StackSettings:
         return cls(sweeps=sweeps, polish_rounds=config.polish_rounds,
                    # (measured for plain stacks only: the output-aware polish still runs until nothing flips)
                    polish_tolerance=0.0 if weighted else getattr(config, "polish_tolerance", 0.0),
+                   bulk_end=not weighted and getattr(config, "bulk_end", False),
                    aspect_exponent=config.aspect_exponent, restarts=config.restarts, **config.schedule(weighted))
