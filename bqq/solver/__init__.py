@@ -7,11 +7,13 @@ constant terms, so the binary search runs in the ±1 form on the centered residu
     min over U ∈ {±1}^{m×l}, V ∈ {±1}^{n×l} of ‖X - α U Vᵀ‖²
 
 1. Mean-field annealing (Gauss-Seidel): magnetizations μ_U, μ_V ∈ [-1, 1], started near 0, are
-   updated entry by entry to tanh(local field / T) (the ``row_sweep`` kernels), alternating U and
-   V, while T falls geometrically from ``t_start`` to ``t_end`` times the critical temperature
-   T_c = 2 α σ_max(X) of the linearized update. α is held at ``alpha_scale``·sqrt(mean(X²)/l).
-2. Polish: signs of the magnetizations, then exact bit-flip descent (T = 0) with α refitted, until no
-   entry flips.
+   updated entry by entry to tanh(local field / T), alternating U and V, while T falls geometrically
+   from ``t_start`` times the critical temperature T_c = 2 α σ_max(X) of the linearized update to
+   ``t_end`` times T_c (or, plain, times the bulk's 2 α rms(X)(√m + √n) where lower). α is held at
+   ``alpha_scale``·sqrt(mean(X²)/l). On the CPU a phase is GEMMs plus 64-wide bands of entries updated
+   in order (``row_phase`` in ``kernels/cpu/binary_factorization.py``); on a GPU, Triton ``row_sweep``.
+2. Polish: signs of the magnetizations, then exact bit-flip descent (T = 0) with α refitted, until
+   (almost) no entry flips (``polish_tolerance``).
 3. The refit: exact least squares of all 3p + 1 scalars of a group on its binaries.
 
 Output-aware (calibrated) solving replaces ‖E‖² by tr(E H Eᵀ), H = Σ x xᵀ over the layer's inputs (the
