@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval", type=int, default=512, help="evaluation sentences")
     p.add_argument("--sweeps", type=int, default=200, help="BQQ annealing sweeps per stack (0: auto)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a BQQ option (a BQQConfig field; the value as JSON or text), e.g. sweep_rule=per_group; "
+                        "repeatable")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -130,10 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     reference = embed(fp, evaluation)
     print(f"{len(sentences)} sentences; calibration {args.calib}, evaluation {args.eval}", flush=True)
     opts = {"sweeps": args.sweeps} if args.sweeps else {}
+    options = dict(parse_option(o) for o in args.option)
+    opts.update(options)
     env = {"bqq": bqq.__version__, "torch": torch.__version__, "transformers": import_transformers().__version__,
            "python": platform.python_version(), "threads": torch.get_num_threads()}
     command = " ".join(["python -m benchmarks.ptq_transformer", *(sys.argv[1:] if argv is None else argv)])
     settings = {"calib": args.calib, "eval": args.eval, "sweeps": args.sweeps, "seed": args.seed}
+    if options:  # (only then: rows of runs without options keep matching)
+        settings["options"] = options
     args.out.mkdir(parents=True, exist_ok=True)
     earlier, commands = earlier_rows(args.out / "ptq_transformer.json", settings)
     commands = [c for c in commands if c != command] + [command]
@@ -179,6 +186,17 @@ def parse_row(spec: str) -> tuple[str, bool, str | None, int]:
 
 
 TUNE_EPOCHS = 15  # c-BQQ on top of output-aware solving ("+tune" rows): the paper's 15 epochs
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value): JSON where it parses (numbers, true/false), else the text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--option wants KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def run_row(fp, bits: int, spec: str, calib, evaluation, reference, opts: dict, args) -> dict:

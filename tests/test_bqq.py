@@ -180,10 +180,11 @@ def test_refit_recovers_exact_scalars():
 
 
 def test_auto_sweeps_spends_equal_work_per_weight_within_bounds():
-    assert auto_sweeps((1024, 1024), 512) == 300 and auto_sweeps((384, 384), 192) == 800
-    assert auto_sweeps((256, 256), 128) == 1200 and auto_sweeps((128, 128), 64) == 2400
-    assert auto_sweeps((64, 64), 32) == 2400 and auto_sweeps((4096, 4096), 2048) == 300  # the bounds
-    assert auto_sweeps((384, 384), 192, budget=7.68e4) == 400
+    assert auto_sweeps((1024, 1024), 512) == round(1.6e5 / 544) == 294
+    assert auto_sweeps((384, 384), 192) == 714 and auto_sweeps((256, 256), 128) == 1000
+    assert auto_sweeps((128, 128), 64) == 1667
+    assert auto_sweeps((64, 64), 32) == 2400 and auto_sweeps((4096, 4096), 2048) == 200  # the bounds
+    assert auto_sweeps((384, 384), 192, budget=7.68e4) == 343
 
 
 def test_auto_sweeps_per_group_rule_spends_equal_work_per_group():
@@ -210,7 +211,7 @@ def test_configs_of_older_versions_keep_the_schedule_they_were_solved_with():
     v3 = config_from_dict(BQQConfig, {"sweep_budget": None, "t_start": 0.6}, 3)
     assert (v3.sweep_rule, v3.polish_tolerance) == ("per_group", 0.0)
     assert StackSettings.of(v3, (384, 384), 192, weighted=False).sweeps == 353
-    assert StackSettings.of(BQQConfig(), (384, 384), 192, weighted=False).sweeps == 800
+    assert StackSettings.of(BQQConfig(), (384, 384), 192, weighted=False).sweeps == 714
     for bad in ({"sweep_rule": "fast"}, {"polish_tolerance": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BQQConfig(**bad)

@@ -124,7 +124,9 @@ class NumpyBackend:
         tasks = nbatch * -(-max(u.shape[2], v.shape[2]) // ROW_CHUNK)
         pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-sweep") if threads > 1 and tasks > 1 else None
         try:
-            if pool is not None and prob.hm is None and nbatch >= 2 * threads:
+            if prob.hm is None and (pool is None or nbatch >= 2 * threads):
+                if pool is None:
+                    return _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, slice(0, nbatch))
                 bounds = np.linspace(0, nbatch, threads + 1).round().astype(int)
                 shares = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
                 return sum(pool.map(lambda p: _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, p), shares))
@@ -203,15 +205,16 @@ def _split_phase(pool: cf.ThreadPoolExecutor | None, xt: np.ndarray, own: np.nda
     """One phase of a few problems spread over ``pool`` (None: this thread): the Gram matrices (unless
     given) by bands of ``BLOCK`` columns, then the rows in chunks of ``ROW_CHUNK``; the same GEMM calls
     either way. Arguments as :func:`row_phase`."""
-    run = map if pool is None else pool.map
+    if pool is None:
+        return row_phase(xt, own, other, gram_blocks(other) if g is None else g, alpha, inv_temp, hard)
     nbatch, l, rows = own.shape
     if g is None:
         g = np.empty((nbatch, l, l), np.float32)
-        list(run(lambda j0: gram_band(other, g, j0), range(0, l, BLOCK)))
+        list(pool.map(lambda j0: gram_band(other, g, j0), range(0, l, BLOCK)))
     tasks = [(slice(b, b + 1), slice(r0, min(r0 + ROW_CHUNK, rows)))
              for b in range(nbatch) for r0 in range(0, rows, ROW_CHUNK)]
-    return sum(run(lambda t: row_phase(xt[t[0]], own[t[0]], other[t[0]], g[t[0]], alpha[t[0]], inv_temp[t[0]],
-                                       hard, t[1]), tasks))
+    return sum(pool.map(lambda t: row_phase(xt[t[0]], own[t[0]], other[t[0]], g[t[0]], alpha[t[0]],
+                                            inv_temp[t[0]], hard, t[1]), tasks))
 
 
 def _weighted_sweep(pool: cf.ThreadPoolExecutor | None, prob: Problem, ut: np.ndarray, vt: np.ndarray,

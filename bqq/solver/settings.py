@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 POWER_ITERATIONS = 30  # power iterations for σ_max in the critical temperature T_c = 2 α σ_max
-# Plain stacks: sweeps × l per group (work per weight: a sweep costs ~l multiply-adds per weight in each
-# GEMM), within [MIN_SWEEPS, MAX_SWEEPS]. Chosen by the schedule table of benchmarks/solver.py: the same
-# work per weight for every group shape (300 sweeps at 1024², 800 at 384², 2400 at 128²).
-SWEEP_BUDGET = 1.536e5
-MIN_SWEEPS, MAX_SWEEPS = 300, 2400
+# Plain stacks: SWEEP_BUDGET / (l + BAND_COST) sweeps within [MIN_SWEEPS, MAX_SWEEPS]. A CPU sweep costs about
+# l + BAND_COST multiply-adds per weight and phase (the GEMMs ~l, the 64-wide band updates ~32), so every
+# group shape gets the same time per weight: 294 sweeps at 1024², 714 at 384², 1667 at 128² (the grouping
+# and schedule tables of benchmarks/solver.py).
+SWEEP_BUDGET = 1.6e5
+BAND_COST = 32
+MIN_SWEEPS, MAX_SWEEPS = 200, 2400
 # Output-aware stacks and plain configs written before version 4: work per group, (m + n)·l² (+ n²·l under
 # H) times sweeps, within [300, 6000]; the budget these were tuned with.
 WEIGHTED_SWEEP_BUDGET = 1.4e10
@@ -31,14 +33,14 @@ def auto_sweeps(shape: tuple[int, int], rank: int, weighted: bool = False, budge
                 rule: str = "per_weight") -> int:
     """Default annealing length of one stack.
 
-    ``rule="per_weight"`` (plain stacks): ``budget / l`` sweeps (default :data:`SWEEP_BUDGET`) within
-    [MIN_SWEEPS, MAX_SWEEPS], so time per weight does not grow as groups shrink (a sweep's GEMMs cost
-    ~l multiply-adds per weight). ``rule="per_group"`` (output-aware stacks, and configs of version <= 3):
+    ``rule="per_weight"`` (plain stacks): ``budget / (l + BAND_COST)`` sweeps (default :data:`SWEEP_BUDGET`)
+    within [MIN_SWEEPS, MAX_SWEEPS], so time per weight does not grow as groups shrink.
+    ``rule="per_group"`` (output-aware stacks, and configs of version <= 3):
     the same work (m + n)·l² (+ n²·l under H) per group, within [300, 6000]; budget default
     :data:`WEIGHTED_SWEEP_BUDGET` or :data:`PER_GROUP_SWEEP_BUDGET`.
     """
     if rule == "per_weight" and not weighted:
-        return int(min(MAX_SWEEPS, max(MIN_SWEEPS, round((budget or SWEEP_BUDGET) / rank))))
+        return int(min(MAX_SWEEPS, max(MIN_SWEEPS, round((budget or SWEEP_BUDGET) / (rank + BAND_COST)))))
     if rule not in ("per_weight", "per_group"):
         raise ValueError(f"unknown sweep rule {rule!r}: per_weight or per_group")
     if budget is None:

@@ -131,7 +131,7 @@ def row_phase(xt: np.ndarray, ut: np.ndarray, vt: np.ndarray, g: np.ndarray, alp
         for j0 in range(0, l, BLOCK):
             band = slice(j0, min(j0 + BLOCK, l))
             gut = np.matmul(g[:, band], ut[:, :, part])
-            flips += block_sweep(ht[:, band], gut, ut[:, band, part], g[:, band, band], alpha, inv_temp, hard)
+            flips += block_sweep(ht, gut, ut, g, j0, part.start, alpha, inv_temp, hard)
     return flips
 
 
@@ -152,27 +152,30 @@ def _add_changes(gj, dt, grow, j, nr):
 
 # error_model="numpy": no zero-division check in fast_tanh, which would keep the row loops scalar.
 @nb.njit(cache=True, nogil=True, error_model="numpy", fastmath=FMA)
-def block_sweep(ht, gut, ut, g, alpha, inv_temp, hard):
-    """The entries of one band of U, in order, given the fields of everything outside the band.
+def block_sweep(ht, gut, ut, g, j0, r_start, alpha, inv_temp, hard):
+    """The entries j0 .. j0 + w of U, in order, for the rows of one chunk, given the fields from outside.
 
-    Entry-major (B, w, R) float32: ht the band's h = X V; gut the band's G U with its old values
-    (overwritten); ut the band of U, updated in place. g: (B, w, w) the band's Gram block. TILE rows go
-    in lockstep, one vector lane each. Returns the sign changes of a hard pass (0 when soft).
+    float32, entry-major: ht (B, l, R) h = X V of the chunk's R rows; gut (B, w, R) the band's G U with
+    its old values (overwritten); ut (B, l, m) the state, rows r_start .. r_start + R updated in place;
+    g (B, l, l). Every array is C-contiguous and indexed with offsets (views would make numba's loops
+    strided, hence scalar). TILE rows go in lockstep, one vector lane each. Returns the sign changes of a
+    hard pass (0 when soft).
     """
-    nbatch, width, rows = ut.shape
+    nbatch, width, rows = gut.shape
     dt = np.zeros((width + 3, TILE), np.float32)  # the changes of the band's entries so far (3 zero pad rows)
     flips = 0
     for b in range(nbatch):
         a = alpha[b]
         beta = inv_temp[b]
         two_a = np.float32(2.0) * a
-        gb = g[b]
         for r0 in range(0, rows, TILE):
             nr = min(TILE, rows - r0)
+            c0 = r_start + r0
             for j in range(width):
-                uj, gj, hj, dj = ut[b, j, r0:r0 + nr], gut[b, j, r0:r0 + nr], ht[b, j, r0:r0 + nr], dt[j, :nr]
-                _add_changes(gj, dt, gb[j], j, nr)
-                gjj = gb[j, j]
+                e = j0 + j
+                uj, gj, hj, dj = ut[b, e, c0:c0 + nr], gut[b, j, r0:r0 + nr], ht[b, e, r0:r0 + nr], dt[j, :nr]
+                _add_changes(gj, dt, g[b, e, j0:j0 + width], j, nr)
+                gjj = g[b, e, e]
                 if hard:
                     for r in range(nr):
                         o = uj[r]
