@@ -71,10 +71,10 @@ class StackSettings:
     t_end: float
     alpha_scale: float
     polish_rounds: int
-    polish_tolerance: float = 0.0
-    bulk_end: bool = False
     aspect_exponent: float = 0.7
     restarts: int = 1
+    polish_tolerance: float = 0.0
+    bulk_end: bool = False
 
     @classmethod
     def of(cls, config: Any, shape: tuple[int, int], rank: int, weighted: bool) -> StackSettings:
