@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval", type=int, default=512, help="evaluation sentences")
     p.add_argument("--sweeps", type=int, default=200, help="BQQ annealing sweeps per stack (0: auto)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quant-seed", type=int, help="the quantization's seed alone (default: --seed, which also "
+                                                   "splits the sentences)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a BQQ option (a BQQConfig field; the value as JSON or text), e.g. sweep_rule=per_group; "
                         "repeatable")
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {"calib": args.calib, "eval": args.eval, "sweeps": args.sweeps, "seed": args.seed}
     if options:  # (only then: rows of runs without options keep matching)
         settings["options"] = options
+    if args.quant_seed is not None:
+        settings["quant_seed"] = args.quant_seed
     args.out.mkdir(parents=True, exist_ok=True)
     earlier, commands = earlier_rows(args.out / "ptq_transformer.json", settings)
     commands = [c for c in commands if c != command] + [command]
@@ -209,7 +213,8 @@ def run_row(fp, bits: int, spec: str, calib, evaluation, reference, opts: dict, 
     cached_before = set(cache.glob("*.safetensors")) if cache.exists() else set()
     start = time.perf_counter()
     bqq.quantize(model, bits=bits, method=method, include="encoder.*", calibration=calibration,
-                 cache_dir=cache, seed=args.seed, progress=False, **settings)
+                 cache_dir=cache, seed=args.seed if args.quant_seed is None else args.quant_seed, progress=False,
+                 **settings)
     seconds = time.perf_counter() - start
     solved = len(set(cache.glob("*.safetensors")) - cached_before)  # the rest came from earlier rows' cache
     cosine, spearman = agreement(embed(model, evaluation), reference)
