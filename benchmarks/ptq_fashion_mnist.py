@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=15, help="calibration epochs")
     parser.add_argument("--workers", type=int, help="local processes for the group solves (same results)")
-    parser.add_argument("--sweeps", type=int, help="BQQ annealing sweeps per stack (default: auto, 6000 for 96x96)")
+    parser.add_argument("--sweeps", type=int, help="BQQ annealing sweeps per stack (default: auto, 2000 for 96x96)")
     parser.add_argument("--aware", action="store_true",
                         help="the data-aware table instead: data-free BQQ/auto against GPTQ, output-aware BQQ and "
                              "calibrated auto (each layer solved under its output error), per --bits")

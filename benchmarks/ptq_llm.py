@@ -31,12 +31,13 @@ Rows, for every ``--bits`` b (each quantizes a fresh copy of the FP model with `
 ``--bqq-group`` (default 256: 256×256 groups, clipped to the layer and balanced, e.g. 640 rows -> 3 × 213; ``paper``
 for bqq's default, the model's ``hidden_size`` squares, the same for the tiny model) sets BQQ's groups, and
 auto's. Chosen by measurement on the tiny model's layer-1 ``gate_proj`` (256×256 of it, 2 stacks): relative weight
-error 0.2932 in one 256×256 group against 0.2940 in four 128×128 groups, at a third of the solve time (bqq's
-``auto_sweeps`` gives small groups long schedules: 6000 sweeps for 128×128). A 256×256 group at p stacks costs
+error 0.2932 in one 256×256 group against 0.2940 in four 128×128 groups, at a third of the solve time (measured
+with the schedule of BQQConfig version 3, which gave 128×128 groups 6000 sweeps). A 256×256 group at p stacks costs
 p·128·512 binaries + 32·(3p+1) bits of scalars: p + 0.0015p + 0.0005 bits per weight.
 
 ``--sweeps`` sets BQQ's annealing sweeps per stack for every BQQ solve (bqq rows and auto's BQQ candidate; default:
-bqq's ``auto_sweeps``, 834-5046 for these groups). The committed run uses ``--sweeps 300`` to fit this shared
+bqq's ``auto_sweeps``; 834-5046 for these groups when the committed run was made, before BQQConfig version 4).
+The committed run uses ``--sweeps 300`` to fit this shared
 CPU: at bqq's defaults 2* data-free BQQ took 1304 s and 2* data-aware 1130 s (32 windows), the whole grid about
 4.5 hours; at 300 sweeps 2* data-aware took 390 s with perplexity 69.293 against 69.301 at the defaults.
 

@@ -44,16 +44,16 @@ class BQQConfig:
         sweeps: annealing sweeps per stack; None picks ``auto_sweeps`` from the group shape.
         sweep_budget: the work ``auto_sweeps`` spends: plain stacks (``sweep_rule="per_weight"``) run
             sweep_budget / (l + 32) sweeps within [200, 2400] (None: 1.6e5, so 294 sweeps at 1024², 714 at
-            384², 1667 at 128²: the same time per weight for every group shape; 1.1e5 trades ~0.5 % of
-            error for 30 % less time); output-aware stacks spend (m + n)·l² + n²·l per sweep out of
-            1.4e10 per group. See bqq.solver.settings.
+            384², 1667 at 128²: the same time per weight for every group shape; less trades error for
+            time, see the grouping table of benchmarks/solver.py); output-aware stacks spend
+            (m + n)·l² + n²·l per sweep out of 1.4e10 per group. See bqq.solver.settings.
         sweep_rule: "per_weight" (above) or "per_group" (every plain group (m + n)·l²·sweeps = 1.0e10,
             within [300, 6000]: the schedule of configs written before version 4, which read with it;
             before version 3 also t_start 0.95 and a budget of 1.4e10).
         bulk_end: plain stacks end the anneal at t_end times the critical temperature of the bulk of the
             spectrum (a Gaussian matrix's, 2α·rms·(√m + √n)) where that is below T_c. Real weights have a
-            few large singular values that set T_c; ending at 0.18 T_c left their bulk disordered (MiniLM
-            2* relative error 3 % higher). Configs before version 4: False.
+            few large singular values that set T_c, and ending at t_end·T_c left their bulk disordered
+            (benchmarks/minilm_schedule.py). Configs before version 4: False.
         polish_tolerance: the polish stops once a round flips at most this fraction of a stack's entries
             (configs before version 4: 0, run until nothing flips or ``polish_rounds``).
         t_start, t_end: annealing temperatures as fractions of the critical temperature. Starting at
