@@ -124,9 +124,9 @@ class NumpyBackend:
         tasks = nbatch * -(-max(u.shape[2], v.shape[2]) // ROW_CHUNK)
         pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-sweep") if threads > 1 and tasks > 1 else None
         try:
-            if prob.hm is None and (pool is None or nbatch >= 2 * threads):
-                if pool is None:
-                    return _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, slice(0, nbatch))
+            if prob.hm is None and pool is None:
+                return _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, slice(0, nbatch))
+            if prob.hm is None and nbatch >= 2 * threads:
                 bounds = np.linspace(0, nbatch, threads + 1).round().astype(int)
                 shares = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
                 return sum(pool.map(lambda p: _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, p), shares))

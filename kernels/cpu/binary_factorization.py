@@ -1,11 +1,11 @@
 """Numba kernels for the ±1 factorization X ≈ α·U·Vᵀ, U ∈ {±1}^{m×l}, V ∈ {±1}^{n×l}.
 
-Both factors are stored row-major with the inner dimension l last ("rows × l"), so the U-update given
-V and the V-update given U are the same kernel applied to (X, U, V) and (Xᵀ, V, U).
-
-All kernels work on a batch of same-shape problems (leading axis b) and parallelize over
-(problem, row) pairs. Each row is processed by a single thread in a fixed order, which keeps results
-bit-identical for any number of threads.
+The row phase (:func:`row_phase`) keeps both factors entry-major, Uᵀ (B, l, m) and Vᵀ (B, l, n), so the
+U-update given V and the V-update given U are the same code applied to (Xᵀ, Uᵀ, Vᵀ) and (X, Vᵀ, Uᵀ), and
+one vector instruction updates one entry of many rows. It works on a batch of same-shape problems in
+fixed row chunks and bands and is serial: callers spread problems or row chunks over threads
+(bqq.solver.numpy_backend), so results are bit-identical for any number of threads. The coupled sweep
+of the output-aware V phase keeps row-major factors and parallelizes over problems.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ def row_phase(xt: np.ndarray, ut: np.ndarray, vt: np.ndarray, g: np.ndarray, alp
 @nb.njit(inline="always", cache=True, fastmath=FMA)
 def _add_changes(gj, dt, grow, j, nr):
     """gj[:nr] += Σ_{k<j} grow[k] · dt[k, :nr]: the changes of the band's earlier entries, four rows of dt
-    per pass over gj (its loads and stores, not the arithmetic, bound this loop). dt has three zero rows
-    past the band, so the last pass may read beyond j."""
+    per pass over gj (its loads and stores, not the arithmetic, bound this loop). The last pass may read
+    up to three rows at or after j, with weight 0: stale but finite changes of another tile, or the three
+    zero rows kept past the band."""
     for k in range(0, j, 4):
         c0 = grow[k]
         c1 = grow[k + 1] if k + 1 < j else np.float32(0.0)
