@@ -204,9 +204,17 @@ def bqq_linear(x: torch.Tensor, layout: BQQLayout | PlaneLayout, bias: torch.Ten
 
 
 _TRITON = BackendTraits((torch.float32, torch.float16, torch.bfloat16), fused_bias=True)
-register_backend("cpu", "numba", "bqq_kernels.cpu.bqq_matmul:bqq_linear_cpu")
+_CPU = "bqq_kernels.cpu.linear"
+register_backend("cpu", "numba", f"{_CPU}:bqq_linear_auto")
+register_backend("cpu", "numba-table", f"{_CPU}:bqq_linear_tables")
+register_backend("cpu", "numba-table-generic", f"{_CPU}:bqq_linear_table_generic")
+register_backend("cpu", "numba-exact", f"{_CPU}:bqq_linear_cpu")
 register_backend("cuda", "triton", "bqq_kernels.gpu.bqq_matmul:bqq_linear_triton", _TRITON)
 for _path in ("decode", "factored", "rebuild"):
     register_backend("cuda", f"triton-{_path}", f"bqq_kernels.gpu.bqq_matmul:linear_{_path}", _TRITON)
-register_backend("cpu", "numba", "bqq_kernels.cpu.plane_matmul:plane_linear_cpu", op=PLANE_OPS.name)
+register_backend("cpu", "numba", f"{_CPU}:plane_linear_auto", op=PLANE_OPS.name)
+register_backend("cpu", "numba-table", f"{_CPU}:plane_linear_tables", op=PLANE_OPS.name)
+register_backend("cpu", "numba-table-generic", f"{_CPU}:plane_linear_table_generic", op=PLANE_OPS.name)
+register_backend("cpu", "numba-exact", f"{_CPU}:plane_linear_cpu", op=PLANE_OPS.name)
+register_backend("cpu", "numba-rebuild", f"{_CPU}:plane_linear_rebuild", op=PLANE_OPS.name)
 register_backend("cuda", "triton", "bqq_kernels.gpu.plane_matmul:plane_linear_triton", _TRITON, op=PLANE_OPS.name)

@@ -77,8 +77,10 @@ def test_compressed_grouped_matrix_runs_through_the_kernel():
     w = weight(70, 45)
     q = bqq.compress(w, bits=2, group_size=(32, 20), **FAST["bqq"])
     x = torch.randn(5, 45, generator=torch.Generator().manual_seed(0))
-    out = bqq_kernels.bqq_linear(x, q.kernel_layout(), backend="numba")
+    out = bqq_kernels.bqq_linear(x, q.kernel_layout(), backend="numba-exact")
     torch.testing.assert_close(out, x @ q.dequantize().T, rtol=1e-5, atol=1e-5)
+    table = bqq_kernels.bqq_linear(x, q.kernel_layout(), backend="numba-table")
+    torch.testing.assert_close(table, out, rtol=1e-3, atol=1e-3)
 
 
 def test_deit_s_shaped_model_saves_one_manifest_entry_per_layer(tmp_path):
@@ -152,4 +154,6 @@ def test_torch_compile_of_a_quantized_vit_equals_eager():
     with torch.no_grad():
         eager = model(x)
         compiled = torch.compile(model)(x)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    # Inductor's fused norms round differently from eager: the register tables of the 3-token head then
+    # round a few entries the other way (one table step, ~1e-5 of the block's largest sum).
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-4)

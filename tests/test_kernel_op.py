@@ -86,8 +86,10 @@ def test_forward_and_gradient_equal_the_dense_weight(device, family):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 7, layout.shape[1], generator=gen).to(device).requires_grad_()
     bias = torch.randn(layout.shape[0], generator=gen).to(device).requires_grad_()
-    out = kernels.bqq_linear(x, layout, bias)
+    out = kernels.bqq_linear(x, layout, bias, backend="numba-exact" if device == "cpu" else None)
     torch.testing.assert_close(out, x @ w.T + bias, rtol=1e-5, atol=1e-5)
+    if device == "cpu":  # the default: the table kernel at 14 tokens (16-bit tables)
+        torch.testing.assert_close(kernels.bqq_linear(x, layout, bias), out, rtol=1e-3, atol=1e-3)
     grad = torch.randn_like(out)
     out.backward(grad)
     torch.testing.assert_close(x.grad, grad @ w, rtol=1e-6, atol=1e-6)
@@ -110,7 +112,7 @@ def test_backend_override_and_errors(monkeypatch):
     ref = x @ kernels.dequantize_layout(layout).T
     torch.testing.assert_close(kernels.bqq_linear(x, layout, backend="reference"), ref)
     assert calls == []
-    torch.testing.assert_close(kernels.bqq_linear(x, layout), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kernels.bqq_linear(x, layout), ref, rtol=1e-3, atol=1e-3)
     assert calls == [1]
     kernels.set_default_backend("cpu", "reference")
     try:
@@ -118,7 +120,8 @@ def test_backend_override_and_errors(monkeypatch):
         assert calls == [1] and kernels.default_backend("cpu") == "reference"
     finally:
         kernels.set_default_backend("cpu", None)
-    with pytest.raises(ValueError, match=r"'magic' is not available on 'cpu'; available: \['numba', 'reference'\]"):
+    with pytest.raises(ValueError, match=r"'magic' is not available on 'cpu'; available: \['numba', 'numba-table', 'numba-table-generic', "
+                       r"'numba-exact', 'reference'\]"):
         kernels.bqq_linear(x, layout, backend="magic")
     with pytest.raises(ValueError, match="available"):
         kernels.set_default_backend("cpu", "magic")
@@ -181,7 +184,7 @@ def test_a_default_that_a_family_lacks_leaves_it_on_its_own_default(monkeypatch)
         assert kernels.default_backend("cpu") == "numba-copy"
         assert kernels.default_backend("cpu", "plane_linear") == "numba"
         torch.testing.assert_close(kernels.bqq_linear(x, planes), x @ kernels.dequantize_layout(planes).T,
-                                   rtol=1e-5, atol=1e-5)
+                                   rtol=1e-3, atol=1e-3)
         with pytest.raises(ValueError, match=r"'numba-copy' is not available on 'cpu'.*\(op plane_linear\)"):
             kernels.bqq_linear(x, planes, backend="numba-copy")
     finally:

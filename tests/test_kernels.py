@@ -39,6 +39,13 @@ def random_weight(m: int, n: int, group: tuple[int, int], stacks: int, seed: int
     return BQQMatrix((m, n), "float32", grid, stacks, 0, config, y=ys, z=zs, scales=scales, offset=offset)
 
 
+# The default CPU backend runs the register-table kernel for a few tokens: its 16-bit tables round
+# (tests/test_table_kernels.py bounds that error); "numba-exact" and the Triton kernels are exact up to
+# float32 summation order.
+TABLE_TOLERANCE = 5e-4
+EXACT_TOLERANCE = 1e-5
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref.double()).norm() / ref.double().norm())
 
@@ -57,7 +64,8 @@ def kernel_fns(device: str):
     CPU tensors too when it is interpreted (compiled Triton cannot read CPU memory)."""
     if device != "cpu":
         return {"triton": lambda x, lay: kernels.bqq_linear(x, lay, backend="triton")}
-    fns = {"numba": lambda x, lay: kernels.bqq_linear(x, lay, backend="numba")}
+    fns = {name: (lambda x, lay, name=name: kernels.bqq_linear(x, lay, backend=name))
+           for name in ("numba", "numba-exact", "numba-table")}
     if triton_interpreted():
         from bqq_kernels.gpu import bqq_linear_triton
 
@@ -88,7 +96,8 @@ def test_kernels_equal_dequantized_reference(device, case):
             out = fn(x, layout)
             assert out.shape == (*shape[:-1], m) and out.dtype == torch.float32
             ref = x.cpu() @ w.T
-            assert rel_err(out.cpu(), ref) < 1e-5, (name, shape)
+            tolerance = EXACT_TOLERANCE if name in ("numba-exact", "triton", "triton-interpreter") else TABLE_TOLERANCE
+            assert rel_err(out.cpu(), ref) < tolerance, (name, shape)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -106,22 +115,23 @@ def test_real_bqq_layer_through_the_kernel():
     w = torch.randn(50, 40)
     q = bqq.compress(w, bits=2, sweeps=40)
     x = torch.randn(11, 40)
-    assert rel_err(kernels.bqq_linear(x, q.kernel_layout()), x @ q.dequantize().T) < 1e-5
+    assert rel_err(kernels.bqq_linear(x, q.kernel_layout()), x @ q.dequantize().T) < TABLE_TOLERANCE
+    assert rel_err(kernels.bqq_linear(x, q.kernel_layout(), backend="numba-exact"), x @ q.dequantize().T) < 1e-5
 
 
-def test_numba_kernel_is_deterministic_across_threads_and_batching():
+def test_exact_kernel_is_deterministic_across_threads_and_batching():
     layout = random_weight(300, 200, (96, 96), 2).kernel_layout()
     x = torch.randn(37, 200, generator=torch.Generator().manual_seed(2))
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = kernels.bqq_linear(x, layout, backend="numba")
+        one = kernels.bqq_linear(x, layout, backend="numba-exact")
         numba.set_num_threads(max(2, before))
-        many = kernels.bqq_linear(x, layout, backend="numba")
+        many = kernels.bqq_linear(x, layout, backend="numba-exact")
     finally:
         numba.set_num_threads(before)
     assert torch.equal(one, many)
-    single = kernels.bqq_linear(x[5:6], layout, backend="numba")  # another token tile and task split
+    single = kernels.bqq_linear(x[5:6], layout, backend="numba-exact")  # another token tile and task split
     assert torch.equal(single[0], one[5])
 
 
@@ -184,7 +194,7 @@ def test_quantized_modules_use_the_packed_kernel_by_default(monkeypatch, method)
     assert isinstance(model[0], QuantizedConv2d) and isinstance(model[2], QuantizedLinear)
     assert model[0].uses_kernel() and model[2].uses_kernel() and model[2].method == method
     assert kernels.default_backend("cpu") == "numba"
-    assert rel_err(out, ref) < 1e-5
+    assert rel_err(out, ref) < TABLE_TOLERANCE
 
 
 def test_conv_kernel_path_with_stride_padding_dilation():
@@ -199,7 +209,7 @@ def test_conv_kernel_path_with_stride_padding_dilation():
         layer.backend = "reference"
         ref = layer(x)
     assert out.shape == ref.shape == conv(x).shape
-    assert rel_err(out, ref) < 1e-5
+    assert rel_err(out, ref) < TABLE_TOLERANCE
 
 
 def test_reloaded_model_gives_identical_kernel_outputs(tmp_path):
@@ -229,7 +239,7 @@ def test_calibration_refit_invalidates_the_layout():
     after = layer(x).detach()
     layer.backend = "reference"
     assert not torch.equal(before, after)
-    assert rel_err(after, layer(x).detach()) < 1e-5
+    assert rel_err(after, layer(x).detach()) < TABLE_TOLERANCE
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -41,7 +41,9 @@ def test_kernel_equals_the_dense_rebuild(method, bits, grid):
     gen = torch.Generator().manual_seed(bits)
     for tokens in TOKENS:
         x = torch.randn(tokens, grid[0][1], generator=gen)
-        assert rel_err(kernels.bqq_linear(x, layout), x.double() @ w.T) < 1e-5, tokens
+        for backend in ("numba-exact", "numba-rebuild"):
+            assert rel_err(kernels.bqq_linear(x, layout, backend=backend), x.double() @ w.T) < 1e-5, (backend, tokens)
+        assert rel_err(kernels.bqq_linear(x, layout), x.double() @ w.T) < 5e-4, tokens  # tables at few tokens
 
 
 def test_results_do_not_depend_on_threads_or_batch():
@@ -49,14 +51,16 @@ def test_results_do_not_depend_on_threads_or_batch():
     with one thread or all."""
     layout = compress("uq", 3, (70, 300), (1, 128)).kernel_layout()
     x = torch.randn(40, 300, generator=torch.Generator().manual_seed(0))
-    full = kernels.bqq_linear(x, layout)
+    full = kernels.bqq_linear(x, layout, backend="numba-exact")
     for i in (0, 17, 39):
-        assert torch.equal(kernels.bqq_linear(x[i:i + 1], layout)[0], full[i])
+        assert torch.equal(kernels.bqq_linear(x[i:i + 1], layout, backend="numba-exact")[0], full[i])
+    rebuilt = kernels.bqq_linear(x, layout, backend="numba-rebuild")
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        assert torch.equal(kernels.bqq_linear(x, layout), full)
-        assert torch.equal(kernels.bqq_linear(x[:3], layout), full[:3])
+        assert torch.equal(kernels.bqq_linear(x, layout, backend="numba-exact"), full)
+        assert torch.equal(kernels.bqq_linear(x[:3], layout, backend="numba-exact"), full[:3])
+        assert torch.equal(kernels.bqq_linear(x, layout, backend="numba-rebuild"), rebuilt)
     finally:
         numba.set_num_threads(threads)
 
@@ -86,7 +90,7 @@ def test_auto_layers_all_run_kernels():
         out = model(x)
         for layer in layers:
             layer.backend = "reference"
-        assert rel_err(out, model(x).double()) < 1e-5
+        assert rel_err(out, model(x).double()) < 5e-4  # the register tables at 4 tokens
 
 
 def test_small_parametrized_weights_are_kept_between_forwards(monkeypatch):
@@ -106,4 +110,5 @@ def test_small_parametrized_weights_are_kept_between_forwards(monkeypatch):
         assert torch.equal(model(x), first) and calls == []
         model.double()
         assert model[0].weight.dtype == torch.float64 and calls == [1]
-        torch.testing.assert_close(model(x.double()), first.double(), rtol=1e-5, atol=1e-5)
+        # fp64 runs the exact reference; fp32 ran the 1x1 convolution's 36 tokens on the register tables
+        torch.testing.assert_close(model(x.double()), first.double(), rtol=1e-3, atol=1e-4)

@@ -25,7 +25,7 @@ import torch
 from ..layout import PlaneTensors
 from .bqq_matmul import BLOCK_TABLE_BYTES, LOWEST_BIT, NARROW_BELOW, column_tables, kernel_io, numpy_views
 from .builds import parallel_and_serial
-from .simd import BYTE_ROWS, SUM_BLOCK, lut_accumulate
+from .simd import BYTE_ROWS, SUM_BLOCK, axpy8, lut_accumulate
 
 
 def _tasks(x, out, tag, rows_per_task, planes, coef, offset, col_start, col_size, lowest_bit):
@@ -127,3 +127,48 @@ def plane_linear_cpu(x: torch.Tensor, w: PlaneTensors, out_features: int) -> tor
         run = _run_narrow if len(x2) < NARROW_BELOW else _run_wide
         run(nb.get_num_threads(), x2, out, *numpy_views(w), LOWEST_BIT)
     return torch.from_numpy(out).reshape(*x.shape[:-1], out_features)
+
+
+# Row 0: eight ones (the offset); row 1 + code: the bits of a code byte as floats, little bit order.
+BYTE_BITS = np.array([[1.0] * 8] + [[(code >> k) & 1 for k in range(8)] for code in range(256)], np.float32).ravel()
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _rebuild_row(planes, coef, offset, col_start, col_size, bits, j, row, tail):
+    """row (N,) = row j of the dense weight: per code byte, offset + Σ_i coef_i · bits of byte i (8 floats
+    of ``bits``), planes in order; a block's last partial byte goes through ``tail`` (8 floats)."""
+    n_cols, count = planes.shape[0], planes.shape[1]
+    for b in range(n_cols):
+        c0, width = col_start[b], col_size[b]
+        off = offset[b, j]
+        full = width // 8
+        for byte in range(full):
+            axpy8(row, c0 + 8 * byte, bits, 0, off, True)  # bits[0] is all ones: row = offset
+            for i in range(count):
+                axpy8(row, c0 + 8 * byte, bits, 8 + 8 * planes[b, i, j, byte], coef[b, j, i], False)
+        if width % 8:
+            axpy8(tail, 0, bits, 0, off, True)
+            for i in range(count):
+                axpy8(tail, 0, bits, 8 + 8 * planes[b, i, j, full], coef[b, j, i], False)
+            for k in range(width % 8):
+                row[c0 + 8 * full + k] = tail[k]
+
+
+def _rebuild_rows(planes, coef, offset, col_start, col_size, bits, r0, out):
+    """out (rows, N) float32 = rows r0.. of the dense weight of a PlaneLayout: W[j, cols_b] =
+    offset[b, j] + Σ_i coef[b, j, i] P_i[b, j], the planes added in order (bit-identical for any thread
+    count and tiling)."""
+    rows = out.shape[0]
+    for block in nb.prange((rows + 15) // 16):
+        tail = np.empty(8, np.float32)
+        for jj in range(16 * block, min(rows, 16 * block + 16)):
+            _rebuild_row(planes, coef, offset, col_start, col_size, bits, r0 + jj, out[jj], tail)
+
+
+_rebuild_parallel, _rebuild_serial = parallel_and_serial(_rebuild_rows)
+
+
+def plane_rows_into(w: PlaneTensors, start: int, out: np.ndarray) -> None:
+    """out (rows, N) float32 = rows start.. of the weight of bit planes ``w``, rebuilt by a multithreaded
+    numba kernel (the float32 twin of the reference's float64 :func:`~kernels.reference.dequantize_planes`)."""
+    (_rebuild_parallel if nb.get_num_threads() > 1 else _rebuild_serial)(*numpy_views(w), BYTE_BITS, start, out)

@@ -420,5 +420,27 @@ def chunk_abs_max(typingctx, src, src_base, nquads):
     return sig, codegen
 
 
+
+@intrinsic
+def axpy8(typingctx, dst, dst_base, src, src_base, scale, first):
+    """dst[dst_base:+8] = (0 if first else dst[dst_base:+8]) + scale · src[src_base:+8] (float32 rows;
+    dst_base need not be aligned)."""
+    sig = types.void(dst, types.intp, src, types.intp, types.float32, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        dst_v, dbase, src_v, sbase, scale, first = args
+        vec = ir.VectorType(ir.FloatType(), 8)
+        d = _row_ptr(builder, _data(context, builder, signature.args[0], dst_v), dbase, vec)
+        x = builder.load(_row_ptr(builder, _data(context, builder, signature.args[2], src_v), sbase, vec), align=4)
+        i32 = ir.IntType(32)
+        spread = builder.insert_element(ir.Constant(vec, None), scale, ir.Constant(i32, 0))
+        spread = builder.shuffle_vector(spread, spread, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+        start = builder.select(first, ir.Constant(vec, None), builder.load(d, align=4))
+        builder.store(builder.fadd(start, builder.fmul(spread, x)), d, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 __all__ = ["BYTE_ROWS", "MAX_TABLE_CALL", "NIBBLE_ROWS", "SHUFFLE_KINDS", "SUM_BLOCK", "TABLE_BIAS", "TABLE_BYTES",
-           "TILE_ROWS", "chunk_abs_max", "host_shuffle", "lut_accumulate", "quantize_chunks", "table_dot", "vadd"]
+           "TILE_ROWS", "axpy8", "chunk_abs_max", "host_shuffle", "lut_accumulate", "quantize_chunks", "table_dot", "vadd"]
