@@ -50,13 +50,17 @@ def test_v1_model_file_loads_with_one_grouped_weight_per_layer(tmp_path, expecte
     assert len(layers["2"].qweight.grid) == 3 * 2  # 20x128 in 8x64 groups (balanced: 7+7+6 rows)
     assert layers["4"].qweight.method == "uq" and layers["2"].qweight.method == "bqq"
     with torch.no_grad():
+        default = model(expected["model_input"])  # the register tables at a few tokens: 16-bit rounding
+        for layer in layers.values():
+            layer.backend = "numba-exact"  # the kernel that computed the expected output
         out = model(expected["model_input"])
     # Same codes; the CPU kernel's float32 sums follow the machine's SIMD width, so another machine's
     # output may differ in the last bits (seen: 1.5e-8); on one machine it is exact (the v2 round trip below).
     torch.testing.assert_close(out, expected["model_output"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(default, out, rtol=1e-3, atol=1e-4)
     bqq.save_quantized(model, tmp_path / "v2.safetensors")
     _, manifest, _ = read_file(tmp_path / "v2.safetensors")
     assert sorted(manifest["objects"]) == ["0.weight", "2.weight", "4.weight"]
     again = bqq.load_quantized(tmp_path / "v2.safetensors", v1_model())
     with torch.no_grad():
-        assert torch.equal(again(expected["model_input"]), out)
+        assert torch.equal(again(expected["model_input"]), default)

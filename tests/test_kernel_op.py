@@ -120,8 +120,8 @@ def test_backend_override_and_errors(monkeypatch):
         assert calls == [1] and kernels.default_backend("cpu") == "reference"
     finally:
         kernels.set_default_backend("cpu", None)
-    with pytest.raises(ValueError, match=r"'magic' is not available on 'cpu'; available: \['numba', 'numba-table', 'numba-table-generic', "
-                       r"'numba-exact', 'reference'\]"):
+    available = r"\['numba', 'numba-table', 'numba-table-generic', 'numba-exact', 'reference'\]"
+    with pytest.raises(ValueError, match=rf"'magic' is not available on 'cpu'; available: {available}"):
         kernels.bqq_linear(x, layout, backend="magic")
     with pytest.raises(ValueError, match="available"):
         kernels.set_default_backend("cpu", "magic")

@@ -64,8 +64,11 @@ def test_plane_tables_within_their_error_bound(bits, shape):
     assert rel_err(native, x.double() @ w.T) < 1e-4
 
 
-@pytest.mark.parametrize("case", [(70, 45, (32, 20), 3), (96, 96, (96, 96), 2), (40, 130, (40, 64), 1), (9, 7, (9, 7), 4),
-                                  (200, 300, (128, 128), 2)], ids=lambda c: f"{c[0]}x{c[1]}g{c[2][0]}p{c[3]}")
+BQQ_CASES = [(70, 45, (32, 20), 3), (96, 96, (96, 96), 2), (40, 130, (40, 64), 1), (9, 7, (9, 7), 4),
+             (200, 300, (128, 128), 2)]
+
+
+@pytest.mark.parametrize("case", BQQ_CASES, ids=lambda c: f"{c[0]}x{c[1]}g{c[2][0]}p{c[3]}")
 @pytest.mark.parametrize("backend", TABLE_BACKENDS)
 def test_bqq_tables_match_the_reference(case, backend):
     m, n, group, stacks = case

@@ -51,9 +51,10 @@ def test_zoo(name, tmp_path):
     bqq.quantize(model, bits=8, method="uq", progress=False)
     out = run(model, inputs)
     # the contract: each layer computes what its module computes, with its dequantized weight (up to fp32
-    # summation order: the packed kernels add in another order than the dense matmul, ~1e-5 over a deep CNN)
+    # summation order: the packed kernels add in another order than the dense matmul, ~1e-5 over a deep CNN;
+    # and, for layers called with a few tokens, the register tables' 16-bit rounding, ~1e-4 over one)
     expected = run(with_dequantized_weights(reference, model, inputs), inputs)
-    assert relative(out, expected) < 1e-4, name
+    assert relative(out, expected) < 1e-3, name
     assert relative(out, fp) < bound, name
 
     coverage = coverage_report(model)

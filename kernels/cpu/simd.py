@@ -443,4 +443,5 @@ def axpy8(typingctx, dst, dst_base, src, src_base, scale, first):
 
 
 __all__ = ["BYTE_ROWS", "MAX_TABLE_CALL", "NIBBLE_ROWS", "SHUFFLE_KINDS", "SUM_BLOCK", "TABLE_BIAS", "TABLE_BYTES",
-           "TILE_ROWS", "axpy8", "chunk_abs_max", "host_shuffle", "lut_accumulate", "quantize_chunks", "table_dot", "vadd"]
+           "TILE_ROWS", "axpy8", "chunk_abs_max", "host_shuffle", "lut_accumulate", "quantize_chunks", "table_dot",
+           "vadd"]

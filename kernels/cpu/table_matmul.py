@@ -288,7 +288,8 @@ def decode_arrays(w: LayoutTensors | PlaneTensors) -> tuple[np.ndarray, ...]:
 
     Planes: (tiles (MT, C, B, NB, TILE_ROWS), coef (C, B, MT·TILE_ROWS), offset (C, MT·TILE_ROWS), col_start,
     col_size).
-    BQQ: (ztiles (R, C, P, LT, NB, TILE_ROWS), ytiles (R, C, MT, P, LB, TILE_ROWS), r, t, rowterm, row_start, row_size, col_start, col_size, rank).
+    BQQ: (ztiles (R, C, P, LT, NB, TILE_ROWS), ytiles (R, C, MT, P, LB, TILE_ROWS), r, t, rowterm, row_start,
+    row_size, col_start, col_size, rank).
     """
     key = id(w[0])
     cached = _DECODE.get(key)
