@@ -19,7 +19,7 @@ against dense fp32 ``F.linear`` (or the fp32 model) measured in the same run, on
   and on Llama-2-7B widths (4096/11008, 32 heads) with 4 of its 32 blocks (fp32 weights of all 32 do not
   fit this machine's memory): decode tokens/s (64 new tokens after a 128-token prompt, greedy), prefill
   time of 512 tokens, peak RSS; rows fp32, bf16, torch int4 g128 (a bf16 model), bqq 2* BQQ, 2-bit and
-  3-bit UQ. Each row runs in its own process (clean peak RSS).
+  3-bit UQ (random codes, as for the layers). Each row runs in its own process (clean peak RSS).
 * **deit**: DeiT-S (random init) batch 1 and 8 latency, fp32 against 2-bit BQQ, UQ and ``auto``
   (``benchmarks.kernels.model_rows``).
 
@@ -49,6 +49,7 @@ from benchmarks.kernels import paired_medians, random_layout, random_plane_layou
 from bqq.format import pack_bits
 from bqq.grouping import GroupGrid
 from bqq.methods.bqq import BQQConfig, BQQMatrix
+from bqq.methods.uniform import UQConfig, UQMatrix
 from bqq.solver.settings import inner_dim
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,6 +106,20 @@ def random_bqq_matrix(shape: tuple[int, int], group: int = BQQ_GROUP, stacks: in
     scales = (rng.standard_normal((len(grid), stacks, 3)) * 0.01).astype(np.float32)
     offset = np.zeros(len(grid), np.float32)
     return BQQMatrix(shape, "float32", grid, stacks, 0, config, y=ys, z=zs, scales=scales, offset=offset)
+
+
+def random_uq_matrix(shape: tuple[int, int], bits: int, seed: int = 0) -> UQMatrix:
+    """A UQ matrix in 1×UQ_GROUP groups with random codes, steps and zero points (RTN of a 1B model takes
+    this CPU over an hour; a kernel's time does not depend on the codes)."""
+    rng = np.random.default_rng(seed)
+    grid = GroupGrid.build(shape, (1, UQ_GROUP))
+    codes = []
+    for gm, gn in grid.group_shapes():
+        planes = rng.integers(0, 2, (bits, gm, gn), dtype=np.uint8)
+        codes.append(pack_bits(planes))
+    scale = (rng.random(len(grid)) * 0.01 + 1e-3).astype(np.float32)
+    zero = (-scale * (2**bits - 1) / 2).astype(np.float32)
+    return UQMatrix(shape, "float32", grid, bits, 0, UQConfig(), codes=codes, scale=scale, zero=zero)
 
 
 # ---------------------------------------------------------------------------------------------------- layers
@@ -282,8 +297,7 @@ def build_llm(shape: str, row: str) -> nn.Module:
         elif row == "bqq-2*":
             new = bqq.ptq.QuantizedLinear(random_bqq_matrix((m, n), seed=index))
         else:
-            new = bqq.ptq.QuantizedLinear(bqq.compress(linear.weight.detach(), bits=int(row[-1]), method="uq",
-                                                       group_size=(1, UQ_GROUP)))
+            new = bqq.ptq.QuantizedLinear(random_uq_matrix((m, n), int(row[-1]), seed=index))
         setattr(parent, name.rpartition(".")[2], new)
     return model
 

@@ -5,8 +5,9 @@
 
 ``layout`` is a :class:`~kernels.layout.BQQLayout` (op ``bqq::linear``) or a
 :class:`~kernels.layout.PlaneLayout` (UQ, GPTQ, BCQ; op ``bqq::plane_linear``): each op family has its
-own backends, registered per device type. Backends: ``numba`` (CPU: :mod:`kernels.cpu.bqq_matmul`,
-:mod:`kernels.cpu.plane_matmul`), ``triton`` (CUDA, :mod:`kernels.gpu`, imported only when first used;
+own backends, registered per device type. Backends: ``numba`` (CPU: the path :mod:`kernels.cpu.linear`
+picks per call by token count; ``numba-table``, ``numba-table-generic``, ``numba-exact`` and, for bit
+planes, ``numba-rebuild`` force one), ``triton``  (CUDA, :mod:`kernels.gpu`, imported only when first used;
 for BQQ it picks its decode, factored or rebuild path per call, and ``triton-decode``,
 ``triton-factored`` and ``triton-rebuild`` force one), and ``reference`` (any device: rebuild W, dense
 matmul). A linear op is registered with torch for every device type that has a backend (and, as its
