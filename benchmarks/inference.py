@@ -347,24 +347,30 @@ def generate_rows(shapes, rows, new_tokens: int, prompt: int, prefill: int) -> l
             if done.returncode != 0:
                 raise RuntimeError(f"{shape} {row} failed:\n{done.stderr[-3000:]}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
+            result["date"] = time.strftime("%Y-%m-%d %H:%M")
             results.append(result)
             print(f"{shape} {row}: {result['tokens_per_s']:.2f} tokens/s, "
                   f"prefill {prefill} {result['prefill_s']:.2f} s, "
                   f"peak RSS {result['peak_rss_mb']:.0f} MB (built in {result['build_s']:.0f} s)", flush=True)
-    for r in results:
-        fp = next(x for x in results if x["shape"] == r["shape"] and x["row"] == "fp32")
-        int4 = next((x for x in results if x["shape"] == r["shape"] and x["row"] == "torch-int4"), None)
-        r["speedup_fp32"] = r["tokens_per_s"] / fp["tokens_per_s"]
-        r["speedup_int4"] = r["tokens_per_s"] / int4["tokens_per_s"] if int4 else None
-        r["prefill_ratio"] = r["prefill_s"] / fp["prefill_s"]
     return results
+
+
+def relative_speeds(results: list[dict]) -> None:
+    """Each row's tokens/s over its shape's fp32 and torch int4 rows, and prefill time over fp32's."""
+    for r in results:
+        fp = next((x for x in results if x["shape"] == r["shape"] and x["row"] == "fp32"), None)
+        int4 = next((x for x in results if x["shape"] == r["shape"] and x["row"] == "torch-int4"), None)
+        r["speedup_fp32"] = r["tokens_per_s"] / fp["tokens_per_s"] if fp else None
+        r["speedup_int4"] = r["tokens_per_s"] / int4["tokens_per_s"] if int4 else None
+        r["prefill_ratio"] = r["prefill_s"] / fp["prefill_s"] if fp else None
 
 
 # --------------------------------------------------------------------------------------------------- report
 def markdown(data: dict) -> str:
     env = data["env"]
     lines = ["# CPU inference: packed low-bit layers against dense fp32 and torch's int4 kernel", "",
-             f"Command: `{data['command']}` ({data['date']}). Machine: {env['cpu']}, {env['threads']} threads; "
+             "Commands: " + "; ".join(f"{part}: {how}" for part, how in data.get("made_by", {}).items()) + ". "
+             f"Machine: {env['cpu']}, {env['threads']} threads; "
              f"shuffle: {env['shuffle']}; torch {env['torch']}, numba {env['numba']}. Medians of interleaved samples; "
              "ratios in one run (below 1: faster than dense fp32).", ""]
     if data.get("layers"):
@@ -404,9 +410,10 @@ def markdown(data: dict) -> str:
                   "| model | row | tokens/s | × fp32 | × torch int4 | prefill 512 s | prefill × fp32 | peak RSS MB |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in data["generate"]:
-            int4 = f"{r['speedup_int4']:.2f}×" if r["speedup_int4"] else "–"
-            lines.append(f"| {r['shape']} | {r['row']} | {r['tokens_per_s']:.2f} | {r['speedup_fp32']:.2f}× | {int4} | "
-                         f"{r['prefill_s']:.2f} | {r['prefill_ratio']:.2f}× | {r['peak_rss_mb']:.0f} |")
+            ratio = lambda value: "–" if value is None else f"{value:.2f}×"  # noqa: E731
+            lines.append(f"| {r['shape']} | {r['row']} | {r['tokens_per_s']:.2f} | {ratio(r['speedup_fp32'])} | "
+                         f"{ratio(r['speedup_int4'])} | {r['prefill_s']:.2f} | {ratio(r['prefill_ratio'])} | "
+                         f"{r['peak_rss_mb']:.0f} |")
         lines += [""]
     if data.get("deit"):
         lines += ["## DeiT-S latency (random init, 2-bit)", "", "| batch | fp32 ms | BQQ | UQ | BCQ | auto |",
@@ -445,7 +452,7 @@ def check_targets(data: dict) -> list[str]:
             out.append(f"{r['shape']}, {r['tokens']} tokens, slowest bqq method {worst:.2f}× dense (≤ 1.0) "
                        f"{verdict(worst <= TARGETS['prefill_dense'])}")
     for r in data.get("generate", []):
-        if r["row"] in ("bqq-2*", "uq-2"):
+        if r["row"] in ("bqq-2*", "uq-2") and r["speedup_fp32"] is not None:
             goal = TARGETS["tiny_fp32"] if r["shape"].startswith("tiny") else TARGETS["llama7b_fp32"]
             line = f"{r['shape']} {r['row']} generate(): {r['speedup_fp32']:.2f}× fp32 tokens/s (≥ {goal}) " \
                    f"{verdict(r['speedup_fp32'] >= goal)}"
@@ -494,6 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--llm", nargs="+", default=["tinyllama-1.1b", "llama2-7b-4blocks"], choices=list(LLM_SHAPES))
+    p.add_argument("--llm-rows", nargs="+", default=LLM_ROWS, choices=LLM_ROWS,
+                   help="generate() rows to run (the others keep their last results)")
     p.add_argument("--one-llm", nargs=2, metavar=("SHAPE", "ROW"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -503,8 +512,13 @@ def main(argv: list[str] | None = None) -> dict:
     from bqq_kernels.cpu import linear
 
     start = time.perf_counter()
-    data: dict = {"command": "python -m benchmarks.inference " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "date": time.strftime("%Y-%m-%d"), "env": environment()}
+    suffix = "_quick" if args.quick else ""
+    command = "python -m benchmarks.inference " + " ".join(argv if argv is not None else sys.argv[1:])
+    previous = args.out / f"inference{suffix}.json"
+    # Parts not run now keep their last results (each part records the command and date that made it).
+    data: dict = json.loads(previous.read_text()) if previous.exists() else {}
+    data.update({"command": command.strip(), "date": time.strftime("%Y-%m-%d"), "env": environment()})
+    data.setdefault("made_by", {}).update({part: f"`{command.strip()}` ({data['date']})" for part in args.parts})
     shapes = [(256, 256), (384, 1536)] if args.quick else SHAPES
     tokens = [1, 8, 40] if args.quick else TOKENS
     if "layers" in args.parts:
@@ -518,15 +532,19 @@ def main(argv: list[str] | None = None) -> dict:
     if "accuracy" in args.parts:
         data["accuracy"] = accuracy_rows(args.quick)
     if "generate" in args.parts:
-        data["generate"] = generate_rows(["quick"] if args.quick else args.llm, LLM_ROWS, args.new_tokens,
-                                         args.prompt, args.prefill)
+        fresh = generate_rows(["quick"] if args.quick else args.llm, args.llm_rows, args.new_tokens, args.prompt,
+                              args.prefill)
+        kept = [r for r in data.get("generate", []) if (r["shape"], r["row"]) not in {(f["shape"], f["row"])
+                                                                                      for f in fresh}]
+        data["generate"] = sorted(kept + fresh, key=lambda r: (list(LLM_SHAPES).index(r["shape"]),
+                                                               LLM_ROWS.index(r["row"])))
+        relative_speeds(data["generate"])
     if "deit" in args.parts:
         from benchmarks.kernels import model_rows
 
         data["deit"] = model_rows([1, 8], max(3, args.repeats // 2))
     data["wall_s"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
     (args.out / f"inference{suffix}.json").write_text(json.dumps(data, indent=1))
     text = markdown(data)
     (args.out / f"inference{suffix}.md").write_text(text)
