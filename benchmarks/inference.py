@@ -10,6 +10,8 @@ against dense fp32 ``F.linear`` (or the fp32 model) measured in the same run, on
   4-bit codes in groups of 128, bf16 activations: its fast path, what torchao's CPU int4 config calls),
   and bqq's default CPU backend for 2* BQQ (256×256 groups, two stacks), 2-bit and 3-bit UQ (1×128
   groups). Codes are random (a kernel's time does not depend on their values).
+* **overhead**: a small layer's fixed cost at one token: the compiled kernel, ``bqq_linear`` and a
+  ``QuantizedLinear`` forward against ``F.linear``.
 * **sweep**: the table, exact and rebuild paths over token counts, and the switch points they suggest
   (``kernels.cpu.linear``).
 * **accuracy**: the table path against the exact one on real weights: per-layer relative output error
@@ -68,6 +70,7 @@ LLM_SHAPES = {  # Hugging Face LlamaConfig fields
                   num_key_value_heads=2, vocab_size=1000, max_position_embeddings=512),  # --quick only
 }
 LLM_ROWS = ["fp32", "bf16", "torch-int4", "bqq-2*", "uq-2", "uq-3"]
+PARTS = ["layers", "overhead", "sweep", "accuracy", "generate", "deit"]
 # Issue 32's targets (ratios to dense fp32 / to the torch int4 kernel, this machine, medians)
 TARGETS = {"one_token_dense": 0.15, "one_token_int4": 0.5, "eight_tokens_dense": 0.3, "small_layer": 0.6,
            "prefill_dense": 1.0, "tiny_fp32": 3.0, "tiny_int4": 1.5, "llama7b_fp32": 4.0, "deit_batch1": 0.8,
@@ -148,6 +151,35 @@ def layer_rows(shapes, tokens, repeats: int) -> list[dict]:
             rows.append(row)
             print(f"{m}x{n} x{t}: dense {med['dense'] * 1e3:.3f} ms; " + ", ".join(
                 f"{k} {row[f'{k}_ratio']:.3f}x" for k in med if k != "dense"), flush=True)
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------- overhead
+def overhead_rows(repeats: int) -> list[dict]:
+    """The fixed cost of a small quantized layer at one token (1536×384, 2-bit): the compiled kernel alone
+    on prepared arrays, ``bqq_kernels.bqq_linear`` (checks, backend choice, numpy views) and a
+    ``QuantizedLinear`` forward (module call), against ``F.linear`` in fp32."""
+    from bqq_kernels.cpu import table_matmul
+
+    shape = (1536, 384)
+    rows = []
+    x = torch.randn(1, shape[1])
+    xn = x.numpy()
+    w = torch.randn(shape) * 0.02
+    for name, matrix in (("2* BQQ", random_bqq_matrix(shape)), ("2-bit UQ", random_uq_matrix(shape, 2))):
+        layer = bqq.ptq.QuantizedLinear(matrix)
+        layout = layer.kernel_layout()
+        arrays = table_matmul.decode_arrays(layout.tensors)
+        entry = table_matmul._bqq_native if name == "2* BQQ" else table_matmul._plane_native
+        out = np.empty((1, shape[0]), np.float32)
+        fns = {"dense": lambda: F.linear(x, w),
+               "kernel": lambda entry=entry, out=out, arrays=arrays: entry(False, xn, out, *arrays),  # serial
+               "bqq_linear": lambda layout=layout: kernels.bqq_linear(x, layout),
+               "module": lambda layer=layer: layer(x)}
+        with torch.inference_mode():
+            med = paired_medians(fns, repeats * 3)
+        rows.append({"method": name, **{f"{k}_us": v * 1e6 for k, v in med.items()}})
+        print(f"overhead {name}: " + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in med.items()), flush=True)
     return rows
 
 
@@ -382,6 +414,14 @@ def markdown(data: dict) -> str:
                          f"{r['int4_ratio']:.3f}× | {r['bqq2_ratio']:.3f}× | {r['uq2_ratio']:.3f}× | "
                          f"{r['uq3_ratio']:.3f}× | {r['bqq2_over_int4']:.2f}× | {r['uq2_over_int4']:.2f}× |")
         lines += [""]
+    if data.get("overhead"):
+        lines += ["## Fixed cost at one token, 1536×384 (µs)", "",
+                  "| method | dense fp32 | compiled kernel | `bqq_linear` | `QuantizedLinear` |",
+                  "|---|---|---|---|---|"]
+        for r in data["overhead"]:
+            lines.append(f"| {r['method']} | {r['dense_us']:.1f} | {r['kernel_us']:.1f} | {r['bqq_linear_us']:.1f} | "
+                         f"{r['module_us']:.1f} |")
+        lines += [""]
     if data.get("sweep"):
         lines += ["## Paths by token count (ms)", "",
                   "| weight | tokens | BQQ table | BQQ exact | UQ table | UQ exact | UQ rebuild | fastest BQQ / UQ |",
@@ -391,7 +431,12 @@ def markdown(data: dict) -> str:
                          f"{r['bqq_exact_s'] * 1e3:.3f} | "
                          f"{r['uq_table_s'] * 1e3:.3f} | {r['uq_exact_s'] * 1e3:.3f} | {r['uq_rebuild_s'] * 1e3:.3f} | "
                          f"{r['bqq_fastest']} / {r['uq_fastest']} |")
-        lines += ["", f"Suggested switch points: {data['switches']}; in use: {data['switches_in_use']}.", ""]
+        from bqq_kernels.cpu import linear
+
+        now = {"bqq_table_below": linear.BQQ_TABLE_BELOW, "uq_table_below": linear.PLANE_TABLE_BELOW,
+               "uq_rebuild_from": linear.PLANE_REBUILD_FROM}
+        lines += ["", f"Suggested switch points: {data['switches']}; in use during the sweep: "
+                  f"{data['switches_in_use']}; in `kernels/cpu/linear.py` now: {now}.", ""]
     if data.get("accuracy"):
         acc = data["accuracy"]
         lines += ["## Accuracy of the table path (real weights)", "",
@@ -493,8 +538,7 @@ def environment() -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["layers", "sweep", "accuracy", "generate", "deit"],
-                   choices=["layers", "sweep", "accuracy", "generate", "deit"])
+    p.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
     p.add_argument("--quick", action="store_true", help="small shapes and few tokens (a smoke run)")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -518,11 +562,18 @@ def main(argv: list[str] | None = None) -> dict:
     # Parts not run now keep their last results (each part records the command and date that made it).
     data: dict = json.loads(previous.read_text()) if previous.exists() else {}
     data.update({"command": command.strip(), "date": time.strftime("%Y-%m-%d"), "env": environment()})
-    data.setdefault("made_by", {}).update({part: f"`{command.strip()}` ({data['date']})" for part in args.parts})
+    made_by = data.setdefault("made_by", {})
+    for part in args.parts:
+        how = f"`{command.strip()}` ({data['date']})"
+        if part == "generate" and set(args.llm_rows) != set(LLM_ROWS) and made_by.get(part):
+            how = f"{made_by[part]}, rows {', '.join(args.llm_rows)} by {how}"  # the other rows are kept
+        made_by[part] = how
     shapes = [(256, 256), (384, 1536)] if args.quick else SHAPES
     tokens = [1, 8, 40] if args.quick else TOKENS
     if "layers" in args.parts:
         data["layers"] = layer_rows(shapes, tokens, args.repeats)
+    if "overhead" in args.parts:
+        data["overhead"] = overhead_rows(args.repeats)
     if "sweep" in args.parts:
         data["sweep"] = sweep_rows(shapes[:1] + shapes[-1:], [1, 8, 64] if args.quick else SWEEP_TOKENS, args.repeats)
         data["switches"] = suggested_switches(data["sweep"])

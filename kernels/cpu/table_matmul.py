@@ -249,34 +249,34 @@ _bqq_parallel, _bqq_serial = parallel_and_serial(_bqq_tasks)
 # Entry points per shuffle kind: the kind tuple is made inside compiled code (typing a tuple argument
 # costs more than a small layer's whole matmul), the native one from this CPU's features.
 @nb.njit(cache=True, nogil=True)
-def _plane_native(big, x, out, tiles, coef, offset, col_start, col_size):
-    if big and nb.get_num_threads() > 1:  # a thread start costs more than a small layer's lookups
+def _plane_native(parallel, x, out, tiles, coef, offset, col_start, col_size):
+    if parallel:
         _plane_parallel(x, out, NATIVE_TAG, tiles, coef, offset, col_start, col_size)
     else:
         _plane_serial(x, out, NATIVE_TAG, tiles, coef, offset, col_start, col_size)
 
 
 @nb.njit(cache=True, nogil=True)
-def _plane_generic(big, x, out, tiles, coef, offset, col_start, col_size):
-    if big and nb.get_num_threads() > 1:  # a thread start costs more than a small layer's lookups
+def _plane_generic(parallel, x, out, tiles, coef, offset, col_start, col_size):
+    if parallel:
         _plane_parallel(x, out, (0,), tiles, coef, offset, col_start, col_size)
     else:
         _plane_serial(x, out, (0,), tiles, coef, offset, col_start, col_size)
 
 
 @nb.njit(cache=True, nogil=True)
-def _bqq_native(big, x, out, ztiles, ytiles, r, t, rowterm, row_start, row_size, col_start, col_size, rank):
+def _bqq_native(parallel, x, out, ztiles, ytiles, r, t, rowterm, row_start, row_size, col_start, col_size, rank):
     args = (ztiles, ytiles, r, t, rowterm, row_start, row_size, col_start, col_size, rank)
-    if big and nb.get_num_threads() > 1:
+    if parallel:
         _bqq_parallel(x, out, NATIVE_TAG, *args)
     else:
         _bqq_serial(x, out, NATIVE_TAG, *args)
 
 
 @nb.njit(cache=True, nogil=True)
-def _bqq_generic(big, x, out, ztiles, ytiles, r, t, rowterm, row_start, row_size, col_start, col_size, rank):
+def _bqq_generic(parallel, x, out, ztiles, ytiles, r, t, rowterm, row_start, row_size, col_start, col_size, rank):
     args = (ztiles, ytiles, r, t, rowterm, row_start, row_size, col_start, col_size, rank)
-    if big and nb.get_num_threads() > 1:
+    if parallel:
         _bqq_parallel(x, out, (0,), *args)
     else:
         _bqq_serial(x, out, (0,), *args)
@@ -331,7 +331,8 @@ def plane_linear_tables(x: torch.Tensor, w: PlaneTensors, out_features: int, gen
     x2, out = _io(x, out_features)
     if len(x2):
         arrays = decode_arrays(w)
-        (_plane_generic if generic else _plane_native)(arrays[0].size * len(x2) >= PARALLEL_BYTES, x2, out, *arrays)
+        parallel = arrays[0].size * len(x2) >= PARALLEL_BYTES and nb.get_num_threads() > 1  # a thread start costs
+        (_plane_generic if generic else _plane_native)(parallel, x2, out, *arrays)  # more than a small layer
     return _result(out, x, out_features)
 
 
@@ -340,8 +341,8 @@ def bqq_linear_tables(x: torch.Tensor, w: LayoutTensors, out_features: int, gene
     x2, out = _io(x, out_features)
     if len(x2):
         arrays = decode_arrays(w)
-        big = (arrays[0].size + arrays[1].size) * len(x2) >= PARALLEL_BYTES
-        (_bqq_generic if generic else _bqq_native)(big, x2, out, *arrays)
+        parallel = (arrays[0].size + arrays[1].size) * len(x2) >= PARALLEL_BYTES and nb.get_num_threads() > 1
+        (_bqq_generic if generic else _bqq_native)(parallel, x2, out, *arrays)
     return _result(out, x, out_features)
 
 
