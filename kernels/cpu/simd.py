@@ -41,6 +41,14 @@ def _row_ptr(builder, base, offset, vec):
     return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
 
 
+def _broadcast(builder, value, vec):
+    """A ``vec`` with every lane ``value`` (a scalar computed at run time)."""
+    i32 = ir.IntType(32)
+    lane = builder.insert_element(ir.Constant(vec, None), value, ir.Constant(i32, 0))
+    zeros = ir.Constant(ir.VectorType(i32, vec.count), [0] * vec.count)
+    return builder.shuffle_vector(lane, ir.Constant(vec, None), zeros)
+
+
 def _lut_codegen(width: int):
     def codegen(context, builder, signature, args):
         tables_v, tbase, codes_v, cbase, count, out_v, obase, _ = args
@@ -294,12 +302,10 @@ def _table_dot_codegen(kind: int):
         # minus the bias of 2·nbytes entries (exact in int32), then to float: scale · weight · sum
         bias = builder.mul(builder.trunc(count, i32), ir.Constant(i32, 2 * TABLE_BIAS))
         vi32 = ir.VectorType(i32, TILE_ROWS)
-        bias_v = builder.shuffle_vector(builder.insert_element(ir.Constant(vi32, None), bias, ir.Constant(i32, 0)),
-                                        ir.Constant(vi32, None), ir.Constant(vi32, [0] * TILE_ROWS))
+        bias_v = _broadcast(builder, bias, vi32)
         vf = ir.VectorType(ir.FloatType(), TILE_ROWS)
         value = builder.sitofp(builder.sub(rows, bias_v), vf)
-        scale_v = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, None), scale, ir.Constant(i32, 0)),
-                                         ir.Constant(vf, None), ir.Constant(vi32, [0] * TILE_ROWS))
+        scale_v = _broadcast(builder, scale, vf)
         weights = builder.load(_row_ptr(builder, wts, wbase, vf), align=4)
         target = _row_ptr(builder, dst, obase, vf)
         total = builder.fadd(builder.load(target, align=4), builder.fmul(builder.fmul(value, scale_v), weights))
@@ -355,8 +361,7 @@ def quantize_chunks(typingctx, src, src_base, nchunks, inv_scale, tables, table_
         total = ir.Constant(v16f, [TABLE_BIAS + 0.5] * 16)
         for k in range(4):
             lane = builder.fmul(builder.extract_element(chunk, ir.Constant(i32, k)), inv)
-            spread = builder.insert_element(ir.Constant(v16f, None), lane, ir.Constant(i32, 0))
-            spread = builder.shuffle_vector(spread, spread, ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+            spread = _broadcast(builder, lane, v16f)
             total = builder.fadd(total, builder.fmul(spread, masks[k], flags=("contract",)), flags=("contract",))
         words = builder.trunc(builder.fptosi(total, ir.VectorType(i32, 16)), ir.VectorType(ir.IntType(16), 16))
         split = builder.shuffle_vector(builder.bitcast(words, ir.VectorType(ir.IntType(8), 32)),
@@ -448,9 +453,7 @@ def axpy8(typingctx, dst, dst_base, src, src_base, scale, first):
         vec = ir.VectorType(ir.FloatType(), 8)
         d = _row_ptr(builder, _data(context, builder, signature.args[0], dst_v), dbase, vec)
         x = builder.load(_row_ptr(builder, _data(context, builder, signature.args[2], src_v), sbase, vec), align=4)
-        i32 = ir.IntType(32)
-        spread = builder.insert_element(ir.Constant(vec, None), scale, ir.Constant(i32, 0))
-        spread = builder.shuffle_vector(spread, spread, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+        spread = _broadcast(builder, scale, vec)
         start = builder.select(first, ir.Constant(vec, None), builder.load(d, align=4))
         builder.store(builder.fadd(start, builder.fmul(spread, x)), d, align=4)
         return context.get_dummy_value()

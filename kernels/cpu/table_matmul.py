@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..layout import LayoutTensors, PlaneTensors
+from .bqq_matmul import kernel_io
 from .builds import parallel_and_serial
 from .simd import (
     MAX_TABLE_CALL,
@@ -316,19 +317,9 @@ def decode_arrays(w: LayoutTensors | PlaneTensors) -> tuple[np.ndarray, ...]:
 _DECODE: dict[int, tuple[tuple[torch.Tensor, ...], tuple[np.ndarray, ...]]] = {}
 
 
-def _io(x: torch.Tensor, out_features: int) -> tuple[np.ndarray, np.ndarray]:
-    x2 = x.detach()
-    if x2.dim() != 2:
-        x2 = x2.reshape(-1, x.shape[-1])
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
-    x2 = x2.numpy()
-    return x2, np.empty((x2.shape[0], out_features), np.float32)
-
-
 def plane_linear_tables(x: torch.Tensor, w: PlaneTensors, out_features: int, generic: bool = False) -> torch.Tensor:
     """x (..., N) float32 -> x Ŵᵀ (..., M) float32 with the register-table kernel (bit planes)."""
-    x2, out = _io(x, out_features)
+    x2, out = kernel_io(x, out_features)
     if len(x2):
         arrays = decode_arrays(w)
         parallel = arrays[0].size * len(x2) >= PARALLEL_BYTES and nb.get_num_threads() > 1  # a thread start costs
@@ -338,7 +329,7 @@ def plane_linear_tables(x: torch.Tensor, w: PlaneTensors, out_features: int, gen
 
 def bqq_linear_tables(x: torch.Tensor, w: LayoutTensors, out_features: int, generic: bool = False) -> torch.Tensor:
     """x (..., N) float32 -> x Ŵᵀ (..., M) float32 with the register-table kernel (BQQ factors)."""
-    x2, out = _io(x, out_features)
+    x2, out = kernel_io(x, out_features)
     if len(x2):
         arrays = decode_arrays(w)
         parallel = (arrays[0].size + arrays[1].size) * len(x2) >= PARALLEL_BYTES and nb.get_num_threads() > 1
