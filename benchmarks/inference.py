@@ -81,7 +81,7 @@ class Int4Linear(nn.Module):
     """torch's int4 weight-only CPU linear (codes 0..15 in groups of INT4_GROUP columns, bf16 scale and zero
     per group): y = x (q − 8)·scale + zero, in bf16 (the peer's fast path)."""
 
-    def __init__(self, out_features: int, in_features: int, seed: int = 0, weight: torch.Tensor | None = None):
+    def __init__(self, out_features: int, in_features: int, seed: int = 0):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         codes = torch.randint(0, 16, (out_features, in_features), dtype=torch.int32, generator=gen)

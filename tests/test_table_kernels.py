@@ -171,3 +171,13 @@ def test_every_x86_shuffle_this_cpu_has_matches_the_generic_one():
     for kind, out in results.items():
         np.testing.assert_array_equal(out, results[1], err_msg=f"kind {kind}")
     np.testing.assert_allclose(results[1], expect, rtol=1e-6)
+
+
+def test_tiny_and_zero_inputs_stay_finite():
+    layout = random_planes(70, 45, 2, [45])
+    for scale in (0.0, 1e-39, 1e-20):
+        x = torch.full((1, 45), scale)
+        out = kernels.bqq_linear(x, layout, backend="numba-table")
+        assert bool(torch.isfinite(out).all())
+        ref = kernels.bqq_linear(x.double(), layout)
+        assert float((out.double() - ref).abs().max()) <= 1e-24 + 1e-3 * float(ref.abs().max())

@@ -41,6 +41,7 @@ from .simd import (
 
 # Largest rounded table value: a little under 32767, so that float rounding never passes 65535.
 TABLE_PEAK = 32766.0
+SMALLEST_SCALE = np.float32(1e-30)
 NATIVE = SHUFFLE_KINDS[host_shuffle()]
 NATIVE_TAG = (0,) * NATIVE  # the shuffle kind as a tuple's length: see kernels.cpu.simd
 # Serial below this many code bytes per call (a thread start costs more than a small layer's lookups).
@@ -76,8 +77,9 @@ def chunk_peak(src, s0, ncols):
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def table_scale(peak):
-    """The table scale for a block whose largest |subset sum| is ``peak``."""
-    return np.float32(peak / TABLE_PEAK) if peak > 0 else np.float32(1.0)
+    """The table scale for a block whose largest |subset sum| is ``peak``; never below SMALLEST_SCALE, so
+    that 1 / scale stays finite (sums that small round to zero, an absolute error below 1e-25)."""
+    return max(np.float32(peak / TABLE_PEAK), SMALLEST_SCALE) if peak > 0 else np.float32(1.0)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
