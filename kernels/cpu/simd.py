@@ -159,8 +159,8 @@ def vadd(typingctx, dst, dst_base, a, a_base, b, b_base, width_tag):
 # TABLE_BIAS), split into a low-byte and a high-byte table of 16 bytes each, so that each fits the
 # 16-byte lane of a byte shuffle (pshufb; NEON's tbl). One shuffle looks up the entries of TILE_ROWS
 # weight rows at once (one per byte lane). 16-bit entries, not T-MAC's 8-bit ones: an 8-bit table
-# rounds every lookup to 1/255 of the block's largest subset sum, a relative output error of about
-# 1e-2 on Gaussian inputs, while the two-byte table's is about 1e-4 for twice the shuffles.
+# rounds every lookup to 1/127 of the block's largest subset sum, about 256 times the two-byte table's
+# rounding, which costs twice the shuffles (the measured errors: benchmarks/results/inference.md).
 
 TILE_ROWS = 64  # weight rows per tile: one byte lane each (one AVX-512, two AVX2, four SSE registers)
 TABLE_BIAS = 32768  # a table entry is round(sum / scale) + TABLE_BIAS in [1, 65535]
