@@ -47,12 +47,10 @@ from torch import nn
 
 import bqq
 import bqq_kernels as kernels
-from benchmarks.kernels import paired_medians, random_layout, random_plane_layout
+from benchmarks.kernels import paired_medians, random_bqq_matrix, random_layout, random_plane_layout
 from bqq.format import pack_bits
 from bqq.grouping import GroupGrid
-from bqq.methods.bqq import BQQConfig, BQQMatrix
 from bqq.methods.uniform import UQConfig, UQMatrix
-from bqq.solver.settings import inner_dim
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (1536, 384)]
@@ -94,21 +92,6 @@ class Int4Linear(nn.Module):
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         out = torch._weight_int4pack_mm_for_cpu(x2, self.packed, INT4_GROUP, self.scales_and_zeros)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-
-def random_bqq_matrix(shape: tuple[int, int], group: int = BQQ_GROUP, stacks: int = 2, seed: int = 0) -> BQQMatrix:
-    """A 2* BQQ matrix (``stacks`` stacks, the rank BQQ gives each group) with random bits and scalars."""
-    rng = np.random.default_rng(seed)
-    grid = GroupGrid.build(shape, (group, group))
-    config = BQQConfig()
-    ys, zs = [], []
-    for gm, gn in grid.group_shapes():
-        rank = inner_dim((gm, gn), config.rank_scale)
-        ys.append(pack_bits(rng.integers(0, 2, (stacks, gm, rank), dtype=np.uint8)))
-        zs.append(pack_bits(rng.integers(0, 2, (stacks, rank, gn), dtype=np.uint8)))
-    scales = (rng.standard_normal((len(grid), stacks, 3)) * 0.01).astype(np.float32)
-    offset = np.zeros(len(grid), np.float32)
-    return BQQMatrix(shape, "float32", grid, stacks, 0, config, y=ys, z=zs, scales=scales, offset=offset)
 
 
 def random_uq_matrix(shape: tuple[int, int], bits: int, seed: int = 0) -> UQMatrix:
@@ -166,7 +149,8 @@ def overhead_rows(repeats: int) -> list[dict]:
     x = torch.randn(1, shape[1])
     xn = x.numpy()
     w = torch.randn(shape) * 0.02
-    for name, matrix in (("2* BQQ", random_bqq_matrix(shape)), ("2-bit UQ", random_uq_matrix(shape, 2))):
+    bqq_matrix = random_bqq_matrix(shape, BQQ_GROUP, magnitude=0.01)
+    for name, matrix in (("2* BQQ", bqq_matrix), ("2-bit UQ", random_uq_matrix(shape, 2))):
         layer = bqq.ptq.QuantizedLinear(matrix)
         layout = layer.kernel_layout()
         arrays = table_matmul.decode_arrays(layout.tensors)
@@ -327,7 +311,7 @@ def build_llm(shape: str, row: str) -> nn.Module:
         if row == "torch-int4":
             new = Int4Linear(m, n, seed=index)
         elif row == "bqq-2*":
-            new = bqq.ptq.QuantizedLinear(random_bqq_matrix((m, n), seed=index))
+            new = bqq.ptq.QuantizedLinear(random_bqq_matrix((m, n), BQQ_GROUP, seed=index, magnitude=0.01))
         else:
             new = bqq.ptq.QuantizedLinear(random_uq_matrix((m, n), int(row[-1]), seed=index))
         setattr(parent, name.rpartition(".")[2], new)
@@ -433,8 +417,7 @@ def markdown(data: dict) -> str:
                          f"{r['bqq_fastest']} / {r['uq_fastest']} |")
         from bqq_kernels.cpu import linear
 
-        now = {"bqq_table_below": linear.BQQ_TABLE_BELOW, "uq_table_below": linear.PLANE_TABLE_BELOW,
-               "uq_rebuild_from": linear.PLANE_REBUILD_FROM}
+        now = {"bqq_table_below": linear.BQQ_TABLE_BELOW, "uq_table_below": linear.PLANE_TABLE_BELOW}
         lines += ["", f"Suggested switch points: {data['switches']}; in use during the sweep: "
                   f"{data['switches_in_use']}; in `kernels/cpu/linear.py` now: {now}.", ""]
     if data.get("accuracy"):
@@ -578,8 +561,7 @@ def main(argv: list[str] | None = None) -> dict:
         data["sweep"] = sweep_rows(shapes[:1] + shapes[-1:], [1, 8, 64] if args.quick else SWEEP_TOKENS, args.repeats)
         data["switches"] = suggested_switches(data["sweep"])
         data["switches_in_use"] = {"bqq_table_below": linear.BQQ_TABLE_BELOW,
-                                   "uq_table_below": linear.PLANE_TABLE_BELOW,
-                                   "uq_rebuild_from": linear.PLANE_REBUILD_FROM}
+                                   "uq_table_below": linear.PLANE_TABLE_BELOW}
     if "accuracy" in args.parts:
         data["accuracy"] = accuracy_rows(args.quick)
     if "generate" in args.parts:

@@ -60,7 +60,9 @@ import torch.nn.functional as F
 import bqq
 import bqq_kernels as kernels
 from bqq.format import pack_bits
-from bqq.grouping import balanced_splits
+from bqq.grouping import GroupGrid, balanced_splits
+from bqq.methods.bqq import BQQConfig, BQQMatrix
+from bqq.solver.settings import inner_dim
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(384, 384), (1536, 384), (384, 1536), (4096, 4096)]
@@ -83,6 +85,23 @@ def random_layout(shape: tuple[int, int], group: int = GROUP, stacks: int = STAC
             scales = (rng.standard_normal((stacks, 3)) * 0.01).astype(np.float32)
             groups.append(kernels.BQQGroupFactors(y, z, scales, 0.0))
     return kernels.build_layout(groups, row_sizes, col_sizes)
+
+
+def random_bqq_matrix(shape: tuple[int, int], group: int | tuple[int, int] = GROUP, stacks: int = STACKS,
+                      seed: int = 0, magnitude: float = 1.0) -> BQQMatrix:
+    """A grouped BQQ matrix with random bits, scalars and offsets (no solver: fast), each group at the rank
+    BQQ gives it; ``group`` N means N×N groups; the scalars and offsets are about ``magnitude``."""
+    rng = np.random.default_rng(seed)
+    grid = GroupGrid.build(shape, (group, group) if isinstance(group, int) else group)
+    config = BQQConfig()
+    ys, zs = [], []
+    for gm, gn in grid.group_shapes():
+        rank = inner_dim((gm, gn), config.rank_scale)
+        ys.append(pack_bits(rng.integers(0, 2, (stacks, gm, rank))))
+        zs.append(pack_bits(rng.integers(0, 2, (stacks, rank, gn))))
+    scales = (rng.standard_normal((len(grid), stacks, 3)) * [1.0, 0.3, 0.3] * magnitude).astype(np.float32)
+    offset = (rng.standard_normal(len(grid)) * magnitude).astype(np.float32)
+    return BQQMatrix(shape, "float32", grid, stacks, 0, config, y=ys, z=zs, scales=scales, offset=offset)
 
 
 def paired_medians(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float = 2.0) -> dict[str, float]:

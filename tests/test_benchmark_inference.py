@@ -23,7 +23,7 @@ def test_layer_and_sweep_rows_and_report():
 def test_int4_peer_and_random_bqq_rows_compute():
     layer = bench.Int4Linear(64, 256)
     assert layer(torch.randn(3, 256, dtype=torch.bfloat16)).shape == (3, 64)
-    matrix = bench.random_bqq_matrix((96, 80), group=32)
+    matrix = bench.random_bqq_matrix((96, 80), 32)
     x = torch.randn(2, 80)
     ref = x @ matrix.dequantize(torch.float32).T
     out = kernels.bqq_linear(x, matrix.kernel_layout(), backend="numba-exact")

@@ -6,16 +6,14 @@ import subprocess
 import sys
 
 import numba
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import bqq
 import bqq_kernels as kernels
-from bqq.format import pack_bits
-from bqq.grouping import GroupGrid
-from bqq.methods.bqq import BQQConfig, BQQMatrix, inner_dim
+from benchmarks.kernels import random_bqq_matrix
+from bqq.methods.bqq import BQQMatrix
 from bqq.ptq import QuantizedConv2d, QuantizedLinear, quantized_layers
 from bqq.ptq.modules import trainable_scalars
 from bqq.quantized import QuantizedMatrix
@@ -26,17 +24,7 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 def random_weight(m: int, n: int, group: tuple[int, int], stacks: int, seed: int = 0) -> BQQMatrix:
     """A grouped BQQ matrix with random bits and scalars (no solver: fast)."""
-    rng = np.random.default_rng(seed)
-    grid = GroupGrid.build((m, n), group)
-    config = BQQConfig()
-    ys, zs = [], []
-    for gm, gn in grid.group_shapes():
-        rank = inner_dim((gm, gn), config.rank_scale)  # the rank BQQMatrix derives for the group
-        ys.append(pack_bits(rng.integers(0, 2, (stacks, gm, rank))))
-        zs.append(pack_bits(rng.integers(0, 2, (stacks, rank, gn))))
-    scales = (rng.standard_normal((len(grid), stacks, 3)) * [1.0, 0.3, 0.3]).astype(np.float32)
-    offset = rng.standard_normal(len(grid)).astype(np.float32)
-    return BQQMatrix((m, n), "float32", grid, stacks, 0, config, y=ys, z=zs, scales=scales, offset=offset)
+    return random_bqq_matrix((m, n), group, stacks, seed)
 
 
 # The default CPU backend runs the register-table kernel for a few tokens: its 16-bit tables round

@@ -214,15 +214,20 @@ def numpy_views(w: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, ...]:
     """numpy views of a layout's tensors (any layout's tensors tuple), made once per layout.
 
     Ten ``Tensor.numpy()`` calls cost about 6 µs, a sixth of a one-token 384×384 matmul. The views
-    share memory with the tensors (in-place updates show through). Entries are keyed by the first
-    tensor's id and dropped when it is freed; a layout whose other tensors were replaced gets new views.
+    share memory with the tensors (in-place updates show through).
     """
+    return per_layout(w, _VIEWS, lambda tensors: tuple(t.numpy() for t in tensors))
+
+
+def per_layout(w: tuple[torch.Tensor, ...], cache: dict, build) -> tuple[np.ndarray, ...]:
+    """``build(w)``, made once per layout and kept in ``cache``: entries are keyed by the first tensor's id
+    and dropped when it is freed; a layout whose other tensors were replaced gets a new entry."""
     key = id(w[0])
-    cached = _VIEWS.get(key)
+    cached = cache.get(key)
     if cached is None or not all(map(operator.is_, cached[0], w[1:])):
         if cached is None:
-            weakref.finalize(w[0], _VIEWS.pop, key, None)
-        cached = _VIEWS[key] = (w[1:], tuple(t.numpy() for t in w))  # no reference to w[0]: it can be freed
+            weakref.finalize(w[0], cache.pop, key, None)
+        cached = cache[key] = (w[1:], build(w))  # no reference to w[0]: it can be freed
     return cached[1]
 
 

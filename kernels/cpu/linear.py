@@ -27,13 +27,12 @@ from .bqq_matmul import bqq_linear_cpu
 from .plane_matmul import plane_linear_cpu, plane_rows_into
 from .table_matmul import bqq_linear_tables, plane_linear_tables
 
-# Token counts (rows of x) below which the table kernels run, and from which bit planes are rebuilt, from
-# the sweep of results/inference.md: BQQ's table path is fastest below 16 tokens on both swept shapes and
-# level with the exact one above; for bit planes the tables are fastest through 128 tokens and the
-# rebuild from 197 on 4096x4096 (the exact path never wins there).
+# Token counts (rows of x) below which the table kernels run, from the sweep of results/inference.md:
+# BQQ's table path is fastest below 16 tokens on both swept shapes and level with the exact one above;
+# for bit planes the tables are fastest through 128 tokens and the rebuild from 197 on 4096x4096 (the
+# exact path never wins there, so above the tables bit planes are rebuilt).
 BQQ_TABLE_BELOW = 16
 PLANE_TABLE_BELOW = 160
-PLANE_REBUILD_FROM = 160
 REBUILD_TILE_ROWS = 512  # rows of W rebuilt per dense matmul: a tile stays in L2/L3, no page faults
 
 _WORKSPACE = threading.local()  # per thread: the float32 buffer of one rebuilt tile
@@ -52,12 +51,9 @@ def bqq_linear_auto(x: torch.Tensor, w: LayoutTensors, out_features: int) -> tor
 
 def plane_linear_auto(x: torch.Tensor, w: PlaneTensors, out_features: int) -> torch.Tensor:
     """x (..., N) float32 -> x Ŵᵀ (..., M): table kernel for a few tokens, rebuild + matmul for many."""
-    tokens = _tokens(x)
-    if tokens < PLANE_TABLE_BELOW:
+    if _tokens(x) < PLANE_TABLE_BELOW:
         return plane_linear_tables(x, w, out_features)
-    if tokens >= PLANE_REBUILD_FROM:
-        return plane_linear_rebuild(x, w, out_features)
-    return plane_linear_cpu(x, w, out_features)
+    return plane_linear_rebuild(x, w, out_features)
 
 
 def plane_linear_rebuild(x: torch.Tensor, w: PlaneTensors, out_features: int) -> torch.Tensor:

@@ -18,15 +18,12 @@ any number of threads and any batch composition.
 
 from __future__ import annotations
 
-import operator
-import weakref
-
 import numba as nb
 import numpy as np
 import torch
 
 from ..layout import LayoutTensors, PlaneTensors
-from .bqq_matmul import kernel_io
+from .bqq_matmul import kernel_io, numpy_views, per_layout
 from .builds import parallel_and_serial
 from .simd import (
     MAX_TABLE_CALL,
@@ -286,37 +283,33 @@ def _bqq_generic(parallel, x, out, ztiles, ytiles, r, t, rowterm, row_start, row
 
 
 def decode_arrays(w: LayoutTensors | PlaneTensors) -> tuple[np.ndarray, ...]:
-    """The arrays the decode kernels read for a layout's tensors, made once per layout (cached like
-    :func:`kernels.cpu.bqq_matmul.numpy_views`, dropped when the layout's first tensor is freed).
+    """The arrays the decode kernels read for a layout's tensors, made once per layout
+    (:func:`kernels.cpu.bqq_matmul.per_layout`; the tiles and padded scalars are copies).
 
     Planes: (tiles (MT, C, B, NB, TILE_ROWS), coef (C, B, MT·TILE_ROWS), offset (C, MT·TILE_ROWS), col_start,
     col_size).
     BQQ: (ztiles (R, C, P, LT, NB, TILE_ROWS), ytiles (R, C, MT, P, LB, TILE_ROWS), r, t, rowterm, row_start,
     row_size, col_start, col_size, rank).
     """
-    key = id(w[0])
-    cached = _DECODE.get(key)
-    if cached is None or not all(map(operator.is_, cached[0], w[1:])):
-        if cached is None:
-            weakref.finalize(w[0], _DECODE.pop, key, None)
-        views = [t.numpy() for t in w]
-        if isinstance(w, PlaneTensors):
-            planes, coef, offset, *rest = views
-            tiles = np.ascontiguousarray(tile_rows(planes).transpose(2, 0, 1, 3, 4))  # a tile's codes in one run
-            rows = tiles.shape[0] * TILE_ROWS  # the scalars padded to whole tiles (zeros)
-            coef_t = np.zeros((coef.shape[0], coef.shape[2], rows), np.float32)
-            coef_t[:, :, :coef.shape[1]] = coef.transpose(0, 2, 1)
-            offset_t = np.zeros((offset.shape[0], rows), np.float32)
-            offset_t[:, :offset.shape[1]] = offset
-            arrays = (tiles, coef_t, offset_t, *rest)
-        else:
-            z, y, *rest = views
-            arrays = (tile_rows(z), np.ascontiguousarray(tile_rows(y).transpose(0, 1, 3, 2, 4, 5)), *rest)
-        cached = _DECODE[key] = (tuple(w[1:]), arrays)
-    return cached[1]
+    return per_layout(w, _DECODE, _decode_build)
 
 
-_DECODE: dict[int, tuple[tuple[torch.Tensor, ...], tuple[np.ndarray, ...]]] = {}
+def _decode_build(w: LayoutTensors | PlaneTensors) -> tuple[np.ndarray, ...]:
+    views = numpy_views(w)
+    if isinstance(w, PlaneTensors):
+        planes, coef, offset, *rest = views
+        tiles = np.ascontiguousarray(tile_rows(planes).transpose(2, 0, 1, 3, 4))  # a tile's codes in one run
+        rows = tiles.shape[0] * TILE_ROWS  # the scalars padded to whole tiles (zeros)
+        coef_t = np.zeros((coef.shape[0], coef.shape[2], rows), np.float32)
+        coef_t[:, :, :coef.shape[1]] = coef.transpose(0, 2, 1)
+        offset_t = np.zeros((offset.shape[0], rows), np.float32)
+        offset_t[:, :offset.shape[1]] = offset
+        return (tiles, coef_t, offset_t, *rest)
+    z, y, *rest = views
+    return (tile_rows(z), np.ascontiguousarray(tile_rows(y).transpose(0, 1, 3, 2, 4, 5)), *rest)
+
+
+_DECODE: dict[int, tuple[tuple[torch.Tensor, ...], tuple[np.ndarray, ...]]] = {}  # id(w[0]) -> (w[1:], arrays)
 
 
 def plane_linear_tables(x: torch.Tensor, w: PlaneTensors, out_features: int, generic: bool = False) -> torch.Tensor:
