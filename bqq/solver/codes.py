@@ -52,7 +52,12 @@ class GroupCodes:
 
     def group(self, g: int) -> GroupCodes:
         """Group ``g`` alone (G = 1), sharing memory."""
-        return GroupCodes(self.ys[g:g + 1], self.zs[g:g + 1], self.scales[g:g + 1], self.offset[g:g + 1])
+        return self.part(g, 1)
+
+    def part(self, first: int, count: int) -> GroupCodes:
+        """Groups ``first`` to ``first + count - 1`` (fewer at the end), sharing memory."""
+        rows = slice(first, first + count)
+        return GroupCodes(self.ys[rows], self.zs[rows], self.scales[rows], self.offset[rows])
 
     def numpy(self) -> GroupCodes:
         """The codes as numpy arrays on the host."""

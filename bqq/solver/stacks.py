@@ -8,13 +8,15 @@ taken against those stored scalars. So p stacks at once equal one stack then p -
 Stack k of group g (``group_ids[g]``) is seeded by ``(seed_g, k, group_ids[g], restart)``, so codes do not
 depend on batching. Under an output-aware H a matrix cut into column groups is solved column block by column
 block (:func:`grow_grid`), each block under its Schur complement of H, its error carried onto the later
-columns (:func:`bqq.solver.hessian_math.column_blocks`), so the cross-block terms of H count.
+columns (:func:`bqq.solver.hessian_math.column_blocks`), so the cross-block terms of H count. Within a
+column block the groups are independent: :func:`grow_grid` can hand them out as tasks (:class:`SolveTask`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -106,9 +108,59 @@ def solve_groups(backend: Backend, targets: np.ndarray | Any, count: int, *, ran
     return GroupCodes.stack(parts)
 
 
+@dataclass(frozen=True)
+class SolveTask:
+    """One :func:`solve_groups` call of :func:`grow_grid`: same-shape groups of one column block.
+
+    Numpy arrays, plain settings and the backend, so it pickles: a task can be solved in another process
+    (:func:`solve_task`). A group's codes depend only on its own target, seeds and H, so the task's groups
+    can also be solved in parts (:meth:`split`) with the same codes.
+
+    Attributes:
+        backend: where to solve (the CPU backend travels as its batch size).
+        targets: (G, m, n) float64 group matrices, the earlier column blocks' errors carried in.
+        initial: the groups' codes so far (numpy; p = 0 for new groups).
+        count: stacks to add.
+        rank: the groups' inner dimension l.
+        settings: the groups' stack settings.
+        seeds, group_ids: per group (see :func:`add_stacks`).
+        hessian: None, or the column block's (n, n) float64 S_k (H itself for a single column block).
+    """
+
+    backend: Backend
+    targets: np.ndarray
+    initial: GroupCodes
+    count: int
+    rank: int
+    settings: StackSettings
+    seeds: list[int]
+    group_ids: list[int]
+    hessian: np.ndarray | None
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def split(self, size: int) -> list[SolveTask]:
+        """The task as tasks of at most ``size`` groups each, in order (their codes stacked are this task's)."""
+        return [replace(self, targets=self.targets[lo:lo + size], initial=self.initial.part(lo, size),
+                        seeds=self.seeds[lo:lo + size], group_ids=self.group_ids[lo:lo + size])
+                for lo in range(0, len(self), size)]
+
+
+def solve_task(task: SolveTask, progress: Progress = None) -> GroupCodes:
+    """The task's groups with ``task.count`` more stacks: :class:`GroupCodes` (numpy, G groups)."""
+    return solve_groups(task.backend, task.targets, task.count, rank=task.rank, settings=task.settings,
+                        seeds=task.seeds, group_ids=task.group_ids, hessian=task.hessian, initial=task.initial,
+                        progress=progress).numpy()
+
+
+MapSolves = Callable[[list[SolveTask]], list[GroupCodes]]
+
+
 def grow_grid(backend: Backend, w: np.ndarray, grid: GroupGrid, codes: list[GroupCodes], count: int, *, seed: int,
               first_group: int, ranks: Sequence[int], settings: Callable[[tuple[int, int], int, bool], StackSettings],
-              hessian: np.ndarray | None = None, progress: Progress = None) -> list[GroupCodes]:
+              hessian: np.ndarray | None = None, progress: Progress = None,
+              map_solves: MapSolves | None = None) -> list[GroupCodes]:
     """``count`` more stacks for every group of a matrix ``w`` cut by ``grid``.
 
     Args:
@@ -117,6 +169,11 @@ def grow_grid(backend: Backend, w: np.ndarray, grid: GroupGrid, codes: list[Grou
         ranks: per group its inner dimension l.
         settings: the stack settings of a (shape, rank, weighted) group.
         hessian: None (‖E‖²), or the (damped) (n, n) H of tr(E H Eᵀ): then column block by column block.
+        map_solves: None: solve here. Else called once per column block (once in all without ``hessian``)
+            with that block's tasks, one per group shape, and returns their codes in order, solved anywhere
+            (e.g. in parts on other processes); the column blocks and their carried errors stay here.
+        progress: called with a group count after each solved batch (after each column block with
+            ``map_solves``).
 
     Returns:
         The new codes per group (numpy, G = 1 each).
@@ -133,12 +190,18 @@ def grow_grid(backend: Backend, w: np.ndarray, grid: GroupGrid, codes: list[Grou
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for g in members:
             by_shape[shapes[g]].append(g)
-        for shape, idx in by_shape.items():
-            rank = ranks[idx[0]]
-            new = solve_groups(backend, np.stack([target[blocks[g][2], blocks[g][3]] for g in idx]), count,
-                               rank=rank, settings=settings(shape, rank, weight is not None), seeds=[seed] * len(idx),
-                               group_ids=[first_group + g for g in idx], hessian=weight,
-                               initial=GroupCodes.stack([codes[g] for g in idx]), progress=progress).numpy()
+        tasks = [SolveTask(backend, np.stack([target[blocks[g][2], blocks[g][3]] for g in idx]),
+                           GroupCodes.stack([codes[g] for g in idx]), count, ranks[idx[0]],
+                           settings(shape, ranks[idx[0]], weight is not None), [seed] * len(idx),
+                           [first_group + g for g in idx], weight)
+                 for shape, idx in by_shape.items()]
+        if map_solves is None:
+            solved = [solve_task(task, progress) for task in tasks]
+        else:
+            solved = map_solves(tasks)
+            if progress is not None:
+                progress(count * len(members))
+        for idx, new in zip(by_shape.values(), solved, strict=True):
             for j, g in enumerate(idx):
                 codes[g] = new.group(j)
         if carry is not None:
