@@ -16,6 +16,7 @@ from .methods import available_methods, get_method
 from .quantized import QuantizedMatrix
 from .solver.devices import solver_device
 from .solver.hessian_math import prepare_hessian
+from .solver.stacks import MapSolves
 
 
 def compress(
@@ -93,12 +94,15 @@ def weight_device(w: Any, device: Any) -> torch.device | None:
 
 def solve(cls: type[QuantizedMatrix], w: np.ndarray, grid: GroupGrid, bits: float, seed: int, config: Any, *,
           progress: bool | None = None, first_group: int = 0, hessian: np.ndarray | None = None,
-          device: torch.device | None = None) -> QuantizedMatrix:
+          device: torch.device | None = None, map_solves: MapSolves | None = None) -> QuantizedMatrix:
     """Run ``cls.quantize`` on a validated float64 matrix (the one place that sets the thread policy);
-    ``hessian``: None or H from :func:`prepared_hessian` (the method damps it)."""
+    ``hessian``: None or H from :func:`prepared_hessian` (the method damps it); ``map_solves``: for a method
+    with ``spreads_groups``, who solves its groups (:func:`bqq.solver.stacks.grow_grid`)."""
     extra = {} if hessian is None else {"hessian": hessian}
     if device is not None and cls.solves_on_devices:
         extra["device"] = device
+    if map_solves is not None and cls.spreads_groups:
+        extra["map_solves"] = map_solves
     # numba's worker threads stay hot between sweeps; BLAS threads beside them ran up to ~60x slower.
     with threadpool_limits(limits=1, user_api="blas"):
         return cls.quantize(w, grid, bits, seed, config, progress=progress, first_group=first_group, **extra)

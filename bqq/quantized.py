@@ -110,6 +110,10 @@ class QuantizedMatrix(abc.ABC):
     # Methods whose quantize takes ``device=`` (a torch.device from bqq.solver.devices.solver_device, or None
     # for the CPU); the others run on the CPU whatever the device.
     solves_on_devices: ClassVar[bool] = False
+    # Methods whose quantize takes ``map_solves=`` (:func:`bqq.solver.stacks.grow_grid`): under H the groups
+    # of one column block are independent, so the model pass spreads a calibrated layer's groups over its
+    # workers while the column blocks go in order in the main process.
+    spreads_groups: ClassVar[bool] = False
     # quantize() solves all groups of a grid in one vectorized call: the model pass gives such a method one job
     # per layer, not one per group.
     batched_groups: ClassVar[bool] = False

@@ -14,6 +14,7 @@ from bqq.grouping import GroupGrid
 from bqq.methods.bqq import BQQConfig, inner_dim
 from bqq.methods.gptq import encode_rows
 from bqq.methods.uniform import encode
+from bqq.ptq import runner as ptq_runner
 from bqq.ptq.hessian import collect_cross_moments, collect_hessians, input_stages
 from bqq.ptq.runner import layer_seed
 from bqq.solver import (
@@ -417,6 +418,61 @@ def test_calibrated_quantize_resumes_from_its_cache(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == files
     x = calibration_batches(5)[4:]
     assert torch.equal(outputs(first, x), outputs(second, x))
+
+
+@pytest.fixture(scope="module")
+def spread_case():
+    """A calibrated BQQ pass whose layers have several column and row blocks (8 x 8 groups), solved in this
+    process: its settings and the model."""
+    settings = {"bits": 2, "method": "bqq", "group_size": (8, 8),
+                "calibration": bqq.Calibration(calibration_batches(), inputs="float"), **FAST}
+    return settings, bqq.quantize(tiny(), **settings)
+
+
+def assert_same_model(a, b):
+    for (name, qa), (_, qb) in zip(quantized_layers(a), quantized_layers(b), strict=True):
+        assert torch.equal(qa.qweight.dequantize(), qb.qweight.dequantize()), name
+    x = calibration_batches(5)[4:]
+    assert torch.equal(outputs(a, x), outputs(b, x))
+
+
+def spy_on_map_solves(monkeypatch) -> list[int]:
+    """Record the column blocks whose groups the model pass hands out as tasks."""
+    calls, real = [], ptq_runner._map_solves
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(ptq_runner, "_map_solves", spy)
+    return calls
+
+
+def spread_blocks(model) -> int:
+    """Column blocks of the layers that spread their groups (several row blocks)."""
+    return sum(len(q.qweight.grid.col_sizes) for _, q in quantized_layers(model) if len(q.qweight.grid.row_sizes) > 1)
+
+
+def test_calibrated_bqq_spreads_its_groups_over_processes_with_the_same_codes(spread_case, monkeypatch, tmp_path):
+    settings, reference = spread_case
+    calls = spy_on_map_solves(monkeypatch)
+    parallel = bqq.quantize(tiny(), workers=2, cache_dir=tmp_path, **settings)
+    assert len(calls) == spread_blocks(reference) > 0  # the head (5 rows: one row block) stays one job
+    assert_same_model(parallel, reference)
+    resumed = bqq.quantize(tiny(), workers=2, cache_dir=tmp_path, **settings)  # every layer from the cache
+    assert len(calls) == spread_blocks(reference)
+    assert_same_model(resumed, reference)
+
+
+def test_calibrated_bqq_spreads_its_groups_over_dask(spread_case, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    settings, reference = spread_case
+    calls = spy_on_map_solves(monkeypatch)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        q = bqq.quantize(tiny(), workers=client.get_executor(), **settings)
+    assert len(calls) == spread_blocks(reference)
+    assert_same_model(q, reference)
 
 
 def test_layers_without_data_fall_back_to_data_free():

@@ -91,9 +91,9 @@ def test_calibrated_quantize_solves_bqq_layers_on_the_device(cpu_through_device_
     devices_seen = []
     real = bqq_method.BQQMatrix._add_stacks
 
-    def spy(self, w, count, progress, hessian=None, device=None):
+    def spy(self, w, count, progress, hessian=None, device=None, **kwargs):
         devices_seen.append((hessian is not None, device))
-        return real(self, w, count, progress, hessian, device)
+        return real(self, w, count, progress, hessian, device, **kwargs)
 
     def model():
         torch.manual_seed(0)

@@ -32,6 +32,7 @@ from ..solver import (
     solve_groups,
     solver_device,
 )
+from ..solver.stacks import MapSolves
 from . import register_method
 
 
@@ -154,6 +155,7 @@ class BQQMatrix(QuantizedMatrix):
     meta_key = meta_attr = "ranks"
     output_aware = True
     solves_on_devices = True
+    spreads_groups = True
     group_fields = (
         GroupField("y", "uint8", lambda g: (g.bits, g.rows, packed_length(g.meta)), packed_bits=lambda g: g.meta),
         GroupField("z", "uint8", lambda g: (g.bits, g.meta, packed_length(g.cols)), packed_bits=lambda g: g.cols),
@@ -172,8 +174,8 @@ class BQQMatrix(QuantizedMatrix):
 
     # --- building ---------------------------------------------------------------------------
     @classmethod
-    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None, device=None
-                 ) -> BQQMatrix:
+    def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None, device=None,
+                 map_solves=None) -> BQQMatrix:
         shapes = grid.group_shapes()
         ranks = [inner_dim(s, config.rank_scale) for s in shapes]
         empty = cls(w.shape, "float64", grid, 0, seed, config,
@@ -181,7 +183,7 @@ class BQQMatrix(QuantizedMatrix):
                     z=[np.zeros((0, r, packed_length(n)), np.uint8) for (_, n), r in zip(shapes, ranks, strict=True)],
                     scales=np.zeros((len(grid), 0, 3), np.float32), offset=np.zeros(len(grid), np.float32))
         empty.first_group = first_group
-        empty._add_stacks(w, int(bits), progress, hessian, device)
+        empty._add_stacks(w, int(bits), progress, hessian, device, map_solves=map_solves)
         return empty
 
     @classmethod
@@ -233,9 +235,10 @@ class BQQMatrix(QuantizedMatrix):
         return self
 
     def _add_stacks(self, w: np.ndarray, count: int, progress: bool | None, hessian: np.ndarray | None = None,
-                    device: Any = None) -> None:
+                    device: Any = None, map_solves: MapSolves | None = None) -> None:
         """``count`` stacks for every group (:func:`bqq.solver.grow_grid`) on ``device`` (None: the CPU);
-        under ``hessian`` (prepared H) damped and channel-capped as configured, column block by column block."""
+        under ``hessian`` (prepared H) damped and channel-capped as configured, column block by column block,
+        each block's groups solved by ``map_solves`` if given."""
         cfg = self.config
         h = None if hessian is None else damped(clipped_channels(hessian, cfg.channel_clip), cfg.damping, copy=False)
         where = "" if device is None else f" on {device}"
@@ -245,7 +248,7 @@ class BQQMatrix(QuantizedMatrix):
                               [self._group_codes(g) for g in range(len(self.grid))], count, seed=self.seed,
                               first_group=self.first_group, ranks=self.ranks,
                               settings=lambda shape, rank, weighted: StackSettings.of(cfg, shape, rank, weighted),
-                              hessian=h, progress=bar.update)
+                              hessian=h, progress=bar.update, map_solves=map_solves)
         self.y = [pack_bits(c.ys[0]) for c in codes]
         self.z = [pack_bits(c.zs[0]) for c in codes]
         self.scales = np.concatenate([c.scales for c in codes]).astype(np.float32)

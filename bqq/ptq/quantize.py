@@ -89,7 +89,9 @@ def quantize(
             k epochs (c-BQQ).
         workers: None (this process: data-free groups side by side on one thread per core, each
             single-threaded; calibrated ones one at a time), 1 (this process, one group at a time on all
-            cores), a number of local processes, or a ``concurrent.futures.Executor``.
+            cores), a number of local processes, or a ``concurrent.futures.Executor``. With processes or an
+            executor a calibrated BQQ layer spreads its groups too: its column blocks are solved in order in
+            this process, the groups of each block on the workers, with the same codes.
         cache_dir: persist each finished group; a rerun with the same arguments resumes.
         seed: every layer's seed derives from it and the layer name.
         progress: tqdm bar over groups (None: only on a terminal).

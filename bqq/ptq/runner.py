@@ -1,18 +1,21 @@
 """Solving the groups of many layers: in-process, in local processes, or on any Executor; resumable.
 
 Every group of every layer is one job (a whole layer for an output-aware method with calibration
-data: H couples its groups). Jobs are independent (group g of a layer draws its randomness from
-(layer seed, g), the layer seed from the run seed and the layer name), so they can run anywhere
-and in any order, and the assembled layer equals ``bqq.compress(weight, group_size=..., seed=layer
-seed)`` bit for bit. With a cache folder each finished group is written atomically as its own packed
-file named by a hash of everything that determines it; a rerun loads those and solves the rest.
+data: H couples its groups; on workers BQQ then spreads the groups of each column block). Jobs are
+independent (group g of a layer draws its randomness from (layer seed, g), the layer seed from the
+run seed and the layer name), so they can run anywhere and in any order, and the assembled layer
+equals ``bqq.compress(weight, group_size=..., seed=layer seed)`` bit for bit. With a cache folder
+each finished group is written atomically as its own packed file named by a hash of everything that
+determines it; a rerun loads those and solves the rest.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from ..api import method_config, solve
 from ..common import as_float_matrix, progress_bar
@@ -32,6 +36,8 @@ from ..grouping import GroupGrid
 from ..io import load, save
 from ..methods import get_method
 from ..quantized import QuantizedMatrix
+from ..solver.codes import GroupCodes
+from ..solver.stacks import MapSolves, SolveTask, solve_task
 from ..threads import apply_budget, policy_enabled, serial_numba_thread, single_threaded_libraries, threads_per_process
 from ..version import __version__
 
@@ -72,16 +78,18 @@ def layer_seed(seed: int, layer: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def solve_group(job: GroupJob, device: torch.device | None = None) -> QuantizedMatrix:
+def solve_group(job: GroupJob, device: torch.device | None = None, map_solves: MapSolves | None = None
+                ) -> QuantizedMatrix:
     """Compress one group as group ``job.index`` of its layer (runs in workers; module-level so every
     executor can pickle it). Returns a single-group matrix for :meth:`QuantizedMatrix.from_groups`, or
     the whole layer for a job with ``group_shape``. ``device``: the torch backend's device for a method
-    that solves on devices (None: the CPU solver)."""
+    that solves on devices (None: the CPU solver). ``map_solves``: who solves the groups of a layer job
+    whose method ``spreads_groups`` (None: this process)."""
     cls, config = method_config(job.method, job.bits, job.opts)
     array, _ = as_float_matrix(job.matrix)
     grid = GroupGrid.build(array.shape, job.group_shape or array.shape)
     q = solve(cls, array, grid, job.bits, job.seed, config, progress=False, first_group=job.index,
-              hessian=job.hessian, device=device)
+              hessian=job.hessian, device=device, map_solves=map_solves)
     q.dtype = job.dtype
     return q
 
@@ -98,10 +106,13 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
             group; an int n > 1: n local processes, each with cores/n threads for numba, torch and BLAS
             (:mod:`bqq.threads`); or any
             ``concurrent.futures.Executor`` (e.g. ``distributed.Client(...).get_executor()`` to spread groups
-            over a Dask cluster).
+            over a Dask cluster). With processes or an executor, a calibrated BQQ layer with several row
+            blocks is not one job: its column blocks are solved in order in this process and the groups of
+            each block spread over the workers (:func:`_run_on_workers`), with the same codes.
         cache_dir: folder for finished groups; an interrupted run (Ctrl-C, kill -9) resumes from it.
         max_in_flight: jobs submitted ahead to an executor (default 2 per local worker, 64 otherwise),
-            bounding the memory held by queued group data.
+            bounding the memory held by queued group data; also the most tasks (per group shape) that one
+            column block of a spread calibrated layer is cut into.
         device: a GPU (from :func:`bqq.solver.devices.solver_device`) for the jobs whose method solves on
             devices (BQQ): those are solved in this process, data-free groups of one shape and settings
             together whatever layer they come from, calibrated layers one by one under their H; the rest
@@ -144,13 +155,13 @@ def run_jobs(jobs: list[GroupJob], *, workers: int | cf.Executor | None = None,
             for i in todo:
                 finish(i, solve_group(jobs[i]))
         elif isinstance(workers, cf.Executor):
-            _run_on(workers, jobs, todo, finish, max_in_flight or 64)
+            _run_on_workers(workers, jobs, todo, finish, max_in_flight or 64)
         elif isinstance(workers, int) and not isinstance(workers, bool) and workers > 1:
             threads = threads_per_process(workers)
             pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                           initializer=_init_worker, initargs=(threads,))
             try:
-                _run_on(pool, jobs, todo, finish, max_in_flight or 2 * workers)
+                _run_on_workers(pool, jobs, todo, finish, max_in_flight or 2 * workers)
             except BaseException:  # Ctrl-C or a failed group: leave at once, finished groups are cached
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -186,6 +197,48 @@ def _solve_on_device(jobs: list[GroupJob], todo: list[int], device: torch.device
             for i, q in zip(chunk, solved, strict=True):
                 q.dtype = jobs[i].dtype
                 finish(i, q)
+
+
+def _spreads(job: GroupJob) -> bool:
+    """Whether a job is a calibrated layer whose groups go to the workers (:func:`_run_on_workers`): its
+    method ``spreads_groups`` and each of its column blocks has several groups (several row blocks); with
+    one group per block the tasks would run one at a time, so such a layer stays one job."""
+    return (get_method(job.method).spreads_groups and job.hessian is not None and job.group_shape is not None
+            and len(GroupGrid.build(job.matrix.shape, job.group_shape).row_sizes) > 1)
+
+
+def _run_on_workers(executor: cf.Executor, jobs: list[GroupJob], todo: list[int],
+                    finish: Callable[[int, QuantizedMatrix], None], max_in_flight: int) -> None:
+    """The jobs on ``executor``: each whole (:func:`_run_on`), except calibrated layers that spread their
+    groups (:func:`_spreads`). Those are solved after, one at a time: the column blocks in order here (each
+    needs the errors of the blocks before it), each block's groups on the executor in at most
+    ``max_in_flight`` tasks per group shape (:func:`_map_solves`)."""
+    spread = [i for i in todo if _spreads(jobs[i])]
+    _run_on(executor, jobs, [i for i in todo if not _spreads(jobs[i])], finish, max_in_flight)
+    for i in spread:
+        finish(i, solve_group(jobs[i], map_solves=functools.partial(_map_solves, executor, max_in_flight)))
+
+
+def _map_solves(executor: cf.Executor, max_tasks: int, tasks: list[SolveTask]) -> list[GroupCodes]:
+    """Codes of one column block's tasks (:func:`bqq.solver.stacks.grow_grid`): each task cut into at most
+    ``max_tasks`` equal parts solved on ``executor``, gathered in order. The cut does not change the codes
+    (a group's randomness is its own), so it only spreads the work."""
+    parts = [task.split(-(-len(task) // max_tasks)) for task in tasks]
+    futures = [[executor.submit(solve_part, part) for part in split] for split in parts]
+    try:
+        return [GroupCodes.stack([fut.result() for fut in split]) for split in futures]
+    except BaseException:  # a failed part or Ctrl-C: drop the parts not yet started
+        for fut in itertools.chain.from_iterable(futures):
+            fut.cancel()
+        raise
+
+
+def solve_part(task: SolveTask) -> GroupCodes:
+    """One part of a column block of a calibrated layer (runs in workers; module-level so every executor can
+    pickle it), under the BLAS limit :func:`bqq.api.solve` puts around a whole layer, so the codes equal
+    those of the layer solved in one process."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return solve_task(task)
 
 
 def _run_on(executor: cf.Executor, jobs: list[GroupJob], todo: Iterable[int],
