@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -103,8 +104,8 @@ def solve(cls: type[QuantizedMatrix], w: np.ndarray, grid: GroupGrid, bits: floa
         extra["device"] = device
     if map_solves is not None and cls.spreads_groups:
         extra["map_solves"] = map_solves
-    # numba's worker threads stay hot between sweeps; BLAS threads beside them ran up to ~60x slower.
-    with threadpool_limits(limits=1, user_api="blas"):
+    limits = threadpool_limits(limits=1, user_api="blas") if cls.single_threaded_blas else contextlib.nullcontext()
+    with limits:  # (QuantizedMatrix.single_threaded_blas says why)
         return cls.quantize(w, grid, bits, seed, config, progress=progress, first_group=first_group, **extra)
 
 

@@ -117,6 +117,10 @@ class QuantizedMatrix(abc.ABC):
     # quantize() solves all groups of a grid in one vectorized call: the model pass gives such a method one job
     # per layer, not one per group.
     batched_groups: ClassVar[bool] = False
+    # bqq.api.solve holds BLAS to one thread while quantize() runs: numba's worker threads stay hot between
+    # annealing sweeps, and BLAS threads beside them ran up to ~60x slower. A method whose heavy work is
+    # BLAS itself (GPTQ) sets False.
+    single_threaded_blas: ClassVar[bool] = True
 
     def __init__(self, shape: tuple[int, int], dtype: str, grid: GroupGrid, bits: float, seed: int, config: Any,
                  **arrays: Any) -> None:

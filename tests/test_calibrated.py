@@ -101,6 +101,28 @@ def test_input_stages_group_layers_that_read_one_tensor():
     assert stages[-1] == ["head"] and sum(len(s) for s in stages) == 10
 
 
+class _TwoHeads(nn.Module):
+    """Two linears on one input (q and k), a third on another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.out = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(self.q(x) + self.k(x))
+
+
+def test_layers_reading_one_tensor_share_one_sum_equal_to_their_own():
+    torch.manual_seed(0)
+    model, data = _TwoHeads(), [torch.randn(5, 6) for _ in range(3)]
+    stats = collect_hessians(model, ["q", "k", "out"], data)
+    assert stats["q"][0] is stats["k"][0] and stats["q"][0] is not stats["out"][0]
+    alone = collect_hessians(model, ["k"], data)["k"]
+    assert torch.equal(stats["k"][0], alone[0]) and stats["k"][1] == alone[1] == 15
+    moments = collect_cross_moments(model, copy.deepcopy(model), ["q", "k"], data)
+    assert moments["q"][1] is moments["k"][1] and torch.equal(moments["k"][0], alone[0])
+
+
 # --- the output-aware solver ------------------------------------------------------------------------
 @pytest.mark.parametrize("stacks", [1, 2])
 def test_weighted_refit_equals_a_least_squares_solve(stacks):
@@ -292,6 +314,20 @@ def test_bad_hessians_are_refused():
 
 
 # --- GPTQ -------------------------------------------------------------------------------------------
+def test_gptq_reuses_the_factor_of_the_same_hessian_only_while_it_lives():
+    from bqq.methods import gptq
+    x = np.random.default_rng(0).standard_normal((50, 8))
+    h = x.T @ x / 50
+    first = gptq.inverse_factor(h, 0.01)
+    np.testing.assert_allclose(first.T @ first, np.linalg.inv(h + 0.01 * np.eye(8)), rtol=1e-10)
+    assert gptq.inverse_factor(h, 0.01) is first  # the same H object: no new factorization
+    assert gptq.inverse_factor(h, 0.1) is not first  # other damping
+    copy_h = h.copy()
+    assert gptq.inverse_factor(copy_h, 0.1) is not gptq.inverse_factor(h, 0.1)  # another object
+    del h, copy_h
+    assert gptq._last_factor[0] is None  # the H died: its factor is released
+
+
 def test_encode_rows_equals_uq_encode():
     rng = np.random.default_rng(0)
     x, lo, step = rng.standard_normal(50), rng.standard_normal(50), rng.uniform(0, 0.5, 50)

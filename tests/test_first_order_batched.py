@@ -14,10 +14,11 @@ from bqq.format import pack_bits
 from bqq.grouping import GroupGrid
 from bqq.methods import available_methods, get_method
 from bqq.methods.bcq import BCQConfig, BCQMatrix, binary_code
-from bqq.methods.gptq import GPTQConfig, GPTQMatrix, _gptq_codes
+from bqq.methods.gptq import GPTQConfig, GPTQMatrix, _gptq_codes, encode_rows
 from bqq.methods.uniform import UQConfig, UQMatrix, clip_ranges, encode, group_blocks, search_clip_range
 from bqq.quantized import QuantizedMatrix
 from bqq.solver import damped
+from bqq.solver.hessian_math import upper_inverse_factor
 
 GRIDS = [(1, 50), (5, 7), (10, 50)]  # on a 37×50 matrix: per row, small uneven tiles, uneven row blocks
 
@@ -203,11 +204,44 @@ def test_gptq_equals_the_per_group_path(group, with_h):
     ref = reference_uq(w, grid, 3)  # the grids are UQ's; the codes then follow GPTQ's column loop
     np.testing.assert_array_equal(q.zero, ref.zero)
     np.testing.assert_array_equal(q.scale, ref.scale)
-    codes = _gptq_codes(w, grid, ref.zero, ref.scale, 3, None if h is None else damped(h, 0.01), 128, False)
+    factor = None if h is None else upper_inverse_factor(damped(h, 0.01))
+    codes = _gptq_codes(w, grid, ref.zero, ref.scale, 3, factor, 128, False)
     for g, (_, _, rs, cs) in enumerate(grid.blocks()):
         np.testing.assert_array_equal(q.codes[g], pack_bits(np.stack([(codes[rs, cs] >> j) & 1 for j in range(3)])))
     if not with_h:
         assert_same_uq(q, ref)
+
+
+def _numpy_gptq(w, lo, step, cols, bits, chol, block):
+    """GPTQ's column loop in plain numpy (the form the compiled block kernel replaces)."""
+    work, codes = w.copy(), np.empty(w.shape, np.uint8)
+    n = w.shape[1]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        errors = np.empty((w.shape[0], stop - start))
+        for j in range(start, stop):
+            k = encode_rows(work[:, j], lo[:, cols[j]], step[:, cols[j]], bits)
+            codes[:, j] = k
+            errors[:, j - start] = err = (work[:, j] - (lo[:, cols[j]] + k * step[:, cols[j]])) / chol[j, j]
+            work[:, j + 1:stop] -= np.outer(err, chol[j, j + 1:stop])
+        work[:, stop:] -= errors @ chol[start:stop, stop:]
+    return codes
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_gptq_block_kernel_equals_the_numpy_column_loop(bits):
+    w = gaussian((29, 70), seed=3)
+    grid = grid_of(w.shape, (1, 16))
+    ref = reference_uq(w, grid, bits)
+    x = gaussian((300, 70), seed=4) * np.exp(gaussian(70, seed=5))
+    chol = upper_inverse_factor(damped(bqq.solver.prepare_hessian(x.T @ x), 0.01))
+    rows = np.repeat(np.arange(len(grid.row_sizes)), grid.row_sizes)
+    cols = np.repeat(np.arange(len(grid.col_sizes)), grid.col_sizes)
+    lo = ref.zero.astype(np.float64).reshape(len(grid.row_sizes), -1)[rows]
+    step = ref.scale.astype(np.float64).reshape(len(grid.row_sizes), -1)[rows]
+    expected = _numpy_gptq(w, lo, step, cols, bits, chol, 32)
+    np.testing.assert_array_equal(_gptq_codes(w, grid, ref.zero, ref.scale, bits, chol, 32, False), expected)
+    assert (expected != _gptq_codes(w, grid, ref.zero, ref.scale, bits, None, 32, False)).any()  # feedback acted
 
 
 # --- BCQ -----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bqq.ptq.quantize import CORRECTION_DAMPING, corrected_target, correction_rhs, relative_error
+from bqq.ptq.quantize import CORRECTION_DAMPING, corrected_target, correction_moments, relative_error
 from bqq.solver.hessian_math import (
     channel_scale,
     clipped_channels,
@@ -107,5 +107,5 @@ def test_corrected_target_is_the_formula_on_raw_sums() -> None:
     expected = w @ (raw_c + ridge * np.eye(n)) @ np.linalg.inv(raw_h + ridge * np.eye(n))
     mean_diag = np.trace(raw_h) / n
     h = prepare_hessian(raw_h)
-    got = corrected_target(h, correction_rhs(w, raw_c.copy(), mean_diag))
+    got = corrected_target(w, *correction_moments(h, raw_c.copy(), mean_diag))
     np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-9)

@@ -47,7 +47,10 @@ class BQQConfig:
             sweep_budget / (l + 32) sweeps within [200, 2400] (None: 1.6e5, so 294 sweeps at 1024², 714 at
             384², 1667 at 128²: the same time per weight for every group shape; less trades error for
             time, see the grouping table of benchmarks/solver.py); output-aware stacks spend
-            (m + n)·l² + n²·l per sweep out of 1.4e10 per group. See bqq.solver.settings.
+            (m + n)·l² + n²·l per sweep out of 1.4e10 per group (or out of sweep_budget, when set and
+            weighted_sweep_budget is None). See bqq.solver.settings.
+        weighted_sweep_budget: the output-aware stacks' own work per group (None: as above), within [300,
+            6000] sweeps; lets a schedule set both objectives (bqq.ptq.plan's LLM schedule does).
         sweep_rule: "per_weight" (above) or "per_group" (every plain group (m + n)·l²·sweeps = 1.0e10,
             within [300, 6000]: the schedule of configs written before version 4, which read with it;
             before version 3 also t_start 0.95 and a budget of 1.4e10).
@@ -82,8 +85,8 @@ class BQQConfig:
     """
 
     # 2: channel_clip, damping, weighted_*; 3: sweep_budget (and t_start 0.6 by default); 4: sweep_rule,
-    # polish_tolerance, bulk_end (per-weight schedule by default).
-    VERSION: ClassVar[int] = 4
+    # polish_tolerance, bulk_end (per-weight schedule by default); 5: weighted_sweep_budget.
+    VERSION: ClassVar[int] = 5
     # Defaults a config written with an older version was solved with (config_from_dict fills them in).
     DEFAULTS_BEFORE: ClassVar[dict[int, dict[str, Any]]] = {
         2: {"sweep_budget": 1.4e10, "t_start": 0.95},
@@ -93,6 +96,7 @@ class BQQConfig:
     rank_scale: float = 1.0
     sweeps: int | None = None
     sweep_budget: float | None = None
+    weighted_sweep_budget: float | None = None
     sweep_rule: str = "per_weight"
     polish_tolerance: float = 1e-4
     bulk_end: bool = True
@@ -114,6 +118,8 @@ class BQQConfig:
             "rank_scale": is_number(self.rank_scale) and 0 < self.rank_scale <= 16,
             "sweeps": self.sweeps is None or (is_int(self.sweeps) and 1 <= self.sweeps <= 1_000_000),
             "sweep_budget": self.sweep_budget is None or (is_number(self.sweep_budget) and self.sweep_budget > 0),
+            "weighted_sweep_budget": self.weighted_sweep_budget is None
+            or (is_number(self.weighted_sweep_budget) and self.weighted_sweep_budget > 0),
             "sweep_rule": self.sweep_rule in ("per_weight", "per_group"),
             "polish_tolerance": is_number(self.polish_tolerance) and 0 <= self.polish_tolerance < 1,
             "bulk_end": isinstance(self.bulk_end, bool),

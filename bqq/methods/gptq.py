@@ -12,10 +12,14 @@ that saw no data) the codes are round-to-nearest, i.e. UQ's.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
+from bqq_kernels.cpu.first_order import gptq_block
 
 from ..common import check_settings, is_int, is_number, progress_bar
 from ..solver.hessian_math import damped, upper_inverse_factor
@@ -63,14 +67,15 @@ class GPTQMatrix(UQMatrix):
 
     config_class = GPTQConfig
     output_aware = True
+    single_threaded_blas = False  # its O(m n²) work is BLAS; the compiled part is serial
     bits_meaning = "code width b: b-bit integer codes per weight (GPTQ-rounded), plus a zero point and a step per group"
 
     @classmethod
     def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None) -> GPTQMatrix:
         bits = int(bits)
         zero, scale = uniform_grids(w, grid, bits, config.grid_points, progress, "gptq grids")
-        codes = _gptq_codes(w, grid, zero, scale, bits, None if hessian is None else damped(hessian, config.damping),
-                            config.block_size, progress)
+        factor = None if hessian is None else inverse_factor(hessian, config.damping)
+        codes = _gptq_codes(w, grid, zero, scale, bits, factor, config.block_size, progress)
         planes: list[np.ndarray] = [np.empty(0, np.uint8)] * len(grid)
         for block in group_blocks(grid):
             for g, p in zip(block.index.tolist(), pack_code_planes(block.gather(codes), bits), strict=True):
@@ -82,36 +87,60 @@ class GPTQMatrix(UQMatrix):
 _CHUNK = 1024
 
 
-def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: int, hessian: np.ndarray | None,
+def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: int, chol: np.ndarray | None,
                 block_size: int, progress: bool | None) -> np.ndarray:
-    """uint8 (m, n) codes, column by column with GPTQ's error feedback (none without ``hessian``, the damped
-    H (n, n), which is overwritten: its memory holds the factor of H⁻¹)."""
+    """uint8 (m, n) codes, column by column with GPTQ's error feedback under ``chol``, the upper factor U of
+    H⁻¹ = Uᵀ U (n, n) from :func:`inverse_factor` (None: no feedback, round to nearest)."""
     m, n = w.shape
     # Per column block b: every row's grid (lo, step), expanded from the row blocks.
     rows = np.repeat(np.arange(len(grid.row_sizes)), grid.row_sizes)
     cols = np.repeat(np.arange(len(grid.col_sizes)), grid.col_sizes)
     lo = zero.astype(np.float64).reshape(len(grid.row_sizes), -1)[rows]  # (m, C)
     step = scale.astype(np.float64).reshape(len(grid.row_sizes), -1)[rows]
+    if chol is None:  # no error feedback: every column rounded as it is
+        codes = np.empty((m, n), np.uint8)
+        for j in range(n):
+            codes[:, j] = encode_rows(w[:, j].astype(np.float64), lo[:, cols[j]], step[:, cols[j]], bits)
+        return codes
     codes = np.empty((m, n), np.uint8)
     work = w.astype(np.float64, copy=True)
-    # Upper factor U of H⁻¹ = Uᵀ U: column j's error, divided by U_jj, moves the later columns by U_j,k.
-    chol = None if hessian is None else upper_inverse_factor(hessian)
-    del hessian
+    # Column j's error, divided by U_jj, moves the later columns by U_j,k.
+    errors = np.empty((m, block_size))
     for start in progress_bar(range(0, n, block_size), progress=progress, desc=f"gptq {m}x{n}", unit="block"):
         stop = min(start + block_size, n)
-        errors = np.empty((m, stop - start))
-        for j in range(start, stop):
-            b = cols[j]
-            k = encode_rows(work[:, j], lo[:, b], step[:, b], bits)
-            codes[:, j] = k
-            if chol is None:
-                continue
-            err = (work[:, j] - (lo[:, b] + k * step[:, b])) / chol[j, j]
-            work[:, j + 1:stop] -= np.outer(err, chol[j, j + 1:stop])
-            errors[:, j - start] = err
-        for later in range(stop, n if chol is not None else stop, _CHUNK):  # chunks: no (m, n) temporary
-            work[:, later:later + _CHUNK] -= errors @ chol[start:stop, later:later + _CHUNK]
+        block_errors = errors[:, :stop - start]
+        # The exact part, row by row in compiled code; then one product per chunk for the later columns
+        # (GPTQ's lazy batch: the O(m n²) work is BLAS, so a layer runs at GEMM speed).
+        gptq_block(work[:, start:stop], chol[start:stop, start:stop], lo, step, cols[start:stop], 2**bits,
+                   codes[:, start:stop], block_errors)
+        for later in range(stop, n, _CHUNK):  # chunks: no (m, n) temporary
+            work[:, later:later + _CHUNK] -= block_errors @ chol[start:stop, later:later + _CHUNK]
     return codes
+
+
+# The factor of the last H solved under, while that very H object lives: the layers of one stage (q, k, v;
+# gate, up) read one input, so the model pass hands them one H (bqq.ptq.hessian shares the sums) and
+# the O(n³) factorization runs once per stage, not once per layer.
+_last_factor: list[tuple[weakref.ref, float, np.ndarray] | None] = [None]
+_factor_lock = threading.Lock()
+
+
+def inverse_factor(hessian: np.ndarray, damping: float) -> np.ndarray:
+    """The upper factor U of (H + damping·I)⁻¹ = Uᵀ U (n, n) for a prepared H (n, n), not modified; reused
+    while the same H object is solved again."""
+    with _factor_lock:
+        last = _last_factor[0]
+        if last is not None and last[0]() is hessian and last[1] == damping:
+            return last[2]
+    factor = upper_inverse_factor(damped(hessian, damping))
+
+    def forget(ref: weakref.ref) -> None:  # the H is gone: so is the ~n² memory of its factor
+        if _last_factor[0] is not None and _last_factor[0][0] is ref:
+            _last_factor[0] = None
+
+    with _factor_lock:
+        _last_factor[0] = (weakref.ref(hessian, forget), damping, factor)
+    return factor
 
 
 __all__ = ["GPTQConfig", "GPTQMatrix", "encode_rows"]

@@ -77,16 +77,19 @@ def collect_hessians(model: nn.Module, names: Sequence[str], data: Iterable[Any]
 
     Runs ``model`` (in eval mode, without gradients) on every batch of ``data`` (with ``forward``, default
     :func:`run_model` on the model's device); a forward stops once all named layers have seen their
-    input. A layer the data never reaches gets a zero H and count 0.
+    input. A layer the data never reaches gets a zero H and count 0. Layers that read the very same tensor
+    (q, k and v) share one sum: the same tensor object is returned for each.
     """
     modules = {name: model.get_submodule(name) for name in names}
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
+    owners: dict[str, str] = {}
     for batch in data:
-        for name, rows in _batch_inputs(model, modules, batch, forward).items():
+        for name, rows in _owned_rows(_batch_inputs(model, modules, batch, forward), owners).items():
             _accumulate(sums, name, rows, rows)
             counts[name] += rows.shape[0]
-    return {name: (_sum_or_zeros(sums, name, m), counts[name]) for name, m in modules.items()}
+    return {name: (_sum_or_zeros(sums, owners.get(name, name), m), counts[owners.get(name, name)])
+            for name, m in modules.items()}
 
 
 def collect_cross_moments(model: nn.Module, reference: nn.Module, names: Sequence[str], data: Iterable[Any],
@@ -97,12 +100,14 @@ def collect_cross_moments(model: nn.Module, reference: nn.Module, names: Sequenc
     float64 on the CPU. With them, Σ ‖W x - Ŵ x̃‖² = tr((W' - Ŵ) H (W' - Ŵ)ᵀ) + const for W' = W C H⁻¹:
     a layer can fit the FP model's outputs from inputs that carry the errors of the layers before it.
     ``reference_data``: the reference's own batches, paired one to one with ``data`` (default: the same
-    batches; a block of the block-by-block pass reads the FP stream there)."""
+    batches; a block of the block-by-block pass reads the FP stream there). Layers that read the very same
+    tensor share their sums (:func:`collect_hessians`)."""
     modules = {name: model.get_submodule(name) for name in names}
     references = {name: reference.get_submodule(name) for name in names}
     sums: dict[str, torch.Tensor] = {}
     cross: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
+    owners: dict[str, str] = {}
     if reference_data is None:
         pairs: Iterable[tuple[Any, Any]] = ((batch, batch) for batch in data)  # one pass over data
     else:
@@ -112,7 +117,7 @@ def collect_cross_moments(model: nn.Module, reference: nn.Module, names: Sequenc
         pairs = zip(batches, fp_batches, strict=True)
     for batch, fp_batch in pairs:
         fp_rows = _batch_inputs(reference, references, fp_batch, forward)
-        for name, rows in _batch_inputs(model, modules, batch, forward).items():
+        for name, rows in _owned_rows(_batch_inputs(model, modules, batch, forward), owners).items():
             fp = fp_rows.get(name)
             if fp is None or fp.shape != rows.shape:
                 raise ValueError(f"layer {name!r}: the reference model's inputs do not match the quantized "
@@ -120,8 +125,24 @@ def collect_cross_moments(model: nn.Module, reference: nn.Module, names: Sequenc
             _accumulate(sums, name, rows, rows)
             _accumulate(cross, name, fp, rows)
             counts[name] += rows.shape[0]
-    return {name: (_sum_or_zeros(sums, name, m), _sum_or_zeros(cross, name, m), counts[name])
-            for name, m in modules.items()}
+    return {name: (_sum_or_zeros(sums, owners.get(name, name), m), _sum_or_zeros(cross, owners.get(name, name), m),
+                   counts[owners.get(name, name)]) for name, m in modules.items()}
+
+
+def _owned_rows(rows: dict[str, torch.Tensor], owners: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The rows of one batch that need their own sums: one entry per distinct tensor, under the first
+    layer that read it. ``owners`` (layer -> the layer whose sums it shares) is filled on the first batch
+    and must hold for every later one."""
+    first: dict[int, str] = {}
+    owned = {}
+    for name, x in rows.items():
+        owner = first.setdefault(id(x), name)
+        if owners.setdefault(name, owner) != owner:
+            raise ValueError(f"layers {name!r} and {owners[name]!r} read the same input in one calibration batch "
+                             "and different inputs in another")
+        if owner == name:
+            owned[name] = x
+    return owned
 
 
 def _batch_inputs(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any, forward: Forward | None = None
@@ -130,10 +151,19 @@ def _batch_inputs(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any
     once all have been seen; a layer the batch does not reach is absent)."""
     rows: dict[str, torch.Tensor] = {}
     mask = _token_mask(batch)
+    # Layers other than convolutions that read the very same tensor get the very same rows (one sum for
+    # q, k and v); the input is kept referenced, so its id is not reused within the forward.
+    by_input: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(name: str):
         def record(module: nn.Module, args: tuple) -> None:
-            rows.setdefault(name, layer_inputs(module, args[0].detach(), mask))
+            if name in rows:
+                return
+            if isinstance(module, nn.Conv2d):
+                rows[name] = layer_inputs(module, args[0].detach(), mask)
+            else:
+                x = args[0]
+                rows[name] = by_input.setdefault(id(x), (x, layer_inputs(module, x.detach(), mask)))[1]
             if len(rows) == len(modules):
                 raise _StopForward
         return record

@@ -7,7 +7,9 @@ import copy
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,7 @@ from ..methods import get_method
 from ..methods.bqq import BQQConfig
 from ..quantized import QuantizedMatrix
 from ..solver.devices import solver_device
-from ..solver.hessian_math import channel_scale, damped, prepare_hessian, solve_positive_definite
+from ..solver.hessian_math import channel_scale, damped, lower_cholesky, prepare_hessian, solve_with_factor
 from .blocks import BlockStack, block_pass, capture_inputs, chain_check, find_stack, without_cache
 from .calibrate import Calibration, calibrate, tunable_parameters
 from .fold import fold_batchnorm
@@ -280,39 +282,62 @@ def _stage_statistics(root: nn.Module, fp_root: nn.Module | None, stage: list[La
     else:
         moments = {name: (h, None, count)
                    for name, (h, count) in collect_hessians(root, list(local.values()), data, forward).items()}
-    # Each layer's n x n arrays are freed as soon as they are used (popped, released): for an 11008-wide
-    # layer each is ~1 GB, and at most two exist at a time here besides the prepared H of earlier layers.
+    # Layers that read one input (q, k and v) share one H, C and Cholesky factor: prepared once, used by
+    # each, and the layer-only arrays freed as soon as the last user is done (an 11008-wide layer's
+    # n x n arrays are ~1 GB each).
+    users = Counter(id(moments[rel][0]) for rel in local.values())
+    shared: dict[int, _SharedInput] = {}
     for name, rel in local.items():
         h, cross, count = moments.pop(rel)
         if count == 0 or not float(h.diagonal().sum()) > 0:
             continue
-        corrected = cross is not None and not torch.equal(cross, h)  # equal: no error upstream yet, W' = W
-        h = h.numpy()
-        mean_diag = float(np.trace(h)) / len(h)
-        hessians[name] = h = prepare_hessian(h, copy=False)  # the raw sums are ours: prepared in their memory
-        if corrected:
+        key = id(h)
+        if key not in shared:
+            shared[key] = _SharedInput.prepare(h, cross)
+        entry = shared[key]
+        hessians[name] = entry.hessian
+        if entry.factor is not None:
             w = weight_matrix(fp_root.get_submodule(rel), kinds[name]).detach().cpu().double().numpy()
-            rhs = correction_rhs(w, cross.numpy(), mean_diag)
-            cross = None  # freed before the solve makes its n x n copy of H
-            targets[name] = corrected_target(h, rhs)
-        h = cross = rhs = None  # released before the next layer's arrays are made
+            targets[name] = corrected_target(w, entry.cross, entry.factor)
+        users[key] -= 1
+        if users[key] == 0:
+            entry.cross = entry.factor = None
+        h = cross = None  # released before the next layer's arrays are made
     return hessians, targets
 
 
-def correction_rhs(w: np.ndarray, cross: np.ndarray, scale: float) -> np.ndarray:
-    """(C / scale + λI)ᵀ Wᵀ (n, m), Fortran-ordered, for :func:`corrected_target` (``w`` (m, n); ``cross``
-    = C (n, n) float64, overwritten; ``scale`` the raw H's mean diagonal, which the prepared H was divided
-    by; λ = ``CORRECTION_DAMPING``, the prepared H having mean diagonal 1)."""
+@dataclass
+class _SharedInput:
+    """The statistics of one input tensor, shared by the layers that read it: the prepared H (n, n) and,
+    when the layers fit corrected targets (:func:`corrected_target`), C' = C / mean_diag(H) + λI (n, n)
+    and the lower Cholesky factor of H + λI."""
+
+    hessian: np.ndarray
+    cross: np.ndarray | None = None
+    factor: np.ndarray | None = None
+
+    @classmethod
+    def prepare(cls, h: torch.Tensor, cross: torch.Tensor | None) -> _SharedInput:
+        corrected = cross is not None and not torch.equal(cross, h)  # equal: no error upstream yet, W' = W
+        h = h.numpy()
+        mean_diag = float(np.trace(h)) / len(h)
+        h = prepare_hessian(h, copy=False)  # the raw sums are ours: prepared in their memory
+        return cls(h, *correction_moments(h, cross.numpy(), mean_diag)) if corrected else cls(h)
+
+
+def correction_moments(h: np.ndarray, cross: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(C', L) for :func:`corrected_target`: C' = C / scale + λI (``cross`` = C (n, n) as summed,
+    overwritten) and L the lower Cholesky factor of H + λI, for ``h`` = H from :func:`prepare_hessian`
+    (symmetric, mean diagonal 1) and ``scale`` the raw H's mean diagonal, which the prepared H was divided
+    by (C divided by it too leaves W' unchanged); λ = ``CORRECTION_DAMPING``."""
     cross /= scale
     cross[np.diag_indices_from(cross)] += CORRECTION_DAMPING
-    return (w @ cross).T
+    return cross, lower_cholesky(damped(h, CORRECTION_DAMPING))
 
 
-def corrected_target(h: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """W' = W (C + λI)(H + λI)⁻¹ (m, n), for ``h`` = H from :func:`prepare_hessian` (symmetric, mean diagonal
-    1) and ``rhs`` from :func:`correction_rhs` (overwritten): (H + λI) W'ᵀ = rhs solved by Cholesky on one
-    damped copy of ``h``. H and C both divided by H's mean diagonal leave W' unchanged."""
-    return solve_positive_definite(damped(h, CORRECTION_DAMPING), rhs).T
+def corrected_target(w: np.ndarray, cross: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """W' = W (C + λI)(H + λI)⁻¹ (m, n) for ``w`` (m, n), from (C', L) of :func:`correction_moments`."""
+    return solve_with_factor(factor, (w @ cross).T).T
 
 
 def _quantize_layers(model: nn.Module, plans: list[LayerPlan], hessians: dict[str, np.ndarray], seed: int,

@@ -80,15 +80,25 @@ def upper_inverse_factor(h: np.ndarray) -> np.ndarray:
     return _lower_cholesky(inverse.T).T  # .T: the (symmetric) C-ordered view _lower_cholesky expects
 
 
-def solve_positive_definite(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """X with a X = b for symmetric positive definite ``a`` (n, n) and ``b`` (n, k), both float64 and both
-    overwritten (Cholesky in place; a Fortran-ordered ``b``, e.g. the transpose of a C-ordered (k, n), is
-    solved in its own memory)."""
-    factor = _lower_cholesky(a)
+def lower_cholesky(a: np.ndarray) -> np.ndarray:
+    """The lower Cholesky factor L (Fortran-ordered) of a symmetric positive definite ``a`` (n, n) float64,
+    in ``a``'s own memory (``a`` is overwritten), for :func:`solve_with_factor`."""
+    return _lower_cholesky(a)
+
+
+def solve_with_factor(factor: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """X with L Lᵀ X = b for ``factor`` = L from :func:`lower_cholesky` and ``b`` (n, k) float64, overwritten
+    (a Fortran-ordered ``b``, e.g. the transpose of a C-ordered (k, n), is solved in its own memory)."""
     x, info = lapack.dpotrs(factor, b, lower=1, overwrite_b=1)
     if info != 0:
         raise ValueError(f"LAPACK dpotrs: illegal argument {-info}")
     return x
+
+
+def solve_positive_definite(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """X with a X = b for symmetric positive definite ``a`` (n, n) and ``b`` (n, k), both float64 and both
+    overwritten (Cholesky in place, then :func:`solve_with_factor`)."""
+    return solve_with_factor(lower_cholesky(a), b)
 
 
 def channel_scale(h: np.ndarray, clip: float) -> np.ndarray:

@@ -80,8 +80,11 @@ class StackSettings:
     def of(cls, config: Any, shape: tuple[int, int], rank: int, weighted: bool) -> StackSettings:
         """The settings a :class:`~bqq.methods.bqq.BQQConfig` gives a group of ``shape`` and inner dim
         ``rank``, under the plain or the output-aware (``weighted``) objective."""
-        sweeps = config.sweeps or auto_sweeps(shape, rank, weighted, getattr(config, "sweep_budget", None),
-                                              getattr(config, "sweep_rule", "per_weight"))
+        budget = getattr(config, "sweep_budget", None)
+        if weighted and getattr(config, "weighted_sweep_budget", None) is not None:
+            budget = config.weighted_sweep_budget
+        rule = getattr(config, "sweep_rule", "per_weight")
+        sweeps = config.sweeps or auto_sweeps(shape, rank, weighted, budget, rule)
         return cls(sweeps=sweeps, polish_rounds=config.polish_rounds,
                    # (measured for plain stacks only: the output-aware polish still runs until nothing flips)
                    polish_tolerance=0.0 if weighted else getattr(config, "polish_tolerance", 0.0),

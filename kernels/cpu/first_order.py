@@ -3,6 +3,7 @@
 * :func:`clip_search`: UQ's clip-range grid search (paper Alg. S.1) for every group of a stack.
 * :func:`encode_uniform`: nearest-level codes of every group for its own (lo, step).
 * :func:`bcq_fit`: BCQ's greedy start and alternating least squares for every group.
+* :func:`gptq_block`: GPTQ's exact column-by-column rounding inside one block of columns.
 
 Groups come stacked as the rows of a (G, k) float64 array. Every kernel runs the groups in parallel
 (``prange``), each group by one thread in a fixed order, so results do not depend on the thread count.
@@ -289,6 +290,45 @@ def encode_uniform(x: np.ndarray, lo: np.ndarray, step: np.ndarray, levels: int)
                   levels)
 
 
+# --- GPTQ -----------------------------------------------------------------------------------------
+
+@nb.njit(cache=True, nogil=True)
+def gptq_block(work: np.ndarray, chol: np.ndarray, lo: np.ndarray, step: np.ndarray, cols: np.ndarray,
+               levels: int, codes: np.ndarray, errors: np.ndarray) -> None:
+    """GPTQ inside one block of B columns: each column rounded to its row's grid, its error divided by the
+    factor's diagonal and pushed onto the block's later columns, row by row (rows are independent).
+
+    Serial on purpose: the caller's next step is a BLAS product on all cores, which numba's still-spinning
+    worker threads would slow down. The arithmetic is :func:`bqq.methods.gptq.encode_rows` and numpy's
+    outer-product update, operation for operation, so the codes equal the numpy form's.
+
+    Args:
+        work: (m, B) float64 weights still to round, updated in place (a column slice of the layer).
+        chol: (B, B) the block's part of the upper factor U of H⁻¹.
+        lo, step: (m, C) float64 each row's grid for every column group.
+        cols: (B,) int64 the column group of each column.
+        levels: 2^b.
+        codes: (m, B) uint8 output; errors: (m, B) float64 output, the scaled errors (w − q) / U_jj.
+    """
+    m, width = work.shape
+    for i in range(m):
+        for j in range(width):
+            g = cols[j]
+            z = lo[i, g]
+            s = step[i, g]
+            x = work[i, j]
+            c = 0
+            if s != 0.0:
+                for t in range(levels - 1):
+                    if x > z + (t + 0.5) * s:
+                        c += 1
+            codes[i, j] = c
+            e = (x - (z + c * s)) / chol[j, j]
+            errors[i, j] = e
+            for k in range(j + 1, width):
+                work[i, k] -= e * chol[j, k]
+
+
 # --- BCQ -------------------------------------------------------------------------------------------
 
 @nb.njit(cache=True, nogil=True)
@@ -475,4 +515,4 @@ def bcq_fit(x: np.ndarray, bits: int, rounds: int) -> tuple[np.ndarray, np.ndarr
     return (_bcq_parallel if parallel else _bcq_serial)(x, bits, rounds)
 
 
-__all__ = ["PREFIX_K_FACTOR", "bcq_fit", "clip_search", "encode_uniform", "prefer_prefix_sums"]
+__all__ = ["PREFIX_K_FACTOR", "bcq_fit", "clip_search", "encode_uniform", "gptq_block", "prefer_prefix_sums"]
