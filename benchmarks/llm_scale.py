@@ -1,9 +1,13 @@
-"""Scale check of the block-by-block calibrated pass: a random-init Llama of TinyLlama's shapes (about 1.1 B
-parameters) in bf16, quantized with GPTQ (group 128) through ``bqq.quantize(..., calibration=...)`` on the
-CPU, and one block of Llama-2-7B's shapes for the 7B projection.
+"""Scale check of ``bqq.quantize`` on LLMs: a random-init Llama of TinyLlama's shapes (about 1.1 B parameters)
+or of Llama-2-7B's, in bf16, quantized on the CPU with GPTQ (4 bits, group 128), BQQ or auto, calibrated
+(``bqq.Calibration``, the block-by-block pass) or data-free; a few blocks solved, the whole model projected.
 
-    python -m benchmarks.llm_scale [--shape tinyllama|llama2-7b] [--blocks K] [--nsamples 8] [--seqlen 256]
+    python -m benchmarks.llm_scale [--shape tinyllama|llama2-7b] [--method gptq|bqq|auto] [--bits B]
+                                   [--data-free] [--blocks K] [--model-blocks K] [--nsamples 8] [--seqlen 256]
                                    [--device cpu] [--out DIR]
+
+``--bits`` defaults to 4 for GPTQ (group 1x128, GPTQ's g128) and 2 for BQQ and auto (bqq's default groups for an
+LLM, :mod:`bqq.ptq.plan`).
 
 Reports the peak resident memory of the pass (Linux: ``VmHWM`` reset just before ``bqq.quantize``; model
 and activations included; the process's peak, model build included, beside it): less the resident memory
@@ -12,8 +16,11 @@ own bytes plus the calibration activations (target: at most 1.5x); the wall time
 embedding and each block ran per calibration batch (forward hooks on the embedding and on each block's first
 module), and the projected time of the whole model
 (``--blocks`` K < all solves the first K blocks; the projection multiplies the measured per-block
-median by the block count). Random weights and random token ids: time and memory do not depend on the
-values. Writes ``llm_scale_<shape>.md`` and ``.json`` in ``--out`` (default ``benchmarks/results``).
+median by the block count; data-free, where no block runs, the per-block time is the wall time over K).
+Random weights and random token ids: the time and memory of GPTQ do not depend on the values; BQQ's
+annealing runs a fixed schedule, so its time does not either (its error would). Writes
+``llm_scale_<shape>_<method>-<calibrated|data-free>.md`` and ``.json`` in ``--out`` (default
+``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -118,6 +125,9 @@ def block_seconds(events: list[tuple[str, float]], blocks: int, end: float) -> l
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
+    p.add_argument("--method", choices=("gptq", "bqq", "auto"), default="gptq")
+    p.add_argument("--bits", type=int, help="default: 4 for gptq, 2 for bqq and auto")
+    p.add_argument("--data-free", action="store_true", help="no calibration data (not for gptq)")
     p.add_argument("--blocks", type=int, help="solve only the first K blocks (default: all)")
     p.add_argument("--model-blocks", type=int, help="build the model with this many blocks (default: all)")
     p.add_argument("--nsamples", type=int, default=8)
@@ -125,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None, help="where each block runs (Calibration.device)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.data_free and args.method == "gptq":
+        p.error("GPTQ needs calibration data (without it, it is UQ)")
+    bits = args.bits or (4 if args.method == "gptq" else 2)
+    settings = {"method": args.method, "bits": bits, **({"group_size": (1, 128)} if args.method == "gptq" else {})}
     start = time.perf_counter()
     runtime_rss = current_rss_bytes()  # python, torch and transformers loaded, no model yet
     model = build(args.shape, args.model_blocks)
@@ -146,16 +160,19 @@ def main(argv: list[str] | None = None) -> dict:
     memory = PeakMemory()  # the pass's own peak (Linux: VmHWM reset here), not the model build's
     memory.reset()
     quant_start = time.perf_counter()
-    bqq.quantize(model, bits=4, method="gptq", group_size=(1, 128), include=include, progress=True,
-                 calibration=bqq.Calibration(batches, device=args.device))
+    calibration = None if args.data_free else bqq.Calibration(batches, device=args.device)
+    bqq.quantize(model, include=include, progress=True, calibration=calibration, **settings)
     wall = time.perf_counter() - quant_start
     peak = memory.peak_mb() * 2**20
     process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    per_block = block_seconds(events, blocks, quant_start + wall)
+    per_block = [] if args.data_free else block_seconds(events, blocks, quant_start + wall)
     median = statistics.median(per_block) if per_block else wall / blocks
+    groups = sorted({f"{m.qweight.grid.group_shapes()[0][0]}x{m.qweight.grid.group_shapes()[0][1]}"
+                     for m in model.modules() if hasattr(m, "qweight")})
     runs = {name: count / args.nsamples for name, count in counts.items()}
     doc = {
-        "shape": args.shape, "blocks_in_model": depth, "blocks_solved": blocks, "params": params,
+        "shape": args.shape, "method": args.method, "bits": bits, "calibrated": not args.data_free, "groups": groups,
+        "blocks_in_model": depth, "blocks_solved": blocks, "params": params,
         "model_bytes": model_bytes, "activation_bytes": activation_bytes, "peak_rss_bytes": peak,
         "rss_before_quantize_bytes": rss_before, "process_peak_rss_bytes": process_peak,
         "peak_source": memory.source, "runtime_rss_bytes": runtime_rss,
@@ -174,8 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     text = markdown(doc, " ".join(["python -m benchmarks.llm_scale", *(sys.argv[1:] if argv is None else argv)]))
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"llm_scale_{args.shape}.md").write_text(text)
-    (args.out / f"llm_scale_{args.shape}.json").write_text(json.dumps(doc, indent=2))
+    name = f"llm_scale_{args.shape}_{args.method}-{'data-free' if args.data_free else 'calibrated'}"
+    (args.out / f"{name}.md").write_text(text)
+    (args.out / f"{name}.json").write_text(json.dumps(doc, indent=2))
     return doc
 
 
@@ -185,11 +203,13 @@ def markdown(doc: dict, command: str) -> str:
     block_runs = [runs.get(f"block {i}", 0) for i in range(doc["blocks_in_model"])]
     copy_runs = [v for k, v in runs.items() if k.endswith("FP copy")]
     met = "met" if doc["memory_ratio"] <= MEMORY_TARGET else "not met"
+    mode = "calibrated (block by block)" if doc["calibrated"] else "data-free"
     lines = [
-        f"# Block-by-block GPTQ (4-bit, group 128), {doc['shape']} shapes, bf16, random init", "",
-        f"Command: `{command}`; bqq {doc['bqq']}, torch {doc['torch']}, {doc['threads']} threads, "
-        f"{doc['nsamples']} x {doc['seqlen']} calibration tokens.", "",
+        f"# {doc['method'].upper()} {doc['bits']}-bit, {mode}, {doc['shape']} shapes, bf16, random init", "",
+        f"Command: `{command}`; bqq {doc['bqq']}, torch {doc['torch']}, {doc['threads']} threads"
+        + (f", {doc['nsamples']} x {doc['seqlen']} calibration tokens." if doc["calibrated"] else "."), "",
         "| quantity | value |", "|---|---|",
+        f"| groups | {', '.join(doc['groups'])} |",
         f"| parameters | {doc['params'] / 1e9:.3f} B ({doc['blocks_in_model']} blocks, "
         f"{doc['blocks_solved']} solved) |",
         f"| model bytes | {doc['model_bytes'] / gib:.2f} GiB |",

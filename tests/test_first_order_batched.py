@@ -200,8 +200,8 @@ def test_gptq_equals_the_per_group_path(group, with_h):
     grid = grid_of(w.shape, group)
     x = gaussian((200, 50), seed=9) * np.exp(gaussian(50, seed=10))
     h = bqq.solver.prepare_hessian(x.T @ x) if with_h else None
-    q = GPTQMatrix.quantize(w, grid, 3, 0, GPTQConfig(), progress=False, hessian=h)
-    ref = reference_uq(w, grid, 3)  # the grids are UQ's; the codes then follow GPTQ's column loop
+    q = GPTQMatrix.quantize(w, grid, 3, 0, GPTQConfig(coarse_step=1), progress=False, hessian=h)
+    ref = reference_uq(w, grid, 3)  # UQ's grids; the codes follow GPTQ's loop
     np.testing.assert_array_equal(q.zero, ref.zero)
     np.testing.assert_array_equal(q.scale, ref.scale)
     factor = None if h is None else upper_inverse_factor(damped(h, 0.01))

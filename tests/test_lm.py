@@ -207,4 +207,15 @@ def test_llm_scale_check_counts_forwards_and_memory(tmp_path):
     assert doc["blocks_solved"] == 2 and len(doc["per_block_s"]) == 2
     # a toy's own memory is within the RSS noise (CI measured peak == runtime), so only sanity here
     assert doc["peak_rss_bytes"] > doc["model_bytes"] and math.isfinite(doc["memory_ratio"])
-    assert "| peak / (model + activations) |" in (tmp_path / "llm_scale_toy.md").read_text()
+    assert "| peak / (model + activations) |" in (tmp_path / "llm_scale_toy_gptq-calibrated.md").read_text()
+
+
+def test_llm_scale_times_data_free_bqq(tmp_path):
+    transformers_module()
+    from benchmarks import llm_scale
+
+    doc = llm_scale.main(["--shape", "toy", "--method", "bqq", "--data-free", "--blocks", "1", "--out", str(tmp_path)])
+    assert doc["method"] == "bqq" and doc["bits"] == 2 and not doc["calibrated"]
+    assert doc["blocks_solved"] == 1 and doc["per_block_s"] == [] and doc["median_block_s"] == doc["quantize_s"]
+    assert doc["projected_model_s"] == doc["median_block_s"] * 3 and doc["groups"]
+    assert "BQQ 2-bit, data-free" in (tmp_path / "llm_scale_toy_bqq-data-free.md").read_text()

@@ -15,11 +15,11 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from bqq_kernels.cpu.first_order import gptq_block
+from bqq_kernels.cpu.first_order import gptq_block_parallel, gptq_block_serial
 
 from ..common import check_settings, is_int, is_number, progress_bar
 from ..solver.hessian_math import damped, upper_inverse_factor
@@ -33,19 +33,25 @@ class GPTQConfig:
 
     Attributes:
         grid_points: the clip-range search of each group's grid, as in UQ.
+        coarse_step: the search looks at every coarse_step-th candidate, then around the best
+            (:func:`bqq.methods.uniform.clip_ranges`): 521 of UQ's 10,000 candidate ranges at 5. The full
+            search was 37 % of a Llama-2-7B block's GPTQ time (docs/llm.md); configs of version 1 read with 1.
         block_size: columns updated exactly before the rest get one batched update (speed only).
         damping: solve under H + damping·I (H with mean diagonal 1): GPTQ's percdamp, 0.01.
     """
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
+    DEFAULTS_BEFORE: ClassVar[dict[int, dict[str, Any]]] = {1: {"coarse_step": 1}}
 
     grid_points: int = 100
+    coarse_step: int = 5
     block_size: int = 128
     damping: float = 0.01
 
     def __post_init__(self) -> None:
         check_settings(self, {
             "grid_points": is_int(self.grid_points) and 2 <= self.grid_points <= 10_000,
+            "coarse_step": is_int(self.coarse_step) and self.coarse_step >= 1,
             "block_size": is_int(self.block_size) and self.block_size >= 1,
             "damping": is_number(self.damping) and 0 < self.damping <= 100,
         })
@@ -73,7 +79,7 @@ class GPTQMatrix(UQMatrix):
     @classmethod
     def quantize(cls, w, grid, bits, seed, config, progress=None, first_group=0, hessian=None) -> GPTQMatrix:
         bits = int(bits)
-        zero, scale = uniform_grids(w, grid, bits, config.grid_points, progress, "gptq grids")
+        zero, scale = uniform_grids(w, grid, bits, config.grid_points, progress, "gptq grids", config.coarse_step)
         factor = None if hessian is None else inverse_factor(hessian, config.damping)
         codes = _gptq_codes(w, grid, zero, scale, bits, factor, config.block_size, progress)
         planes: list[np.ndarray] = [np.empty(0, np.uint8)] * len(grid)
@@ -85,6 +91,8 @@ class GPTQMatrix(UQMatrix):
 
 # Later columns updated at a time after each block (bounds the temporary of the update).
 _CHUNK = 1024
+# Below this much in-block work (rows x block²) the serial kernel runs: a parallel region costs tens of µs.
+PARALLEL_BLOCK_WORK = 1 << 22
 
 
 def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: int, chol: np.ndarray | None,
@@ -111,8 +119,9 @@ def _gptq_codes(w: np.ndarray, grid, zero: np.ndarray, scale: np.ndarray, bits: 
         block_errors = errors[:, :stop - start]
         # The exact part, row by row in compiled code; then one product per chunk for the later columns
         # (GPTQ's lazy batch: the O(m n²) work is BLAS, so a layer runs at GEMM speed).
-        gptq_block(work[:, start:stop], chol[start:stop, start:stop], lo, step, cols[start:stop], 2**bits,
-                   codes[:, start:stop], block_errors)
+        kernel = gptq_block_parallel if m * (stop - start) ** 2 >= PARALLEL_BLOCK_WORK else gptq_block_serial
+        kernel(work[:, start:stop], chol[start:stop, start:stop], lo, step, cols[start:stop], 2**bits,
+               codes[:, start:stop], block_errors)
         for later in range(stop, n, _CHUNK):  # chunks: no (m, n) temporary
             work[:, later:later + _CHUNK] -= block_errors @ chol[start:stop, later:later + _CHUNK]
     return codes

@@ -43,13 +43,16 @@ class UQConfig:
         check_settings(self, {"grid_points": is_int(self.grid_points) and 2 <= self.grid_points <= 10_000})
 
 
-def clip_ranges(x: np.ndarray, bits: int, grid_points: int) -> tuple[np.ndarray, np.ndarray]:
+def clip_ranges(x: np.ndarray, bits: int, grid_points: int, coarse: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The (lo, hi) clip range of every group with the smallest squared error on the grid of Alg. S.1.
 
     Args:
         x: (G, k) values, one group per row (converted to float64).
         bits: code width b (2^b levels lo + j·(hi − lo)/(2^b − 1)).
         grid_points: N; hi runs over linspace(mean, max, N), lo over linspace(min, mean, N).
+        coarse: c > 1 searches every c-th candidate of each end, then the (2c + 1)² candidates around the
+            best: (N/c)² + (2c + 1)² evaluations instead of N² (the optimum of the full grid when the error
+            is unimodal near it; GPTQ uses it, UQ keeps the full search).
 
     Returns:
         (lo (G,), hi (G,)) float64 with lo <= hi; lo == hi for a constant group. Among equal errors the
@@ -66,8 +69,18 @@ def clip_ranges(x: np.ndarray, bits: int, grid_points: int) -> tuple[np.ndarray,
     his = np.linspace(mu, hi_x, grid_points, axis=1)
     los = np.linspace(lo_x, mu, grid_points, axis=1)
     # Sorted by numpy (the kernels need sorted values; numpy's sort is several times numba's).
-    best = clip_search(np.sort(x, axis=1), los, his, mu, 2**bits)
+    xs = np.sort(x, axis=1)
     rows = np.arange(x.shape[0])
+    if coarse > 1 and grid_points > 2 * coarse + 1:
+        # Every coarse-th candidate first, then every candidate within coarse of the best on both ends.
+        pick = np.arange(0, grid_points, coarse)
+        best = clip_search(xs, los[:, pick], his[:, pick], mu, 2**bits)
+        window = np.arange(2 * coarse + 1)
+        lo_idx = np.clip(pick[best[:, 0]] - coarse, 0, grid_points - 1 - 2 * coarse)[:, None] + window
+        hi_idx = np.clip(pick[best[:, 1]] - coarse, 0, grid_points - 1 - 2 * coarse)[:, None] + window
+        best = clip_search(xs, los[rows[:, None], lo_idx], his[rows[:, None], hi_idx], mu, 2**bits)
+        return los[rows, lo_idx[rows, best[:, 0]]], his[rows, hi_idx[rows, best[:, 1]]]
+    best = clip_search(xs, los, his, mu, 2**bits)
     return los[rows, best[:, 0]], his[rows, best[:, 1]]
 
 
@@ -159,9 +172,10 @@ def pack_code_planes(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def uniform_grids(w: np.ndarray, grid: GroupGrid, bits: int, grid_points: int, progress: bool | None = None,
-                  label: str = "uq") -> tuple[np.ndarray, np.ndarray]:
+                  label: str = "uq", coarse: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Every group's searched b-bit grid as stored: (zero (G,), scale (G,)) float32, zero = lo and
-    scale = (hi − lo)/(2^b − 1) from :func:`clip_ranges`, one compiled call per block of equal shape.
+    scale = (hi − lo)/(2^b − 1) from :func:`clip_ranges` (``coarse`` as there), one compiled call per block
+    of equal shape.
 
     ``w``: (m, n) float64; ``progress``: a bar over the groups (None: only on a terminal).
     """
@@ -170,7 +184,7 @@ def uniform_grids(w: np.ndarray, grid: GroupGrid, bits: int, grid_points: int, p
                       unit="group") as bar:
         for block in group_blocks(grid):
             x = block.gather(w)
-            lo, hi = clip_ranges(x.reshape(len(x), -1), bits, grid_points)
+            lo, hi = clip_ranges(x.reshape(len(x), -1), bits, grid_points, coarse)
             zero[block.index], scale[block.index] = lo, (hi - lo) / (2**bits - 1)
             bar.update(len(x))
     return zero, scale

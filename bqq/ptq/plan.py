@@ -12,7 +12,12 @@ weight uses the one quantized weight.
 ``group_size`` means what it means in :func:`bqq.compress` (None: one group per layer; an int or
 (rows, cols)), plus ``"paper"`` (the default of :func:`bqq.quantize`): square groups of the model width
 (``embed_dim``, or a Hugging Face model's ``config.hidden_size``: 384 for DeiT-S and MiniLM, 768 for
-DeiT-B, 96 for Swin-T), 100×96 groups for the classification head, and 384×384 without either.
+DeiT-B, 96 for Swin-T), 100×96 groups for the classification head, and 384×384 without either; for an
+LLM (:func:`is_llm`: a model that generates text, or one at least ``LLM_MIN_WIDTH`` wide) ``LLM_GROUP``
+tiles instead, and its BQQ solves get ``LLM_SCHEDULE`` unless the user sets those options. Both were
+chosen by measurement (``benchmarks/results/llm_grouping.md``, docs/llm.md): a model-width square grows
+the time per weight with the width (a 4096² group of Llama-2-7B is one stack in ~30 min here), while
+LLM_GROUP tiles keep it constant and at this schedule a 7B model is solved in hours.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from .layers import WEIGHT, LayerKind, layer_kind, matrix_shape
 
 HEAD_GROUP = (100, 96)
 FALLBACK_GROUP = (384, 384)
+# LLMs: the group shape and BQQ schedule of benchmarks/results/llm_grouping.md (see docs/llm.md).
+LLM_GROUP = (256, 256)
+LLM_SCHEDULE = {"sweep_budget": 4e4, "weighted_sweep_budget": 5e9}
+LLM_MIN_WIDTH = 1024  # wider than every model with a committed "paper" table (DeiT-B: 768)
 PAPER_GROUPS = "paper"
 AUTO = "auto"  # per layer, the candidate with the lowest weight error (bqq.ptq.quantize.CANDIDATES)
 # Convolutions with at most this many inputs per output (in·kh·kw) get channel-wise UQ under "auto",
@@ -82,6 +91,7 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
     plans, skipped, matched = [], {}, set()
     owners = weight_owners(model)
     output_embedding = output_embedding_name(model)
+    llm = is_llm(model)
     for name, module, parent in _named_with_parents(model):
         kind = layer_kind(module, parent)
         if not name and isinstance(kind, LayerKind):  # the root: a bare layer cannot replace itself
@@ -101,7 +111,8 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
         if tied:  # every module that holds the tensor reads the one quantized weight
             kind = LayerKind(WEIGHT, kind.transposed, kind.hessian)
         shape = matrix_shape(module, kind)
-        plan = LayerPlan(name, kind, shape, method, bits, _group_shape(model, name, shape, group_size), dict(opts),
+        layer_opts = {**LLM_SCHEDULE, **opts} if llm and method in ("bqq", AUTO) else dict(opts)
+        plan = LayerPlan(name, kind, shape, method, bits, _group_shape(model, name, shape, group_size), layer_opts,
                          shared_with=tied, channel_groups=CNN_CHANNEL_GROUPS and _is_paper(group_size)
                          and isinstance(module, nn.modules.conv._ConvNd))
         grouped_by_user = False
@@ -176,17 +187,36 @@ def classifier_name(model: nn.Module) -> str | None:
     return None
 
 
+def model_width(model: nn.Module) -> int | None:
+    """The model width: ``embed_dim`` (timm), or a Hugging Face config's ``hidden_size``; None if neither."""
+    width = getattr(model, "embed_dim", None)
+    if width is None:  # Hugging Face models keep the width in their config
+        width = getattr(getattr(model, "config", None), "hidden_size", None)
+    return width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else None
+
+
+def is_llm(model: nn.Module) -> bool:
+    """Whether ``model`` gets the LLM grouping and schedule: a model that generates text (a Hugging Face
+    ``can_generate()`` model: ``*ForCausalLM``, seq2seq) or one at least ``LLM_MIN_WIDTH`` wide."""
+    width = model_width(model)
+    if width is not None and width >= LLM_MIN_WIDTH:
+        return True
+    can_generate = getattr(model, "can_generate", None)
+    try:
+        return bool(can_generate()) if callable(can_generate) else False
+    except (TypeError, AttributeError, NotImplementedError):
+        return False
+
+
 def _group_shape(model: nn.Module, name: str, shape: tuple[int, int], group_size) -> tuple[int, int]:
     if not (isinstance(group_size, str) and group_size == PAPER_GROUPS):
         return parse_group_shape(group_size, shape)
     if name == classifier_name(model):
         return parse_group_shape(HEAD_GROUP, shape)
-    width = getattr(model, "embed_dim", None)
-    if width is None:  # Hugging Face models keep the width in their config
-        width = getattr(getattr(model, "config", None), "hidden_size", None)
-    if isinstance(width, int) and width > 0:
-        return parse_group_shape(width, shape)
-    return parse_group_shape(FALLBACK_GROUP, shape)
+    if is_llm(model):
+        return parse_group_shape(LLM_GROUP, shape)
+    width = model_width(model)
+    return parse_group_shape(width if width is not None else FALLBACK_GROUP, shape)
 
 
 def _apply(plan: LayerPlan, settings: Mapping[str, Any]) -> LayerPlan:

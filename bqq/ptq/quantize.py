@@ -412,9 +412,17 @@ def relative_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None
     if hessian is None:
         norm, err = float(np.linalg.norm(w)), float(np.linalg.norm(diff))
     else:
-        norm = float(np.sqrt(max(float(((w @ hessian) * w).sum()), 0.0)))  # BLAS; einsum here was 100x slower
-        err = float(np.sqrt(max(float(((diff @ hessian) * diff).sum()), 0.0)))
+        norm, err = _weighted_norm(w, hessian), _weighted_norm(diff, hessian)
     return err / norm if norm > 0 else err
+
+
+def _weighted_norm(x: np.ndarray, hessian: np.ndarray) -> float:
+    """sqrt(tr(X H Xᵀ)) for X (m, n), H (n, n): the O(m n²) product in float32 on every core (a measurement,
+    not a solve: float32's ~1e-6 relative error is far below any difference the selection acts on; this
+    was 13 % of a Llama-2-7B block's GPTQ pass in float64), summed in float64."""
+    x32 = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    product = x32 @ torch.from_numpy(np.ascontiguousarray(hessian, np.float32))
+    return float(np.sqrt(max(float((product.double() * x32.double()).sum()), 0.0)))
 
 
 def _whole(cls: type[QuantizedMatrix], calibrated: bool) -> bool:

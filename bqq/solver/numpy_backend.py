@@ -126,10 +126,11 @@ class NumpyBackend:
         try:
             if prob.hm is None and pool is None:
                 return _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, slice(0, nbatch))
-            if prob.hm is None and nbatch >= 2 * threads:
+            if pool is not None and nbatch >= 2 * threads:
                 bounds = np.linspace(0, nbatch, threads + 1).round().astype(int)
                 shares = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
-                return sum(pool.map(lambda p: _plain_sweeps(prob, u, v, alpha, inv_u, inv_v, hard, p), shares))
+                sweeps = _plain_sweeps if prob.hm is None else _weighted_sweeps
+                return sum(pool.map(lambda p: sweeps(prob, u, v, alpha, inv_u, inv_v, hard, p), shares))
             flips = 0
             for iu, iv in zip(inv_u, inv_v, strict=True):
                 if prob.hm is None:
@@ -198,6 +199,15 @@ def _plain_sweeps(prob: Problem, u: np.ndarray, v: np.ndarray, alpha: np.ndarray
         flips += row_phase(prob.xt[share], u[share], v[share], gram_blocks(v[share]), a, iu[share], hard)
         flips += row_phase(prob.xc[share], v[share], u[share], gram_blocks(u[share]), a, iv[share], hard)
     return flips
+
+
+def _weighted_sweeps(prob: Problem, u: np.ndarray, v: np.ndarray, alpha: np.ndarray, inv_u: np.ndarray,
+                     inv_v: np.ndarray, hard: bool, share: slice) -> int:
+    """Every weighted sweep for the problems ``share``, on the calling thread (as :func:`_plain_sweeps`)."""
+    part = Problem(prob.xc[share], prob.xt[share], prob.xh[share], prob.hm[share],
+                   None if prob.hessian is None else prob.hessian[share])
+    return sum(_weighted_sweep(None, part, u[share], v[share], alpha[share], iu[share], iv[share], hard)
+               for iu, iv in zip(inv_u, inv_v, strict=True))
 
 
 def _split_phase(pool: cf.ThreadPoolExecutor | None, xt: np.ndarray, own: np.ndarray, other: np.ndarray,

@@ -3,7 +3,7 @@
 * :func:`clip_search`: UQ's clip-range grid search (paper Alg. S.1) for every group of a stack.
 * :func:`encode_uniform`: nearest-level codes of every group for its own (lo, step).
 * :func:`bcq_fit`: BCQ's greedy start and alternating least squares for every group.
-* :func:`gptq_block`: GPTQ's exact column-by-column rounding inside one block of columns.
+* :func:`gptq_block_parallel` (and ``_serial``): GPTQ's exact column-by-column rounding inside one block of columns.
 
 Groups come stacked as the rows of a (G, k) float64 array. Every kernel runs the groups in parallel
 (``prange``), each group by one thread in a fixed order, so results do not depend on the thread count.
@@ -292,15 +292,13 @@ def encode_uniform(x: np.ndarray, lo: np.ndarray, step: np.ndarray, levels: int)
 
 # --- GPTQ -----------------------------------------------------------------------------------------
 
-@nb.njit(cache=True, nogil=True)
-def gptq_block(work: np.ndarray, chol: np.ndarray, lo: np.ndarray, step: np.ndarray, cols: np.ndarray,
+def _gptq_block(work: np.ndarray, chol: np.ndarray, lo: np.ndarray, step: np.ndarray, cols: np.ndarray,
                levels: int, codes: np.ndarray, errors: np.ndarray) -> None:
     """GPTQ inside one block of B columns: each column rounded to its row's grid, its error divided by the
     factor's diagonal and pushed onto the block's later columns, row by row (rows are independent).
 
-    Serial on purpose: the caller's next step is a BLAS product on all cores, which numba's still-spinning
-    worker threads would slow down. The arithmetic is :func:`bqq.methods.gptq.encode_rows` and numpy's
-    outer-product update, operation for operation, so the codes equal the numpy form's.
+    The arithmetic is :func:`bqq.methods.gptq.encode_rows` and numpy's outer-product update, operation
+    for operation, so the codes equal the numpy form's, whatever the thread count.
 
     Args:
         work: (m, B) float64 weights still to round, updated in place (a column slice of the layer).
@@ -311,7 +309,7 @@ def gptq_block(work: np.ndarray, chol: np.ndarray, lo: np.ndarray, step: np.ndar
         codes: (m, B) uint8 output; errors: (m, B) float64 output, the scaled errors (w − q) / U_jj.
     """
     m, width = work.shape
-    for i in range(m):
+    for i in nb.prange(m):
         for j in range(width):
             g = cols[j]
             z = lo[i, g]
@@ -327,6 +325,9 @@ def gptq_block(work: np.ndarray, chol: np.ndarray, lo: np.ndarray, step: np.ndar
             errors[i, j] = e
             for k in range(j + 1, width):
                 work[i, k] -= e * chol[j, k]
+
+
+gptq_block_parallel, gptq_block_serial = parallel_and_serial(_gptq_block)
 
 
 # --- BCQ -------------------------------------------------------------------------------------------
@@ -515,4 +516,7 @@ def bcq_fit(x: np.ndarray, bits: int, rounds: int) -> tuple[np.ndarray, np.ndarr
     return (_bcq_parallel if parallel else _bcq_serial)(x, bits, rounds)
 
 
-__all__ = ["PREFIX_K_FACTOR", "bcq_fit", "clip_search", "encode_uniform", "gptq_block", "prefer_prefix_sums"]
+__all__ = [
+    "PREFIX_K_FACTOR", "bcq_fit", "clip_search", "encode_uniform", "gptq_block_parallel", "gptq_block_serial",
+    "prefer_prefix_sums",
+]
