@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     quant.add_argument("--method", default="auto", choices=["auto", *available_methods()],
                        help="auto (default): per layer the best of BQQ, UQ, BCQ (and GPTQ with --calib)")
     quant.add_argument("--group-size", type=_model_group_size, default="paper",
-                       help="N, RxC, 'none' (one group per layer) or 'paper' (default: 384x384 for LLMs)")
+                       help="N, RxC, 'none' (one group per layer) or 'paper' (default: squares of the model "
+                            "width, 100x96 for a classifier head; LLMs (text generators, or models at least 1024 "
+                            "wide) get 256x256 tiles and a shorter BQQ schedule, chosen by measurement: "
+                            "docs/llm.md)")
     quant.add_argument("--calib", default=None, help="calibration text: 'wikitext2' (its train split) or a text "
                        "file; default: data-free")
     quant.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
