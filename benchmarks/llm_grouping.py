@@ -2,7 +2,7 @@
 
     python -m benchmarks.llm_grouping [--sources tiny-llama minilm-ffn glove effnet-head gauss-4096]
                                       [--groups 64 128 256 512 1024 128xin] [--budgets default 8e4 4e4]
-                                      [--aware-budgets default 5e9] [--stacks 2] [--out DIR]
+                                      [--aware-budgets default 1.7e9 8e8] [--stacks 2] [--out DIR]
 
 For every source matrix (real weights we have offline, and a Gaussian at Llama-2-7B's width), every group
 shape and every annealing budget, ``bqq.compress(w, bits=stacks, group_size=..., sweep_budget=...)`` is
@@ -17,7 +17,8 @@ timed (wall, 2 threads here) and scored:
   codes (``hessian=H``) at each ``--aware-budgets`` budget (``weighted_sweep_budget``), with their time.
 
 Groups: N is N x N, ``128xin`` is 128 rows by the layer's whole input width; a group larger than a layer
-is clipped to it (then the row is skipped when another group gives the same shapes). Budgets: ``default``
+is clipped to it. A cell that would solve the same groups with the same sweeps as an earlier one (a group
+clipped to the layers, a budget at a sweep bound) is skipped. Budgets: ``default``
 is bqq's (``SWEEP_BUDGET``, ``WEIGHTED_SWEEP_BUDGET``). Writes ``llm_grouping.{md,json}`` to ``--out``.
 """
 
@@ -36,7 +37,8 @@ import torch
 
 import bqq
 from bqq.grouping import parse_group_shape
-from bqq.solver.settings import SWEEP_BUDGET, WEIGHTED_SWEEP_BUDGET, StackSettings
+from bqq.methods.bqq import BQQConfig
+from bqq.solver.settings import SWEEP_BUDGET, WEIGHTED_SWEEP_BUDGET, StackSettings, inner_dim
 
 from .matrix import datasets
 from .matrix.datasets import DatasetUnavailable, Options, load_effnet_head, load_minilm_ffn
@@ -95,6 +97,17 @@ def group_for(label: str, shape: tuple[int, int]) -> tuple[int, int]:
     if label.endswith("xin"):
         return parse_group_shape((int(label[:-3]), shape[1]), shape)
     return parse_group_shape(int(label), shape)
+
+
+def planned_sweeps(layers: list[Layer], label: str, budget: float | None, aware_budget: float | None,
+                   aware: bool) -> tuple:
+    """(group shape, sweeps) of each layer's first group: cells equal in these solve the same problems."""
+    config = BQQConfig(sweep_budget=budget, weighted_sweep_budget=aware_budget)
+    out = []
+    for _, w, _ in layers:
+        group = group_for(label, w.shape)
+        out.append((group, StackSettings.of(config, group, inner_dim(group, config.rank_scale), aware).sweeps))
+    return tuple(out)
 
 
 def parse_budget(value: str) -> float | None:
@@ -162,14 +175,14 @@ def run(args: argparse.Namespace) -> dict:
         doc["sources"][name] = {"description": description, "weights": int(sum(w.size for _, w, _ in layers))}
         seen: set[tuple] = set()
         for label in args.groups:
-            shapes = tuple(group_for(label, w.shape) for _, w, _ in layers)
-            if shapes in seen:
-                continue
-            seen.add(shapes)
             cells = [("plain", b, None, False) for b in args.budgets]
             if all(h is not None for _, _, h in layers):
                 cells += [("output-aware", None, b, True) for b in args.aware_budgets]
             for objective, budget, aware_budget, aware in cells:
+                key = (objective, planned_sweeps(layers, label, budget, aware_budget, aware))
+                if key in seen:  # a larger group clipped to the layers, or a budget at a sweep bound
+                    continue
+                seen.add(key)
                 row = {"source": name, "group": label, "objective": objective,
                        "budget": budget if not aware else aware_budget,
                        **measure(layers, label, args.stacks, budget, aware_budget, aware)}
@@ -181,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def format_budget(row: dict) -> str:
     if row["budget"] is not None:
-        return f"{row['budget']:.0e}"
+        return f"{row['budget']:.2g}"
     return f"default ({WEIGHTED_SWEEP_BUDGET:.1e})" if row["objective"] == "output-aware" else \
         f"default ({SWEEP_BUDGET:.1e})"
 
@@ -202,7 +215,9 @@ def write(doc: dict, args: argparse.Namespace) -> None:
              "", "Errors are relative (sqrt of summed squares over the source's layers); output error under each "
              "layer's H where the source has calibration inputs; bits/weight count every binary and scalar; "
              "7B hours: µs/weight x 6.48e9 weights (Llama-2-7B's decoder linears), data-free and output-aware "
-             "rows alike.", "",
+             "rows alike. Groups of a layer run side by side on the threads, so a layer of one group (the tiny "
+             "Llama's q_proj at 256²) leaves a thread idle: gauss-4096, many groups per layer as in a 7B model, "
+             "gives the rate at LLM shapes.", "",
              "| source | group | objective | budget | sweeps | weight error | weight error, FP16 scalars | "
              "output error | bits/weight (FP32 scalars) | bits/weight (FP16 scalars) | µs/weight | 7B hours |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -217,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     p.add_argument("--groups", nargs="+", default=list(GROUPS))
     p.add_argument("--budgets", nargs="+", type=parse_budget, default=[None, 8e4, 4e4])
-    p.add_argument("--aware-budgets", nargs="+", type=parse_budget, default=[None, 5e9])
+    p.add_argument("--aware-budgets", nargs="+", type=parse_budget, default=[None, 1.7e9, 8e8])
     p.add_argument("--stacks", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)

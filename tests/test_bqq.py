@@ -197,6 +197,17 @@ def test_auto_sweeps_per_group_rule_spends_equal_work_per_group():
         auto_sweeps((8, 8), 4, rule="fast")
 
 
+def test_weighted_sweep_budget_sets_the_output_aware_stacks_alone_down_to_fifty_sweeps():
+    work = 512 * 128**2 + 256**2 * 128  # (m + n)·l² + n²·l of a 256² output-aware group
+    aware = BQQConfig(sweep_budget=4e4, weighted_sweep_budget=100 * work)
+    assert StackSettings.of(aware, (256, 256), 128, weighted=True).sweeps == 100
+    assert StackSettings.of(aware, (256, 256), 128, weighted=False).sweeps == 250  # 4e4 / (128 + 32)
+    assert StackSettings.of(BQQConfig(weighted_sweep_budget=1.0), (256, 256), 128, weighted=True).sweeps == 50
+    # without it the output-aware stacks keep the tuned default and its floor of 300
+    assert StackSettings.of(BQQConfig(sweep_budget=1.0), (256, 256), 128, weighted=True).sweeps == 300
+    assert StackSettings.of(BQQConfig(), (256, 256), 128, weighted=True).sweeps == round(1.4e10 / work)
+
+
 def test_configs_of_older_versions_keep_the_schedule_they_were_solved_with():
     from bqq.common import config_from_dict
 

@@ -49,7 +49,7 @@ class BQQConfig:
             time, see the grouping table of benchmarks/solver.py); output-aware stacks spend
             (m + n)·l² + n²·l per sweep out of 1.4e10 per group (or out of sweep_budget, when set and
             weighted_sweep_budget is None). See bqq.solver.settings.
-        weighted_sweep_budget: the output-aware stacks' own work per group (None: as above), within [300,
+        weighted_sweep_budget: the output-aware stacks' own work per group (None: as above), within [50,
             6000] sweeps; lets a schedule set both objectives (bqq.ptq.plan's LLM schedule does).
         sweep_rule: "per_weight" (above) or "per_group" (every plain group (m + n)·l²·sweeps = 1.0e10,
             within [300, 6000]: the schedule of configs written before version 4, which read with it;

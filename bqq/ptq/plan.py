@@ -34,9 +34,10 @@ from .layers import WEIGHT, LayerKind, layer_kind, matrix_shape
 
 HEAD_GROUP = (100, 96)
 FALLBACK_GROUP = (384, 384)
-# LLMs: the group shape and BQQ schedule of benchmarks/results/llm_grouping.md (see docs/llm.md).
+# LLMs: the group shape and BQQ schedule of benchmarks/results/llm_grouping.md (see docs/llm.md): 250
+# plain sweeps and 50 output-aware sweeps per 256² group.
 LLM_GROUP = (256, 256)
-LLM_SCHEDULE = {"sweep_budget": 4e4, "weighted_sweep_budget": 5e9}
+LLM_SCHEDULE = {"sweep_budget": 4e4, "weighted_sweep_budget": 8e8}
 LLM_MIN_WIDTH = 1024  # wider than every model with a committed "paper" table (DeiT-B: 768)
 PAPER_GROUPS = "paper"
 AUTO = "auto"  # per layer, the candidate with the lowest weight error (bqq.ptq.quantize.CANDIDATES)
