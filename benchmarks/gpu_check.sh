@@ -9,7 +9,7 @@
 # parametrizations), then the GPU benchmarks: kernels (BQQ paths, bit-plane kernels, DeiT-S), the GPU solver,
 # DeiT-S quantized on the GPU, and the LLM scale check's block pass with its blocks run on the GPU (one block of
 # TinyLlama's shapes; GPTQ's solve itself runs on the CPU). Writes 7 files (the device tool takes 8):
-# kernels_cuda.md/.json, solver_cuda.json, ptq_timing's json, llm_scale_tinyllama.md/.json, and gpu_check.log
+# kernels_cuda.md/.json, solver_cuda.json, ptq_timing's json, llm_scale_tinyllama_gptq-calibrated.md/.json, and gpu_check.log
 # with every step's output.
 # Exit status: 0 when every step passed.
 set -u

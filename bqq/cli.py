@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     quant.add_argument("--cache-dir", type=Path, default=None, help="finished groups, for resuming (default: "
                        "OUT_DIR/.bqq-cache, removed after success; a given folder is kept)")
     quant.add_argument("--seed", type=int, default=0)
-    quant.add_argument("--sweeps", type=int, default=None, help="BQQ annealing sweeps per stack (default: auto)")
+    quant.add_argument("--sweeps", type=int, default=None, help="BQQ annealing sweeps per stack (default: from the "
+                       "group shape; LLMs: 250 plain, 50 output-aware per 256x256 group)")
     quant.add_argument("--rank-scale", type=float, default=None, help="BQQ inner dimension factor (default 1)")
 
     ppl = sub.add_parser("eval-ppl", help="perplexity of a Hugging Face causal LM directory, quantized or not "
