@@ -226,3 +226,17 @@ def test_configs_of_older_versions_keep_the_schedule_they_were_solved_with():
     for bad in ({"sweep_rule": "fast"}, {"polish_tolerance": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BQQConfig(**bad)
+
+
+def test_groups_solved_together_get_the_codes_they_get_alone():
+    """The polish stops per group on its own flip count, so a group's codes do not depend on its batch-mates
+    (the model pass bundles groups on threads; compress batches a layer's groups)."""
+    from bqq.methods.bqq import BQQMatrix
+
+    rng = np.random.default_rng(3)
+    groups = [rng.standard_normal((24, 24)) * scale for scale in (0.1, 1.0, 10.0, 1.0, 0.5)]
+    config = BQQConfig(sweeps=2, polish_tolerance=0.05)  # a short anneal leaves the polish work to stop on
+    together = BQQMatrix.quantize_many(groups, 2, [7] * 5, list(range(5)), config, None)
+    for g, matrix in enumerate(groups):
+        alone = BQQMatrix.quantize_many([matrix], 2, [7], [g], config, None)[0]
+        assert np.array_equal(alone._dequantize64(), together[g]._dequantize64())

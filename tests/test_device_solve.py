@@ -126,3 +126,16 @@ def test_a_cuda_device_without_a_gpu_is_refused():
         bqq.compress(w, 1, device="gpu0", sweeps=5)
     with pytest.raises(ValueError, match="CPU or on CUDA"):
         bqq.compress(w, 1, device="meta", sweeps=5)
+
+
+def test_groups_solved_together_on_the_device_get_the_codes_they_get_alone(cpu_through_device_path):
+    from bqq.methods.bqq import BQQConfig, BQQMatrix
+
+    rng = np.random.default_rng(3)
+    groups = [rng.standard_normal((12, 12)) * scale for scale in (0.1, 1.0, 10.0)]
+    config = BQQConfig(sweeps=2, polish_tolerance=0.05)
+    device = torch.device("cpu")
+    together = BQQMatrix.quantize_many(groups, 2, [7] * 3, [0, 1, 2], config, device)
+    for g, matrix in enumerate(groups):
+        alone = BQQMatrix.quantize_many([matrix], 2, [7], [g], config, device)[0]
+        assert np.array_equal(alone._dequantize64(), together[g]._dequantize64())

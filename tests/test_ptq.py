@@ -161,28 +161,31 @@ def _outputs(model, images):
 
 @pytest.mark.parametrize("workers", [1, None], ids=["one-at-a-time", "threads"])
 def test_cache_resumes_without_redoing_finished_groups(tmp_path, images, monkeypatch, workers):
-    reference = _outputs(bqq.quantize(tiny(), bits=2, method="bqq", **FAST), images)
+    reference_model = bqq.quantize(tiny(), bits=2, method="bqq", **FAST)
+    reference = _outputs(reference_model, images)
+    total = sum(len(m.qweight.grid) for _, m in quantized_layers(reference_model))
+    # One group per call with workers=1; threads solve bundles of groups (each as it would be alone).
+    name, groups_in = ("solve_group", lambda job: [job]) if workers == 1 else ("solve_bundle", list)
+    real = getattr(ptq_runner, name)
     calls = []
     lock = threading.Lock()
-    real = ptq_runner.solve_group
 
-    def interrupted_after_five(job):
+    def interrupted_after_five(unit):
         with lock:
             if len(calls) >= 5:
                 raise KeyboardInterrupt
-            calls.append(job.layer)
-        return real(job)
+            calls.extend(groups_in(unit))
+        return real(unit)
 
-    monkeypatch.setattr(ptq_runner, "solve_group", interrupted_after_five)
+    monkeypatch.setattr(ptq_runner, name, interrupted_after_five)
     with pytest.raises(KeyboardInterrupt):
         bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, workers=workers, **FAST)
     cached = len(list(tmp_path.glob("*.safetensors")))
-    # Groups already running on other threads when the interrupt came may finish and be cached too.
-    assert cached == 5 if workers == 1 else 1 <= cached <= 5
+    # Bundles already running on other threads when the interrupt came may finish and be cached too.
+    assert cached == 5 if workers == 1 else cached < total
     counted = []
-    monkeypatch.setattr(ptq_runner, "solve_group", lambda job: counted.append(job) or real(job))
+    monkeypatch.setattr(ptq_runner, name, lambda unit: counted.extend(groups_in(unit)) or real(unit))
     resumed = bqq.quantize(tiny(), bits=2, method="bqq", cache_dir=tmp_path, workers=workers, **FAST)
-    total = sum(len(m.qweight.grid) for _, m in quantized_layers(resumed))
     assert len(counted) == total - cached
     assert torch.equal(_outputs(resumed, images), reference)
     counted.clear()
@@ -194,20 +197,24 @@ def test_cache_resumes_without_redoing_finished_groups(tmp_path, images, monkeyp
 
 
 def test_groups_side_by_side_on_threads_give_the_same_model(images, monkeypatch):
-    threads = []
-    real = ptq_runner.solve_group
-    monkeypatch.setattr(ptq_runner, "solve_group",
-                        lambda job: threads.append(threading.current_thread().name) or real(job))
+    """Threads solve bundles of same-shape groups in one call; each group's codes equal its codes alone
+    (workers=1), also with a polish that stops on a tolerance (each group on its own flip count)."""
+    bundles = []
+    real = ptq_runner.solve_bundle
+    monkeypatch.setattr(ptq_runner, "solve_bundle",
+                        lambda bundle: bundles.append((threading.current_thread().name, len(bundle))) or real(bundle))
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs two numba threads")
     before = numba.get_num_threads()
     numba.set_num_threads(2)
+    settings = {"bits": 2, "method": "bqq", "group_size": 16, "polish_tolerance": 0.02, **FAST}
     try:
-        side_by_side = bqq.quantize(tiny(), bits=2, method="bqq", **FAST)
+        side_by_side = bqq.quantize(tiny(), **settings)
     finally:
         numba.set_num_threads(before)
-    assert all(name.startswith("bqq-group") for name in threads) and len(threads) > 1
-    one_at_a_time = bqq.quantize(tiny(), bits=2, method="bqq", workers=1, **FAST)
+    assert all(name.startswith("bqq-group") for name, _ in bundles) and len(bundles) > 1
+    assert max(size for _, size in bundles) == ptq_runner.THREAD_BUNDLE
+    one_at_a_time = bqq.quantize(tiny(), workers=1, **settings)
     assert torch.equal(_outputs(side_by_side, images), _outputs(one_at_a_time, images))
 
 

@@ -8,6 +8,7 @@ on the CPU or a torch device). ``compress(w, bits=p)`` is literally p calls of t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -196,13 +197,15 @@ class BQQMatrix(QuantizedMatrix):
     def quantize_many(cls, matrices: list[np.ndarray], bits: int, seeds: list[int], first_groups: list[int],
                       config: BQQConfig, device: Any, progress: Any = None) -> list[BQQMatrix]:
         """Single-group problems of one shape, each as ``quantize(matrix, one group, bits, seed, config,
-        first_group=...)``, solved together on ``device`` (the model pass batches groups of one shape
-        across layers this way). ``progress``: called with a group count after each stack of a batch."""
+        first_group=...)``, solved together on ``device`` (None: the CPU; the model pass batches groups of
+        one shape across layers this way): on the CPU with the codes each gets alone (its polish stops on
+        its own flip count). ``progress``: called with a group count after each stack of a batch."""
         m, n = matrices[0].shape
         grid = GroupGrid.build((m, n), (m, n))
         rank = inner_dim((m, n), config.rank_scale)
         codes = solve_groups(backend_for(device), np.stack(matrices), int(bits), rank=rank,
-                             settings=StackSettings.of(config, (m, n), rank, False), seeds=list(seeds),
+                             settings=dataclasses.replace(StackSettings.of(config, (m, n), rank, False),
+                                                          polish_each=True), seeds=list(seeds),
                              group_ids=list(first_groups), progress=progress).numpy()
         return [cls((m, n), "float64", grid, int(bits), seed, config, y=[pack_bits(codes.ys[j])],
                     z=[pack_bits(codes.zs[j])], scales=codes.scales[j:j + 1], offset=codes.offset[j:j + 1])

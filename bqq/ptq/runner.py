@@ -272,7 +272,8 @@ def _group_threads() -> int:
 
 def _run_threaded(jobs: list[GroupJob], todo: list[int], finish: Callable[[int, QuantizedMatrix], None],
                   threads: int) -> None:
-    """The jobs on ``threads`` threads of this process, one group each, every library single-threaded.
+    """The jobs on ``threads`` threads of this process, a bundle of groups each (:func:`_bundles`), every
+    library single-threaded.
 
     Why: one group on all cores parallelizes each annealing sweep over rows, thousands of short parallel
     regions per stack, each ending at a barrier. Beside another busy process a region waits for whichever
@@ -282,13 +283,58 @@ def _run_threaded(jobs: list[GroupJob], todo: list[int], finish: Callable[[int, 
     thread for the run (their limits are process-wide) and restored after.
     """
     pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-group", initializer=serial_numba_thread)
+    pending: dict[cf.Future, list[int]] = {}
+    queue = iter(_bundles(jobs, todo))
     try:
         with single_threaded_libraries():
-            _run_on(pool, jobs, todo, finish, 2 * threads)
+            while True:
+                for bundle in queue:
+                    pending[pool.submit(solve_bundle, [jobs[i] for i in bundle])] = bundle
+                    if len(pending) >= 2 * threads:
+                        break
+                if not pending:
+                    break
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    for i, q in zip(pending.pop(fut), fut.result(), strict=True):
+                        finish(i, q)
     except BaseException:  # Ctrl-C or a failed group: leave at once (running groups end on their own)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+# Data-free groups of one shape and settings that a thread solves in one call: each annealing sweep is then
+# one kernel call for all of them instead of one per group (docs/llm.md).
+THREAD_BUNDLE = 8
+
+
+def _bundles(jobs: list[GroupJob], todo: list[int]) -> list[list[int]]:
+    """``todo`` cut into what one thread solves at once: data-free single groups of a method that solves
+    many at once (BQQ), of one shape, bits and settings, up to THREAD_BUNDLE together; any other job alone."""
+    alone, same = [], {}
+    for i in todo:
+        job = jobs[i]
+        if _batches(job) and get_method(job.method).solves_on_devices:
+            key = (job.method, job.matrix.shape, job.bits, method_config(job.method, job.bits, job.opts)[1])
+            same.setdefault(key, []).append(i)
+        else:
+            alone.append([i])
+    return [idx[k:k + THREAD_BUNDLE] for idx in same.values() for k in range(0, len(idx), THREAD_BUNDLE)] + alone
+
+
+def solve_bundle(bundle: list[GroupJob]) -> list[QuantizedMatrix]:
+    """The groups of a bundle (:func:`_bundles`), each with the codes :func:`solve_group` gives it alone (a
+    group's randomness and its polish's stopping rule are its own)."""
+    if len(bundle) == 1:
+        return [solve_group(bundle[0])]
+    first = bundle[0]
+    cls, config = method_config(first.method, first.bits, first.opts)
+    solved = cls.quantize_many([as_float_matrix(job.matrix)[0] for job in bundle], int(first.bits),
+                               [job.seed for job in bundle], [job.index for job in bundle], config, None)
+    for job, q in zip(bundle, solved, strict=True):
+        q.dtype = job.dtype
+    return solved
 
 
 def _init_worker(threads: int) -> None:

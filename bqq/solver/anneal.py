@@ -95,15 +95,35 @@ def solve_sign_factors(backend: Backend, x: Any, rank: int, seeds: Sequence[Sequ
         u, v = backend.factors(*draw_starts(seeds, m, n, rank))
         for inv_temp in inverse_temperatures(t_crit, settings, t_bulk):
             backend.anneal(prob, u, v, alpha, inv_temp / aspect, inv_temp * aspect)
-        # Polish: exact bit-flip descent (T = 0) from the signs, α refitted each round, until nothing flips.
         u, v = backend.signs(u), backend.signs(v)
-        zero = np.zeros(nbatch, np.float32)
-        enough = settings.polish_tolerance * nbatch * (m + n) * rank
-        for _ in range(settings.polish_rounds):
-            alpha = fit_alpha(*backend.fit_terms(prob.xc, u, v, prob.hessian))
-            if backend.sweep(prob, u, v, alpha, zero, zero, hard=True) <= enough:
-                break
+        _polish(backend, prob, u, v, settings.polish_rounds, settings.polish_tolerance * (m + n) * rank,
+                settings.polish_each)
     return u, v
+
+
+def _polish(backend: Backend, prob: Any, u: Any, v: Any, rounds: int, enough: float, each: bool) -> None:
+    """Exact bit-flip descent (T = 0), α refitted each round, until a round flips at most ``enough`` bits
+    per problem (or ``rounds`` rounds). ``each``: every problem stops on its own count, as it would alone
+    (one done while others go on gets its codes back after each further round), so its codes do not
+    depend on its batch-mates; else the batch stops on its total, the rule of ``compress`` and of the
+    calibrated pass (their committed results were measured with it)."""
+    zero = np.zeros(len(prob.xc), np.float32)
+    done = np.zeros(len(prob.xc), bool)
+    for _ in range(rounds):
+        alpha = fit_alpha(*backend.fit_terms(prob.xc, u, v, prob.hessian))
+        if not each:
+            if backend.sweep(prob, u, v, alpha, zero, zero, hard=True) <= enough * len(done):
+                break
+            continue
+        u0, v0 = backend.copy(u), backend.copy(v)
+        backend.sweep(prob, u, v, alpha, zero, zero, hard=True)
+        if done.any():
+            finished = np.flatnonzero(done)
+            backend.restore(u, u0, finished)
+            backend.restore(v, v0, finished)
+        done |= backend.changed(u0, u) + backend.changed(v0, v) <= enough
+        if done.all():
+            break
 
 
 def sign_fit_error(backend: Backend, x: Any, u: Any, v: Any, hessian: Any = None) -> np.ndarray:

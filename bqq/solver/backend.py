@@ -69,6 +69,15 @@ class Backend(Protocol):
     def signs(self, a: Array) -> Array:
         """±1 (float32) from magnetizations (0 counts as +1)."""
 
+    def copy(self, a: Array) -> Array:
+        """A copy of a."""
+
+    def changed(self, before: Array, after: Array) -> np.ndarray:
+        """Entries that differ, per problem (B,), int64 on the host."""
+
+    def restore(self, a: Array, before: Array, idx: np.ndarray) -> None:
+        """Problems ``idx`` of a set back to those of ``before``, in place."""
+
     def fit_terms(self, xc: Array, u: Array, v: Array, hessian: Array | None) -> tuple[np.ndarray, np.ndarray]:
         """<X, UVᵀ>_H and ‖UVᵀ‖²_H per problem, float64 on the host."""
 

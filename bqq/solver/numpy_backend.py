@@ -146,6 +146,15 @@ class NumpyBackend:
     def signs(self, a: np.ndarray) -> np.ndarray:
         return np.where(a >= 0, 1.0, -1.0).astype(np.float32)
 
+    def copy(self, a: np.ndarray) -> np.ndarray:
+        return a.copy()
+
+    def changed(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        return (before != after).reshape(len(before), -1).sum(axis=1)
+
+    def restore(self, a: np.ndarray, before: np.ndarray, idx: np.ndarray) -> None:
+        a[idx] = before[idx]
+
     def fit_terms(self, xc: np.ndarray, ut: np.ndarray, vt: np.ndarray, hessian: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """<X, UVᵀ>_H and <UVᵀ, UVᵀ>_H per problem (float64), where <A, B>_H = tr(A H Bᵀ).

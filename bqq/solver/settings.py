@@ -67,6 +67,8 @@ class StackSettings:
             entries.
         aspect_exponent: T_U / T_V = (n/m)^(2·aspect_exponent) for non-square groups.
         restarts: independent anneals per group; the smallest sign-fit error is kept.
+        polish_each: in a batch, each group's polish stops on its own flip count (its codes are then
+            those it gets alone); False: the batch stops on its total.
     """
 
     sweeps: int
@@ -78,6 +80,7 @@ class StackSettings:
     restarts: int = 1
     polish_tolerance: float = 0.0
     bulk_end: bool = False
+    polish_each: bool = False
 
     @classmethod
     def of(cls, config: Any, shape: tuple[int, int], rank: int, weighted: bool) -> StackSettings:

@@ -192,6 +192,16 @@ class TorchBackend:
     def signs(self, a: torch.Tensor) -> torch.Tensor:
         return torch.where(a >= 0, 1.0, -1.0).to(torch.float32)
 
+    def copy(self, a: torch.Tensor) -> torch.Tensor:
+        return a.clone()
+
+    def changed(self, before: torch.Tensor, after: torch.Tensor) -> np.ndarray:
+        return (before != after).reshape(len(before), -1).sum(dim=1).cpu().numpy()
+
+    def restore(self, a: torch.Tensor, before: torch.Tensor, idx: np.ndarray) -> None:
+        index = torch.as_tensor(idx, device=a.device)
+        a[index] = before[index]
+
     def fit_terms(self, xc: torch.Tensor, ut: torch.Tensor, vt: torch.Tensor, hessian: torch.Tensor | None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """<X, UVᵀ>_H and <UVᵀ, UVᵀ>_H per problem (float64, host), without forming U Vᵀ:
