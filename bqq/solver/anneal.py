@@ -9,6 +9,7 @@ magnetizations and follow the same schedule.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -103,27 +104,36 @@ def solve_sign_factors(backend: Backend, x: Any, rank: int, seeds: Sequence[Sequ
 
 def _polish(backend: Backend, prob: Any, u: Any, v: Any, rounds: int, enough: float, each: bool) -> None:
     """Exact bit-flip descent (T = 0), α refitted each round, until a round flips at most ``enough`` bits
-    per problem (or ``rounds`` rounds). ``each``: every problem stops on its own count, as it would alone
-    (one done while others go on gets its codes back after each further round), so its codes do not
-    depend on its batch-mates; else the batch stops on its total, the rule of ``compress`` and of the
-    calibrated pass (their committed results were measured with it)."""
+    per problem (or ``rounds`` rounds). ``each``: every problem stops on its own count and the rounds go on
+    with the rest only, as each would alone, so a problem's codes do not depend on its batch-mates; else
+    the batch stops on its total, the rule of ``compress`` and of the calibrated pass (their committed
+    results were measured with it)."""
     zero = np.zeros(len(prob.xc), np.float32)
-    done = np.zeros(len(prob.xc), bool)
+    live = np.arange(len(prob.xc))
     for _ in range(rounds):
-        alpha = fit_alpha(*backend.fit_terms(prob.xc, u, v, prob.hessian))
         if not each:
-            if backend.sweep(prob, u, v, alpha, zero, zero, hard=True) <= enough * len(done):
+            alpha = fit_alpha(*backend.fit_terms(prob.xc, u, v, prob.hessian))
+            if backend.sweep(prob, u, v, alpha, zero, zero, hard=True) <= enough * len(zero):
                 break
             continue
-        u0, v0 = backend.copy(u), backend.copy(v)
-        backend.sweep(prob, u, v, alpha, zero, zero, hard=True)
-        if done.any():
-            finished = np.flatnonzero(done)
-            backend.restore(u, u0, finished)
-            backend.restore(v, v0, finished)
-        done |= backend.changed(u0, u) + backend.changed(v0, v) <= enough
-        if done.all():
+        whole = len(live) == len(zero)
+        part = prob if whole else _problems(backend, prob, live)
+        pu, pv = (u, v) if whole else (backend.take(u, live), backend.take(v, live))
+        alpha = fit_alpha(*backend.fit_terms(part.xc, pu, pv, part.hessian))
+        u0, v0 = backend.copy(pu), backend.copy(pv)
+        backend.sweep(part, pu, pv, alpha, zero[:len(live)], zero[:len(live)], hard=True)
+        if not whole:
+            backend.put(u, live, pu)
+            backend.put(v, live, pv)
+        live = live[backend.changed(u0, pu) + backend.changed(v0, pv) > enough]
+        if not len(live):
             break
+
+
+def _problems(backend: Backend, prob: Any, idx: np.ndarray) -> Any:
+    """Problems ``idx`` of a batch (a dataclass whose arrays all have the batch first)."""
+    return type(prob)(**{f.name: None if getattr(prob, f.name) is None else backend.take(getattr(prob, f.name), idx)
+                         for f in dataclasses.fields(prob)})
 
 
 def sign_fit_error(backend: Backend, x: Any, u: Any, v: Any, hessian: Any = None) -> np.ndarray:

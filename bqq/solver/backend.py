@@ -75,8 +75,8 @@ class Backend(Protocol):
     def changed(self, before: Array, after: Array) -> np.ndarray:
         """Entries that differ, per problem (B,), int64 on the host."""
 
-    def restore(self, a: Array, before: Array, idx: np.ndarray) -> None:
-        """Problems ``idx`` of a set back to those of ``before``, in place."""
+    def put(self, a: Array, idx: np.ndarray, values: Array) -> None:
+        """Problems ``idx`` of a set to ``values`` (len(idx), ...), in place."""
 
     def fit_terms(self, xc: Array, u: Array, v: Array, hessian: Array | None) -> tuple[np.ndarray, np.ndarray]:
         """<X, UVᵀ>_H and ‖UVᵀ‖²_H per problem, float64 on the host."""

@@ -152,8 +152,8 @@ class NumpyBackend:
     def changed(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         return (before != after).reshape(len(before), -1).sum(axis=1)
 
-    def restore(self, a: np.ndarray, before: np.ndarray, idx: np.ndarray) -> None:
-        a[idx] = before[idx]
+    def put(self, a: np.ndarray, idx: np.ndarray, values: np.ndarray) -> None:
+        a[idx] = values
 
     def fit_terms(self, xc: np.ndarray, ut: np.ndarray, vt: np.ndarray, hessian: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray]:

@@ -198,9 +198,8 @@ class TorchBackend:
     def changed(self, before: torch.Tensor, after: torch.Tensor) -> np.ndarray:
         return (before != after).reshape(len(before), -1).sum(dim=1).cpu().numpy()
 
-    def restore(self, a: torch.Tensor, before: torch.Tensor, idx: np.ndarray) -> None:
-        index = torch.as_tensor(idx, device=a.device)
-        a[index] = before[index]
+    def put(self, a: torch.Tensor, idx: np.ndarray, values: torch.Tensor) -> None:
+        a[torch.as_tensor(idx, device=a.device)] = values
 
     def fit_terms(self, xc: torch.Tensor, ut: torch.Tensor, vt: torch.Tensor, hessian: torch.Tensor | None
                   ) -> tuple[np.ndarray, np.ndarray]:
