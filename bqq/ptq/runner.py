@@ -3,8 +3,9 @@
 Every group of every layer is one job (a whole layer for an output-aware method with calibration
 data: H couples its groups; on workers BQQ then spreads the groups of each column block). Jobs are
 independent (group g of a layer draws its randomness from (layer seed, g), the layer seed from the
-run seed and the layer name), so they can run anywhere and in any order, and the assembled layer
-equals ``bqq.compress(weight, group_size=..., seed=layer seed)`` bit for bit. With a cache folder
+run seed and the layer name), so they can run anywhere and in any order. The assembled layer equals
+``bqq.compress(weight, group_size=..., seed=layer seed)`` bit for bit where compress's batch-wide polish
+stop agrees with each group's own (always with ``polish_tolerance=0``). With a cache folder
 each finished group is written atomically as its own packed file named by a hash of everything that
 determines it; a rerun loads those and solves the rest.
 """
