@@ -183,12 +183,7 @@ HOST_BATCH_BYTES = 1 << 31  # float64 group data handed to one device call (the 
 def _solve_on_device(jobs: list[GroupJob], todo: list[int], device: torch.device,
                      finish: Callable[[int, QuantizedMatrix], None]) -> None:
     """Jobs of one method, shape, bits and settings solved together on ``device``, in host chunks."""
-    same: dict[tuple, list[int]] = {}
-    for i in todo:
-        job = jobs[i]
-        config = method_config(job.method, job.bits, job.opts)[1]
-        same.setdefault((job.method, job.matrix.shape, job.bits, config), []).append(i)
-    for (method, shape, bits, config), idx in same.items():
+    for (method, shape, bits, config), idx in _same_problems(jobs, todo).items():
         per_chunk = max(1, HOST_BATCH_BYTES // (8 * shape[0] * shape[1]))
         for lo in range(0, len(idx), per_chunk):
             chunk = idx[lo:lo + per_chunk]
@@ -198,6 +193,16 @@ def _solve_on_device(jobs: list[GroupJob], todo: list[int], device: torch.device
             for i, q in zip(chunk, solved, strict=True):
                 q.dtype = jobs[i].dtype
                 finish(i, q)
+
+
+def _same_problems(jobs: list[GroupJob], todo: Iterable[int]) -> dict[tuple, list[int]]:
+    """``todo`` by (method, group shape, bits, config): the jobs one solver call can take together."""
+    same: dict[tuple, list[int]] = {}
+    for i in todo:
+        job = jobs[i]
+        config = method_config(job.method, job.bits, job.opts)[1]
+        same.setdefault((job.method, job.matrix.shape, job.bits, config), []).append(i)
+    return same
 
 
 def _spreads(job: GroupJob) -> bool:
@@ -215,7 +220,7 @@ def _run_on_workers(executor: cf.Executor, jobs: list[GroupJob], todo: list[int]
     needs the errors of the blocks before it), each block's groups on the executor in at most
     ``max_in_flight`` tasks per group shape (:func:`_map_solves`)."""
     spread = [i for i in todo if _spreads(jobs[i])]
-    _run_on(executor, jobs, [i for i in todo if not _spreads(jobs[i])], finish, max_in_flight)
+    _run_on(executor, jobs, [[i] for i in todo if not _spreads(jobs[i])], finish, max_in_flight)
     for i in spread:
         finish(i, solve_group(jobs[i], map_solves=functools.partial(_map_solves, executor, max_in_flight)))
 
@@ -242,21 +247,24 @@ def solve_part(task: SolveTask) -> GroupCodes:
         return solve_task(task)
 
 
-def _run_on(executor: cf.Executor, jobs: list[GroupJob], todo: Iterable[int],
+def _run_on(executor: cf.Executor, jobs: list[GroupJob], units: Iterable[list[int]],
             finish: Callable[[int, QuantizedMatrix], None], max_in_flight: int) -> None:
-    pending: dict[cf.Future, int] = {}
-    queue = iter(todo)
+    """Each unit (job indices solved in one call, :func:`solve_bundle`) on ``executor``, at most
+    ``max_in_flight`` at a time."""
+    pending: dict[cf.Future, list[int]] = {}
+    queue = iter(units)
     try:
         while True:
-            for i in queue:
-                pending[executor.submit(solve_group, jobs[i])] = i
+            for unit in queue:
+                pending[executor.submit(solve_bundle, [jobs[i] for i in unit])] = unit
                 if len(pending) >= max_in_flight:
                     break
             if not pending:
                 return
             done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for fut in done:
-                finish(pending.pop(fut), fut.result())
+                for i, q in zip(pending.pop(fut), fut.result(), strict=True):
+                    finish(i, q)
     except BaseException:
         for fut in pending:
             fut.cancel()
@@ -284,21 +292,9 @@ def _run_threaded(jobs: list[GroupJob], todo: list[int], finish: Callable[[int, 
     thread for the run (their limits are process-wide) and restored after.
     """
     pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="bqq-group", initializer=serial_numba_thread)
-    pending: dict[cf.Future, list[int]] = {}
-    queue = iter(_bundles(jobs, todo))
     try:
         with single_threaded_libraries():
-            while True:
-                for bundle in queue:
-                    pending[pool.submit(solve_bundle, [jobs[i] for i in bundle])] = bundle
-                    if len(pending) >= 2 * threads:
-                        break
-                if not pending:
-                    break
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    for i, q in zip(pending.pop(fut), fut.result(), strict=True):
-                        finish(i, q)
+            _run_on(pool, jobs, _bundles(jobs, todo), finish, 2 * threads)
     except BaseException:  # Ctrl-C or a failed group: leave at once (running groups end on their own)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -313,15 +309,10 @@ THREAD_BUNDLE = 8
 def _bundles(jobs: list[GroupJob], todo: list[int]) -> list[list[int]]:
     """``todo`` cut into what one thread solves at once: data-free single groups of a method that solves
     many at once (BQQ), of one shape, bits and settings, up to THREAD_BUNDLE together; any other job alone."""
-    alone, same = [], {}
-    for i in todo:
-        job = jobs[i]
-        if _batches(job) and get_method(job.method).solves_on_devices:
-            key = (job.method, job.matrix.shape, job.bits, method_config(job.method, job.bits, job.opts)[1])
-            same.setdefault(key, []).append(i)
-        else:
-            alone.append([i])
-    return [idx[k:k + THREAD_BUNDLE] for idx in same.values() for k in range(0, len(idx), THREAD_BUNDLE)] + alone
+    batches = {i: _batches(jobs[i]) and get_method(jobs[i].method).solves_on_devices for i in todo}
+    together, alone = [i for i in todo if batches[i]], [[i] for i in todo if not batches[i]]
+    return [idx[k:k + THREAD_BUNDLE] for idx in _same_problems(jobs, together).values()
+            for k in range(0, len(idx), THREAD_BUNDLE)] + alone
 
 
 def solve_bundle(bundle: list[GroupJob]) -> list[QuantizedMatrix]:
