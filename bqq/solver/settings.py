@@ -21,8 +21,9 @@ MIN_SWEEPS, MAX_SWEEPS = 200, 2400
 # H) times sweeps, within [300, 6000]; the budget these were tuned with.
 WEIGHTED_SWEEP_BUDGET = 1.4e10
 PER_GROUP_SWEEP_BUDGET = 1.0e10
-# An explicit weighted_sweep_budget may ask for fewer sweeps than 300: the output-aware error of the tiny
-# Llama's 256² groups moves 2-3 % from 300 to 75 sweeps while the time falls 2.7x (docs/llm.md).
+# An explicit weighted_sweep_budget may ask for fewer sweeps than 300: the tiny Llama's 256² groups at 50
+# sweeps have 4 % more output error than at the default's 834+, in 1/9 of the time
+# (benchmarks/results/llm_grouping.md, docs/llm.md).
 SET_WEIGHTED_MIN_SWEEPS = 50
 
 
