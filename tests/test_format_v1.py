@@ -1,7 +1,6 @@
 """Files written by format v1 (bqq at commit 056cae1: tests/fixtures/v1/make_fixtures.py) still load
 and rebuild exactly what that code rebuilt; re-saved as v2 they round-trip unchanged."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,9 @@ from torch import nn
 
 import bqq
 from bqq.format import read_file
+from tests.helpers import FIXTURES
 
-V1 = Path(__file__).parent / "fixtures" / "v1"
+V1 = FIXTURES / "v1"
 
 
 @pytest.fixture(scope="module")

@@ -16,44 +16,7 @@ from torch import nn
 import bqq
 from bqq.ptq import QuantizedConv2d, QuantizedLinear, quantized_layers
 from bqq.ptq import runner as ptq_runner
-
-FAST = {"sweeps": 60}
-
-
-class Block(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d, bias=False)
-
-    def forward(self, x):
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
-        att = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1)
-        x = x + self.proj(att @ v)
-        return x + self.fc2(torch.relu(self.fc1(self.norm2(x))))
-
-
-class TinyTransformer(nn.Module):
-    """A transformer-like model that is not from timm: conv patches, blocks, a head."""
-
-    def __init__(self, d: int = 24, classes: int = 5) -> None:
-        super().__init__()
-        self.embed_dim = d
-        self.patch = nn.Conv2d(3, d, 4, 4)
-        self.pos = nn.Parameter(torch.randn(1, 4, d) * 0.02)
-        self.blocks = nn.Sequential(Block(d), Block(d))
-        self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, classes)
-
-    def forward(self, x):
-        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
-        return self.head(self.norm(self.blocks(x)).mean(1))
-
-
-def tiny(seed: int = 0) -> TinyTransformer:
-    torch.manual_seed(seed)
-    return TinyTransformer().eval()
+from tests.helpers import FAST, ROOT, TinyTransformer, tiny
 
 
 @pytest.fixture
@@ -222,9 +185,9 @@ def test_cache_survives_kill_9(tmp_path, images):
     # 8x8 groups: ~150 small groups, so the kill lands mid-run with several groups done.
     settings = {"bits": 4, "group_size": 8, "sweeps": 300}
     script = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import sys; sys.path.insert(0, {str(ROOT)!r})
         import bqq
-        from test_ptq import tiny
+        from tests.helpers import tiny
         bqq.quantize(tiny(), cache_dir={str(tmp_path)!r}, progress=False, **{settings!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])

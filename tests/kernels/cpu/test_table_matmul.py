@@ -10,7 +10,7 @@ import torch
 import bqq_kernels as kernels
 from bqq_kernels.cpu import table_matmul
 from bqq_kernels.cpu.simd import SHUFFLE_KINDS, TABLE_BIAS, host_shuffle
-from tests.test_kernels import random_weight, rel_err
+from tests.helpers import random_weight, rel_err
 
 TABLE_BACKENDS = ["numba-table", "numba-table-generic"]
 # The tables round each entry to 1/32766 of the largest |subset sum| of its block: relative output

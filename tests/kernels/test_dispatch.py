@@ -12,19 +12,13 @@ from torch import nn
 
 import bqq
 import bqq_kernels as kernels
-from benchmarks.kernels import random_bqq_matrix
-from bqq.methods.bqq import BQQMatrix
 from bqq.ptq import QuantizedConv2d, QuantizedLinear, quantized_layers
 from bqq.ptq.modules import trainable_scalars
 from bqq.quantized import QuantizedMatrix
+from tests.helpers import random_weight, rel_err
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
-
-
-def random_weight(m: int, n: int, group: tuple[int, int], stacks: int, seed: int = 0) -> BQQMatrix:
-    """A grouped BQQ matrix with random bits and scalars (no solver: fast)."""
-    return random_bqq_matrix((m, n), group, stacks, seed)
 
 
 # The default CPU backend runs the register-table kernel for a few tokens: its 16-bit tables round
@@ -32,10 +26,6 @@ def random_weight(m: int, n: int, group: tuple[int, int], stacks: int, seed: int
 # float32 summation order.
 TABLE_TOLERANCE = 5e-4
 EXACT_TOLERANCE = 1e-5
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
 def triton_interpreted() -> bool:

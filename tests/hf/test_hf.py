@@ -38,7 +38,7 @@ if importlib.util.find_spec("transformers") is None or importlib.util.find_spec(
 from bqq.compat import import_transformers
 
 tr = import_transformers()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 64
 IDS = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

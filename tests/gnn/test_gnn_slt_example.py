@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "gnn_slt.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "gnn_slt.py"
 
 
 def load_script():

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_ptq import FAST, tiny
 from torch import nn
 
 import bqq
@@ -31,6 +30,7 @@ from bqq.solver import (
 from bqq.solver.stacks import grow_grid, solve_task
 from bqq_kernels.cpu import coupled_row_sweep, row_phase
 from bqq_kernels.cpu import gram_blocks as gram
+from tests.helpers import FAST, tiny
 
 SOLVE = {"sweeps": 80, "t_start": 0.95, "t_end": 0.18, "alpha_scale": 0.9, "polish_rounds": 50}
 

@@ -2,7 +2,7 @@
 
 The fixture was last written by the blocked row phase (GEMMs plus 64-wide bands, entry-major factors); before
 that, by the code before the solver package (commit 433e1a8). A change that alters CPU codes on purpose (a
-faster sweep, another schedule) regenerates it with ``python tests/test_solver_regression.py`` and says so
+faster sweep, another schedule) regenerates it with ``python tests/solver/test_numpy_backend.py`` and says so
 in its commit, with the MSE table showing no loss. (Bits are for this CPU's instruction set: BLAS and the
 fused multiply-adds of the sweep may round differently on another.)
 """
@@ -14,7 +14,7 @@ import pytest
 
 import bqq
 
-FIXTURE = Path(__file__).parent / "fixtures" / "solver_codes.npz"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "solver_codes.npz"
 
 
 def inputs() -> dict:

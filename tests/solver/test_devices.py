@@ -7,11 +7,11 @@ CPU through the device path (``TORCH_SOLVER_DEVICE_TYPES``) and keep the problem
 import numpy as np
 import pytest
 import torch
-from test_ptq import tiny
 
 import bqq
 from bqq.methods import bqq as bqq_method
 from bqq.solver import devices
+from tests.helpers import tiny
 
 pytest.importorskip("triton")
 from bqq_kernels.gpu import interpreted
