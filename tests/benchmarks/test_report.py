@@ -98,6 +98,16 @@ def test_relative_links_point_to_existing_files(doc):
             assert anchor in _anchors(dest.read_text()), f"{doc}: link to {target}: no such heading"
 
 
+REPO_PATH = re.compile(r"`((?:bqq|kernels|benchmarks|examples|tests|docs|\.ci)/[\w./-]*)`")
+
+
+@pytest.mark.parametrize("doc", ["README.md", *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md")))])
+def test_repository_paths_named_in_the_docs_exist(doc):
+    """A file or folder of this repository named in code font (`bqq/ptq/plan.py`) must exist."""
+    missing = [p for p in REPO_PATH.findall((ROOT / doc).read_text()) if not (ROOT / p).exists()]
+    assert not missing, f"{doc} names paths that do not exist: {missing}"
+
+
 def test_readme_opens_with_the_two_commands_ci_runs():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert lines[2] == "```bash" and lines[5] == "```"
