@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,25 @@ def test_repository_paths_named_in_the_docs_exist(doc):
     """A file or folder of this repository named in code font (`bqq/ptq/plan.py`) must exist."""
     missing = [p for p in REPO_PATH.findall((ROOT / doc).read_text()) if not (ROOT / p).exists()]
     assert not missing, f"{doc} names paths that do not exist: {missing}"
+
+
+def _tracked_top_level_folders() -> set[str]:
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return {line.split("/")[0] for line in out.splitlines() if "/" in line}
+
+
+def test_readme_layout_names_every_top_level_folder_and_bqq_subpackage():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    folders = [f"{f}/" for f in _tracked_top_level_folders() if (ROOT / f).is_dir()]
+    # subpackages get a row (`bqq/ptq/`), except the transformers integration, named `hf` in the bqq/ row
+    subpackages = [f"bqq/{p.parent.name}/" for p in (ROOT / "bqq").glob("*/__init__.py") if p.parent.name != "hf"]
+    missing = [f for f in [*folders, *subpackages] if f"`{f}`" not in layout]
+    assert not missing, f"README's layout misses {missing}"
+    assert "`hf` (" in layout
 
 
 def test_readme_opens_with_the_two_commands_ci_runs():
