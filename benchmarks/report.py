@@ -965,7 +965,8 @@ def render_block(name: str, results_root: Path = ROOT) -> str:
         raise ReportError(f"unknown block {name!r} (known: {', '.join(sorted(BLOCKS))})")
     blk = BLOCKS[name]
     try:
-        return blk.render(*load_sources(blk, results_root)).rstrip("\n") + "\n"
+        # a blank line ends the table before the closing marker
+        return blk.render(*load_sources(blk, results_root)).rstrip("\n") + "\n\n"
     except (KeyError, TypeError, IndexError) as e:
         raise ReportError(f"block {name!r}: its result files lack an expected field ({e!r})") from e
 
