@@ -128,6 +128,14 @@ def test_readme_layout_names_every_top_level_folder_and_bqq_subpackage():
     assert "`hf` (" in layout
 
 
+def test_readme_methods_table_lists_every_method():
+    import bqq
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [m for m in bqq.available_methods() if f"| `{m}` |" not in readme]
+    assert not missing, f"README's methods table misses {missing}"
+
+
 def test_readme_opens_with_the_two_commands_ci_runs():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert lines[2] == "```bash" and lines[5] == "```"
