@@ -25,23 +25,6 @@ def weight(m=30, n=44, seed=0):
     return np.random.default_rng(seed).standard_normal((m, n)).astype(np.float32)
 
 
-@pytest.mark.parametrize("method", sorted(BITS))
-def test_groups_solved_one_by_one_assemble_to_compress(method):
-    """What the model pass does (one job per group, first_group = its index) equals compress, bit for bit."""
-    w, opts = weight(), FAST.get(method, {})
-    whole = bqq.compress(w, BITS[method], method=method, group_size=(16, 20), seed=7, **opts)
-    cls, config = bqq.api.method_config(method, BITS[method], opts)
-    parts = [bqq.api.solve(cls, np.ascontiguousarray(w[rs, cs], np.float64),
-                           GroupGrid.build((rs.stop - rs.start, cs.stop - cs.start), (99, 99)), BITS[method], 7,
-                           config, progress=False, first_group=g)
-             for g, (_, _, rs, cs) in enumerate(whole.grid.blocks())]
-    assembled = cls.from_groups(whole.grid, parts)
-    assert assembled.fields().keys() == whole.fields().keys()
-    for key, arr in whole.fields().items():
-        assert np.array_equal(assembled.fields()[key], arr), key
-    assert torch.equal(assembled.dequantize(torch.float64), whole.dequantize(torch.float64))
-
-
 def test_from_groups_rejects_mismatched_groups():
     w = weight()
     a = bqq.compress(w[:15, :22], 2, method="uq")

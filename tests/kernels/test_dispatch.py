@@ -12,9 +12,8 @@ from torch import nn
 
 import bqq
 import bqq_kernels as kernels
-from bqq.ptq import QuantizedConv2d, QuantizedLinear, quantized_layers
+from bqq.ptq import quantized_layers
 from bqq.ptq.modules import trainable_scalars
-from bqq.quantized import QuantizedMatrix
 from tests.helpers import random_weight, rel_err
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -145,34 +144,6 @@ def test_dispatch_errors_name_the_problem():
     assert kernels.backends("cpu")[0] == "numba" and kernels.backends("cpu")[-1] == "reference"
     with pytest.raises(ValueError, match="not available"):
         kernels.set_default_backend("cpu", "triton")
-
-
-@pytest.mark.parametrize("method", ["bqq", "uq", "gptq", "bcq"])
-def test_quantized_modules_use_the_packed_kernel_by_default(monkeypatch, method):
-    """Layers of every method ``auto`` can pick never rebuild their weight in a forward (BQQ factors or
-    bit planes, :mod:`kernels.layout`)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=1), nn.Flatten(1),
-                          nn.Linear(8 * 4 * 4, 10)).eval()
-    opts = {"sweeps": 40} if method == "bqq" else {}
-    bqq.quantize(model, bits=2, method=method, group_size=32, **opts)
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        for layer in (model[0], model[2]):
-            layer.backend = "reference"
-        ref = model(x)
-        for layer in (model[0], model[2]):
-            layer.backend = None
-
-        def no_dense(*args, **kwargs):
-            raise AssertionError("the fast path must not rebuild the dense weight")
-
-        monkeypatch.setattr(QuantizedMatrix, "dequantize", no_dense)
-        out = model(x)
-    assert isinstance(model[0], QuantizedConv2d) and isinstance(model[2], QuantizedLinear)
-    assert model[0].uses_kernel() and model[2].uses_kernel() and model[2].method == method
-    assert kernels.default_backend("cpu") == "numba"
-    assert rel_err(out, ref) < TABLE_TOLERANCE
 
 
 def test_conv_kernel_path_with_stride_padding_dilation():
