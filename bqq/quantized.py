@@ -118,8 +118,9 @@ class QuantizedMatrix(abc.ABC):
     # per layer, not one per group.
     batched_groups: ClassVar[bool] = False
     # bqq.api.solve holds BLAS to one thread while quantize() runs: numba's worker threads stay hot between
-    # annealing sweeps, and BLAS threads beside them ran up to ~60x slower. A method whose heavy work is
-    # BLAS itself (GPTQ) sets False.
+    # annealing sweeps, and BLAS threads spinning beside them slowed the sweeps many times over (seen when
+    # the solver was written; no committed benchmark runs the solve without this limit). A method whose
+    # heavy work is BLAS itself (GPTQ) sets False.
     single_threaded_blas: ClassVar[bool] = True
 
     def __init__(self, shape: tuple[int, int], dtype: str, grid: GroupGrid, bits: float, seed: int, config: Any,

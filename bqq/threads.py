@@ -2,9 +2,10 @@
 
 Why: a BQQ solve is thousands of short numba parallel regions per stack with single-threaded BLAS
 between them. OpenMP's default is to keep idle worker threads spinning for a while after each region,
-so on a quiet machine a 2-thread solve burned ~30 % more CPU than it used, and beside another busy
-process the spinning threads took cores from the threads doing work (both processes' workers wait at
-every region's barrier for a thread the scheduler has parked). OMP_WAIT_POLICY=PASSIVE makes idle
+so a solve burned CPU time beyond its work even on a quiet machine, and beside another busy process
+the spinning threads took cores from the threads doing work (both processes' workers wait at every
+region's barrier for a thread the scheduler has parked). ``benchmarks/busy_cpu.py`` times both policies,
+quiet and beside a competitor (``benchmarks/results/busy_cpu*.md``). OMP_WAIT_POLICY=PASSIVE makes idle
 OpenMP threads sleep (:func:`prefer_passive_waiting`, applied when ``bqq_kernels.cpu`` is imported,
 before numba starts its threads), and :func:`apply_budget` gives numba, torch and BLAS one consistent
 thread count per process, so worker processes (``bqq.ptq.runner``) split the cores instead of each

@@ -20,8 +20,9 @@ Each backend declares the dtypes it computes in (``numba``: float32; ``triton``:
 bfloat16; ``reference``: any): other float16/bfloat16 inputs are computed in float32 and cast back
 (one rounding), and ``bqq_linear`` sends float64 inputs to the reference. Backends that fuse the bias
 take it; for the others it is added in the compute dtype before the cast. Eager inference on a device
-with a kernel (no autograd, not compiling) calls the op's body directly, which skips about 5-10 µs of
-dispatch per call and gives the same numbers. Gradients with respect to x go through the dense weight
+with a kernel (no autograd, not compiling) calls the op's body directly, which skips the dispatcher's
+fixed cost per call (``torch.ops.bqq.linear`` against ``bqq_linear`` in ``benchmarks/results/kernels.md``)
+and gives the same numbers. Gradients with respect to x go through the dense weight
 (kernels are forward-only; calibration trains only biases and norms, so it needs this gradient but
 never a weight gradient).
 """
@@ -200,7 +201,7 @@ def bqq_linear(x: torch.Tensor, layout: BQQLayout | PlaneLayout, bias: torch.Ten
     grad = torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
     if torch.compiler.is_compiling() or grad or (family.name, x.device.type) not in _REGISTRY:
         return family.linear(x, *layout.tensors, bias, m, backend or "")  # compile, autograd, meta: the op
-    # eager inference on a kernel device: the op's own body, without ~5-10 µs of dispatch per call
+    # eager inference on a kernel device: the op's own body, without the dispatcher's cost per call
     return _run(family, x, layout.tensors, bias, m, backend or "")
 
 

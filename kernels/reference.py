@@ -38,7 +38,7 @@ def rebuild_groups(ys: torch.Tensor, zs: torch.Tensor, scales: torch.Tensor, off
 
     Returns:
         (B, m, n) float64 on ys's device. Y_i Z_i is a float32 product of 0/1 matrices: counts <= l, exact
-        (also with TF32), and about twice as fast as float64; the scalars are applied in float64, per stack
+        (also with TF32), and faster than float64; the scalars are applied in float64, per stack
         in the order (r Y Z + s Y1) + t 1Z, so the numpy solver's residuals stay what they were bit for bit.
     """
     nbatch, p, m, _ = ys.shape

@@ -62,8 +62,8 @@ class BQQConfig:
         polish_tolerance: the polish stops once a round flips at most this fraction of a stack's entries
             (configs before version 4: 0, run until nothing flips or ``polish_rounds``).
         t_start, t_end: annealing temperatures as fractions of the critical temperature. Starting at
-            0.6 T_c rather than 0.95 lets 353 sweeps reach the error 494 gave (384×384 plain groups;
-            schedule table of ``benchmarks/solver.py``).
+            0.6 T_c rather than 0.95 reaches the same error in fewer sweeps (384×384 plain groups, 353
+            sweeps against the 494 of the version-2 schedule: ``benchmarks/results/solver_baseline.md``).
         alpha_scale: fixed ±1 scale during annealing, in units of rms(residual)/sqrt(l).
         aspect_exponent: per-side temperature split for non-square groups (see bqq.solver.settings).
         polish_rounds: maximum rounds of exact bit-flip descent after annealing.
@@ -75,14 +75,17 @@ class BQQConfig:
             the calibration inputs, half on every direction alike. Calibration sets are small, and BQQ's
             shared binaries can move error into directions they barely excite: with GPTQ's usual 0.01
             the codes fit the calibration sentences of MiniLM and lost to data-free BQQ on new ones;
-            0.3-1.0 gave 10-30 % lower held-out output error than GPTQ per layer, and 1.0 kept MiniLM's
-            first layer closest to the FP model (embedding cosine 0.972 against 0.967 at 0.3).
+            0.3 to 1.0 beat GPTQ's held-out output error per layer, and 1.0 kept MiniLM's first layer
+            closest to the FP model (measured per layer when damping was introduced, in no committed
+            table; ``benchmarks/ptq_transformer.py --rows bqq+ --option damping=...`` compares values on
+            the whole model).
         weighted_t_start, weighted_t_end, weighted_alpha_scale: the same settings for the output-aware
             objective (a ``hessian``). Calibration inputs have a few outlier directions (MiniLM: H's
-            largest eigenvalue ~70× its mean), which dominate T_c = 2 α σ_max(X H) while most directions
-            order at far lower temperatures; this colder schedule with a smaller α lowered the output
-            error of 2-stack MiniLM layers by 13 % (on held-out sentences, geometric mean of 5 layers:
-            0.263 -> 0.228).
+            largest eigenvalue far above its mean), which dominate T_c = 2 α σ_max(X H) while most
+            directions order at far lower temperatures; this colder schedule with a smaller α lowered the
+            held-out output error of 2-stack MiniLM layers (measured on five layers when it was
+            introduced, in no committed table; ``benchmarks/ptq_transformer.py --rows bqq+ --option
+            weighted_t_start=...`` compares schedules on the whole model).
     """
 
     # 2: channel_clip, damping, weighted_*; 3: sweep_budget (and t_start 0.6 by default); 4: sweep_rule,

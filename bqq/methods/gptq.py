@@ -35,7 +35,8 @@ class GPTQConfig:
         grid_points: the clip-range search of each group's grid, as in UQ.
         coarse_step: the search looks at every coarse_step-th candidate, then around the best
             (:func:`bqq.methods.uniform.clip_ranges`): 521 of UQ's 10,000 candidate ranges at 5. The full
-            search was 37 % of a Llama-2-7B block's GPTQ time (docs/llm.md); configs of version 1 read with 1.
+            search was a large share of a Llama-2-7B block's GPTQ time (``benchmarks/llm_scale.py --shape
+            llama2-7b`` times a block; docs/llm.md, "GPTQ at LLM scale"); configs of version 1 read with 1.
         block_size: columns updated exactly before the rest get one batched update (speed only).
         damping: solve under H + damping·I (H with mean diagonal 1): GPTQ's percdamp, 0.01.
     """

@@ -7,7 +7,9 @@ error: the least-squares fit to the quantized left factor, R = argmin ‖X − L
 al. 2024, the form the reference benchmark code uses at HEAD; it absorbs part of L̂'s rounding
 error), and the plain SVD factor S^½ Vᵀ (paper-era "SVD + b-bit UQ"). The refit can spread a few
 huge weights into a wide-ranged R that few levels cannot hold (e.g. MiniLM's FFN output matrix,
-whose largest entry is 175 standard deviations: MSE 0.95 refitted against 0.59 plain at 1 bit).
+whose largest entry is over a hundred standard deviations out: at a 1-bit budget the refit's error is
+far above the plain factor's, which is minilm-ffn's "SVD + 4-bit UQ" entry in
+``benchmarks/results/matrix.md``).
 
 ``bits`` is a memory budget in bits per weight: r = floor((bits · m n − 128) / (b (m + n))), capped
 at min(m, n), the largest rank whose codes and four FP32 scalars fit.

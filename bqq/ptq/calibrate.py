@@ -57,8 +57,8 @@ class Calibration:
             corrected (the FP model runs beside it; one partial forward of both per stage).
             ``"quantized"``: the same order with the target W x̃ (GPTQ's); ``"float"``: every H from
             the FP model in one pass (cheapest; errors add up downstream). The default is chosen by
-            measurement (README, "Data-aware quantization": MiniLM 2* BQQ embedding cosine 0.898
-            corrected, 0.670 quantized, 0.756 float).
+            measurement: on MiniLM at 2* BQQ, ``"corrected"`` keeps the embeddings far closer to the FP
+            model's than either other mode (``benchmarks/results/ptq_transformer.md``).
         epochs, lr: c-BQQ after quantization: Adam on biases and norm parameters for ``epochs`` passes
             over ``data`` (0: none).
         refit_scales: in c-BQQ, also train the FP32 scalars of groups with binary codes (BQQ, BCQ), the

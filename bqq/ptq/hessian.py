@@ -188,9 +188,9 @@ _CHUNK = 1024
 
 
 def _accumulate(sums: dict[str, torch.Tensor], name: str, a: torch.Tensor, b: torch.Tensor) -> None:
-    """sums[name] += aᵀ b: one batch's product in the inputs' precision (float32: 2-4x faster than float64
-    on a CPU, relative error ~1e-6 over thousands of rows), summed over batches in float64, a column chunk
-    at a time (no n x n temporary)."""
+    """sums[name] += aᵀ b: one batch's product in the inputs' precision (float32: much faster than
+    float64 on a CPU, its rounding small against what H is used for), summed over batches in float64, a
+    column chunk at a time (no n x n temporary)."""
     if name not in sums:
         sums[name] = torch.zeros(a.shape[1], b.shape[1], dtype=torch.float64, device=a.device)
     for start in range(0, b.shape[1], _CHUNK):

@@ -116,11 +116,13 @@ def clipped_channels(h: np.ndarray, clip: float) -> np.ndarray:
     more than ``clip`` times the median one), then scaled to mean diagonal 1.
 
     Why: transformers carry "massive activations", a few input channels hundreds of times larger than
-    the rest (MiniLM layer 0's FFN output: one channel at 636× the median). The raw objective then
-    spends a whole BQQ group's few scalars and shared binaries on reproducing those channels exactly
-    and sacrifices all others; the output error under H falls while the model breaks (MiniLM sentence
-    embeddings: cosine 0.77 with that one layer quantized, against 0.98 data-free and 0.99 with the
-    cap at 3).
+    the rest (MiniLM layer 0's FFN output has one such channel). The raw objective then spends a whole
+    BQQ group's few scalars and shared binaries on reproducing those channels exactly and sacrifices
+    all others; the output error under H falls while the model breaks (MiniLM sentence embeddings with
+    that one layer quantized: far from the FP model's under the raw H, a little closer than data-free
+    with the cap at 3; measured when the cap was introduced, in no committed table;
+    ``benchmarks/ptq_transformer.py --rows bqq+ --option channel_clip=...`` compares caps on the whole
+    model).
     """
     scale = channel_scale(h, clip)
     h = h * scale[:, None]

@@ -44,7 +44,8 @@ class NumpyBackend:
         self.batch_groups = batch_groups
 
     def context(self) -> threadpool_limits:
-        # numba's threads run the sweeps; BLAS threads spinning beside them made each sweep ~5x slower.
+        # numba's threads run the sweeps; BLAS threads spinning beside them slow every sweep badly
+        # (bqq.quantized.QuantizedMatrix.single_threaded_blas says why).
         return threadpool_limits(limits=1, user_api="blas")
 
     # --- sizes and conversions -------------------------------------------------------------------

@@ -21,8 +21,8 @@ MIN_SWEEPS, MAX_SWEEPS = 200, 2400
 # H) times sweeps, within [300, 6000]; the budget these were tuned with.
 WEIGHTED_SWEEP_BUDGET = 1.4e10
 PER_GROUP_SWEEP_BUDGET = 1.0e10
-# An explicit weighted_sweep_budget may ask for fewer sweeps than 300: the tiny Llama's 256² groups at 50
-# sweeps have 4 % more output error than at the default's 834+, in 1/9 of the time
+# An explicit weighted_sweep_budget may ask for fewer sweeps than 300: on the tiny Llama's 256² groups 50
+# sweeps cost a little output error against the default's 834 and more, for a large saving in time
 # (benchmarks/results/llm_grouping.md, docs/llm.md).
 SET_WEIGHTED_MIN_SWEEPS = 50
 

@@ -34,10 +34,11 @@ def prefer_passive_waiting(environ: MutableMapping[str, str] = os.environ) -> bo
     whether it set it.
 
     The sweeps below are thousands of short parallel regions per stack with serial BLAS between them.
-    OpenMP's default keeps idle workers spinning after every region: measured on 2 cores, a solve used
-    ~30 % more CPU time than with passive waiting, and beside another busy process the spinning threads
-    took the cores its working threads needed. Takes effect for OpenMP runtimes loaded afterwards
-    (numba's "omp" threading layer loads its runtime at the first parallel call); see bqq.threads.
+    OpenMP's default keeps idle workers spinning after every region: a solve then uses more CPU time than
+    with passive waiting, and beside another busy process the spinning threads take the cores its working
+    threads need (``benchmarks/busy_cpu.py``; results in ``benchmarks/results/busy_cpu*.md``). Takes
+    effect for OpenMP runtimes loaded afterwards (numba's "omp" threading layer loads its runtime at the
+    first parallel call); see bqq.threads.
     """
     if not policy_enabled(environ) or any(name in environ for name in WAIT_SWITCHES):
         return False

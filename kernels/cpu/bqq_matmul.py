@@ -213,8 +213,9 @@ def kernel_io(x: torch.Tensor, out_features: int) -> tuple[np.ndarray, np.ndarra
 def numpy_views(w: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, ...]:
     """numpy views of a layout's tensors (any layout's tensors tuple), made once per layout.
 
-    Ten ``Tensor.numpy()`` calls cost about 6 µs, a sixth of a one-token 384×384 matmul. The views
-    share memory with the tensors (in-place updates show through).
+    Ten ``Tensor.numpy()`` calls per call would be a sizeable part of a one-token matmul of a small layer
+    (whose fixed cost ``benchmarks/results/inference.md`` gives). The views share memory with the tensors
+    (in-place updates show through).
     """
     return per_layout(w, _VIEWS, lambda tensors: tuple(t.numpy() for t in tensors))
 

@@ -24,8 +24,9 @@ from .builds import parallel_and_serial
 PARALLEL_MIN_WORK = 400_000
 
 # The crossover of the two searches: prefix sums for groups of at least PREFIX_K_FACTOR · 4^b
-# values. Measured on rows of EfficientNet-Lite0 and Gaussian rows (k = 9..4096, b = 1..8, AVX2, N = 100):
-# the crossover k is about 30, 110, 600, 3000 at b = 1..4 and beyond 4096 above. The paper's count,
+# values. Fitted to crossovers timed on rows of EfficientNet-Lite0 and Gaussian rows (k = 9..4096,
+# b = 1..8, AVX2, N = 100), which grow about as 4^b and pass the largest k swept above 4 bits; no
+# committed benchmark repeats that sweep (benchmarks/first_order.py times whole models). The paper's count,
 # O(2^b log k) against O(k) per candidate, would put it far lower: the direct search runs four candidates
 # per SIMD instruction and prunes more the more levels there are, the prefix-sum form is scalar.
 PREFIX_K_FACTOR = 7.5
@@ -41,7 +42,8 @@ def prefer_prefix_sums(levels: int, k: int) -> bool:
 # Values added between two pruning checks of the direct search.
 _PRUNE_EVERY = 8
 # The prefix-sum search finds each level's cuts by one pointer walk per lo up to this many values per hi
-# candidate, by binary searches beyond (measured crossover: 12,000 to 20,000 values at N = 100, b = 1..8).
+# candidate, by binary searches beyond (where the searches overtook the walk, timed at N = 100, b = 1..8;
+# in no committed table).
 _WALK_MAX_K_PER_CANDIDATE = 150
 
 

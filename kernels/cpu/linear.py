@@ -27,10 +27,11 @@ from .bqq_matmul import bqq_linear_cpu
 from .plane_matmul import plane_linear_cpu, plane_rows_into
 from .table_matmul import bqq_linear_tables, plane_linear_tables
 
-# Token counts (rows of x) below which the table kernels run, from the sweep of results/inference.md:
-# BQQ's table path is fastest below 16 tokens on both swept shapes and level with the exact one above;
-# for bit planes the tables are fastest through 128 tokens and the rebuild from 197 on 4096x4096 (the
-# exact path never wins there, so above the tables bit planes are rebuilt).
+# Token counts (rows of x) below which the table kernels run, read off the sweep in
+# benchmarks/results/inference.md ("Paths by token count"): BQQ's table path wins at few tokens on both
+# swept shapes and is level with the exact one beyond; for bit planes the tables win up to the sweep's
+# 128-token row and the rebuild from its 197-token row on 4096x4096 (the exact path never wins there, so
+# above the tables bit planes are rebuilt).
 BQQ_TABLE_BELOW = 16
 PLANE_TABLE_BELOW = 160
 REBUILD_TILE_ROWS = 512  # rows of W rebuilt per dense matmul: a tile stays in L2/L3, no page faults
