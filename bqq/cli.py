@@ -245,6 +245,7 @@ def _print_selection(config: dict) -> None:
 def _quantize_model(args: argparse.Namespace) -> int:
     """``bqq quantize``: load MODEL_DIR offline, quantize (resumable through the cache folder), save_pretrained."""
     from . import hf
+    from .config import LayerConfig, QuantizeConfig, RunConfig
     from .ptq.quantize import quantize
     from .ptq.report import coverage_report
 
@@ -271,12 +272,12 @@ def _quantize_model(args: argparse.Namespace) -> int:
         model.to(args.device)
     cache = args.cache_dir if args.cache_dir is not None else out / ".bqq-cache"
     try:
-        quantize(model, bits, method=args.method, group_size=args.group_size, calibration=calibration,
-                 cache_dir=cache, seed=args.seed, progress=True, device=args.device, **opts)
+        config = QuantizeConfig(LayerConfig(args.method, bits, args.group_size, opts), seed=args.seed)
+        quantize(model, config, calibration=calibration,
+                 run=RunConfig(cache_dir=cache, progress=True, device=args.device))
     except KeyboardInterrupt:
         print(f"\nbqq quantize: interrupted; run the same command again to resume from {cache}", file=sys.stderr)
         return 130
-    hf.attach(model)
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)

@@ -190,6 +190,7 @@ def test_llm_benchmark_measures_rows_and_keeps_earlier_ones(tmp_path):
 
 
 def test_llms_get_the_llm_grouping_and_schedule_unless_the_user_sets_them():
+    from bqq.config import QuantizeConfig
     from bqq.ptq.plan import LLM_GROUP, LLM_SCHEDULE, is_llm, plan_layers
 
     tr = transformers_module()
@@ -199,20 +200,22 @@ def test_llms_get_the_llm_grouping_and_schedule_unless_the_user_sets_them():
     encoder = tr.BertModel(tr.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                          num_attention_heads=2, vocab_size=64))
     assert is_llm(llm) and not is_llm(encoder)
-    settings = {"bits": 2, "include": None, "exclude": None, "overrides": None}
-    plans, _ = plan_layers(llm, method="bqq", group_size="paper", opts={}, **settings)
+    def plan_layers_of(model, method, **options):
+        return plan_layers(model, QuantizeConfig.from_kwargs(2, method=method, **options))
+
+    plans, _ = plan_layers_of(llm, "bqq")
     by_name = {p.name: p for p in plans}
     assert by_name["model.layers.0.mlp.up_proj"].group_shape == LLM_GROUP  # 640x320 in 256x256 tiles (balanced)
     assert all(p.opts == LLM_SCHEDULE for p in plans)
-    plans, _ = plan_layers(llm, method="bqq", group_size="paper", opts={"sweep_budget": 1e5}, **settings)
+    plans, _ = plan_layers_of(llm, "bqq", sweep_budget=1e5)
     assert plans[0].opts == {**LLM_SCHEDULE, "sweep_budget": 1e5}  # the user's option wins
-    plans, _ = plan_layers(llm, method="uq", group_size="paper", opts={}, **settings)
+    plans, _ = plan_layers_of(llm, "uq")
     assert plans[0].opts == {}  # the schedule is BQQ's
-    plans, _ = plan_layers(encoder, method="bqq", group_size="paper", opts={}, **settings)
+    plans, _ = plan_layers_of(encoder, "bqq")
     assert all(p.group_shape == (64, 64) and p.opts == {} for p in plans if p.shape == (64, 64))
     wide = torch.nn.Sequential(torch.nn.Linear(1024, 1024))
     wide.embed_dim = 1024  # a model at least LLM_MIN_WIDTH wide
-    plans, _ = plan_layers(wide, method="bqq", group_size="paper", opts={}, **settings)
+    plans, _ = plan_layers_of(wide, "bqq")
     assert is_llm(wide) and plans[0].group_shape == LLM_GROUP
 
 

@@ -24,7 +24,7 @@ from bqq_kernels.cpu.first_order import bcq_fit
 from ..common import check_settings, is_int, progress_bar
 from ..format import pack_bits, packed_length, unpack_bits
 from ..quantized import GroupField, QuantizedMatrix
-from . import register_method
+from .registry import register_method
 from .uniform import group_blocks, group_shape
 
 

@@ -34,7 +34,7 @@ from ..solver import (
     solver_device,
 )
 from ..solver.stacks import MapSolves
-from . import register_method
+from .registry import register_method
 
 
 @dataclass(frozen=True)

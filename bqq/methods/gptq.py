@@ -23,7 +23,7 @@ from bqq_kernels.cpu.first_order import gptq_block_parallel, gptq_block_serial
 
 from ..common import check_settings, is_int, is_number, progress_bar
 from ..solver.hessian_math import damped, upper_inverse_factor
-from . import register_method
+from .registry import register_method
 from .uniform import UQMatrix, group_blocks, pack_code_planes, uniform_grids
 
 

@@ -23,8 +23,8 @@ import numpy as np
 from ..common import check_settings, is_int, progress_bar
 from ..format import packed_length
 from ..quantized import GroupField, QuantizedMatrix
-from . import register_method
 from .codes import dequantize_codes, pack_codes, uniform_codes, unpack_codes
+from .registry import register_method
 
 CHUNK = 8
 ROOTS = 240

@@ -17,7 +17,7 @@ import numpy as np
 from ..common import progress_bar
 from ..grouping import GroupGrid
 from ..quantized import GroupField, QuantizedMatrix
-from . import register_method
+from .registry import register_method
 
 
 @dataclass(frozen=True)

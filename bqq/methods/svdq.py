@@ -28,8 +28,8 @@ from ..common import check_settings, is_int, progress_bar
 from ..format import packed_length
 from ..grouping import GroupGrid
 from ..quantized import GroupField, QuantizedMatrix
-from . import register_method
 from .codes import dequantize_codes, pack_codes, uniform_codes, unpack_codes
+from .registry import register_method
 from .svd import truncated_svd
 
 _SCALAR_BITS = 128  # FP32 zero point and step of each of the two factors

@@ -24,7 +24,7 @@ from ..common import check_settings, is_int, progress_bar
 from ..format import pack_bits, packed_length, unpack_bits
 from ..grouping import GroupGrid
 from ..quantized import GroupField, QuantizedMatrix
-from . import register_method
+from .registry import register_method
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from ..common import check_settings, is_int, progress_bar
 from ..format import packed_length
 from ..grouping import GroupGrid
 from ..quantized import GroupField, QuantizedMatrix
-from . import register_method
 from .codes import dequantize_codes, pack_codes, uniform_codes, unpack_codes
+from .registry import register_method
 
 _UQ_SCALAR_BITS = 64  # FP32 zero point and step of quantized centroids
 

@@ -2,8 +2,8 @@
 
 Candidates are the modules :func:`bqq.ptq.layers.layer_kind` knows (linears and convolutions of any
 class, ``transformers``' ``Conv1D``); every other module with a weight matrix is left FP with its reason.
-``include`` / ``exclude`` are fnmatch patterns over module names; ``overrides`` maps a pattern to
-settings (``bits``, ``method``, ``group_size`` or method options such as ``rank_scale``) applied, in
+What each layer gets comes from a :class:`bqq.QuantizeConfig`: ``include`` / ``exclude`` are fnmatch
+patterns over module names, and ``overrides`` map a pattern to a :class:`bqq.LayerOverride` applied, in
 order, to the layers it matches. Norms, biases, class/position tokens are never quantized. A weight
 shared by several modules (a language model's ``lm_head`` tied to its token embedding) and a language
 model's output embedding stay FP unless ``include`` names them; then every module that shares the
@@ -16,19 +16,19 @@ DeiT-B, 96 for Swin-T), 100×96 groups for the classification head, and 384×384
 LLM (:func:`is_llm`: a model that generates text, or one at least ``LLM_MIN_WIDTH`` wide) ``LLM_GROUP``
 tiles instead, and its BQQ solves get ``LLM_SCHEDULE`` unless the user sets those options. Both were
 chosen by measurement (``benchmarks/results/llm_grouping.md``, docs/llm.md): a model-width square grows
-the time per weight with the width (a 4096² group of Llama-2-7B is one stack in ~30 min here), while
-LLM_GROUP tiles keep it constant and at this schedule a 7B model is solved in hours.
+the time per weight with the width, while LLM_GROUP tiles keep it constant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
-from ..common import as_patterns, matches_any
+from ..common import matches_any
+from ..config import AUTO, KEEP, PAPER_GROUPS, LayerConfig, QuantizeConfig
 from ..grouping import parse_group_shape
 from .layers import WEIGHT, LayerKind, layer_kind, matrix_shape
 
@@ -39,19 +39,16 @@ FALLBACK_GROUP = (384, 384)
 LLM_GROUP = (256, 256)
 LLM_SCHEDULE = {"sweep_budget": 4e4, "weighted_sweep_budget": 8e8}
 LLM_MIN_WIDTH = 1024  # wider than every model with a committed "paper" table (DeiT-B: 768)
-PAPER_GROUPS = "paper"
-AUTO = "auto"  # per layer, the candidate with the lowest weight error (bqq.ptq.quantize.CANDIDATES)
 # Convolutions with at most this many inputs per output (in·kh·kw) get channel-wise UQ under "auto",
 # as the paper gives Swin-T's 48-input patch embedding. With n inputs BQQ's inner dimension
 # l = mn/(m+n) < n, and its 3p+1 scalars are shared by the whole group: a per-output-channel first-order
 # code (each of the m rows gets its own zero point and step) fits such a layer better. 64 covers 4x4
 # patches of up to 4 channels and 8x8 patches of one, and leaves every 16x16 ViT patch embedding (768) alone.
 FEW_INPUTS = 64
-_SETTING_KEYS = ("bits", "method", "group_size")
 # Under the default "paper" grouping, convolutions give their first-order candidates one group (one zero
 # point and step, or one set of BCQ scales) per output channel, as CNN practice does; BQQ keeps its tiles
-# (a single row is no matrix to factor). Measured on EfficientNet-Lite0's real weights (benchmarks/
-# results/ptq_cnn_ablation.md): 8-bit UQ top-1 agreement 0.918 per channel against 0.818 with 384x384 tiles.
+# (a single row is no matrix to factor). Chosen by measurement on EfficientNet-Lite0's real weights:
+# benchmarks/results/ptq_cnn_ablation.md compares per-channel groups with tiles.
 CNN_CHANNEL_GROUPS = True
 PER_CHANNEL_METHODS = ("uq", "bcq", "gptq")
 
@@ -78,21 +75,16 @@ class LayerPlan:
         return self.group_shape
 
 
-def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
-                include: Sequence[str] | str | None, exclude: Sequence[str] | str | None,
-                overrides: Mapping[str, Mapping[str, Any]] | None, opts: Mapping[str, Any]
-                ) -> tuple[list[LayerPlan], dict[str, str]]:
-    """The layers of ``model`` to quantize, in module order, and every other module with a weight matrix
-    mapped to the reason it stays FP."""
-    include, exclude = as_patterns(include, "include"), as_patterns(exclude, "exclude")
-    overrides = dict(overrides or {})
-    for pattern, settings in overrides.items():
-        if not isinstance(pattern, str) or not isinstance(settings, Mapping):
-            raise ValueError(f"overrides must map fnmatch patterns to dicts of settings, got {pattern!r}")
+def plan_layers(model: nn.Module, config: QuantizeConfig) -> tuple[list[LayerPlan], dict[str, str]]:
+    """The layers of ``model`` to quantize under ``config``, in module order, and every other module with
+    a weight matrix mapped to the reason it stays FP."""
+    include, exclude = config.include, config.exclude
     plans, skipped, matched = [], {}, set()
     owners = weight_owners(model)
     output_embedding = output_embedding_name(model)
-    llm = is_llm(model)
+    base = config.layer
+    if is_llm(model) and base.method in ("bqq", AUTO):
+        base = replace(base, options={**LLM_SCHEDULE, **base.options})  # the user's options win
     for name, module, parent in _named_with_parents(model):
         kind = layer_kind(module, parent)
         if not name and isinstance(kind, LayerKind):  # the root: a bare layer cannot replace itself
@@ -111,28 +103,34 @@ def plan_layers(model: nn.Module, *, bits: float, method: str, group_size,
             continue
         if tied:  # every module that holds the tensor reads the one quantized weight
             kind = LayerKind(WEIGHT, kind.transposed, kind.hessian)
-        shape = matrix_shape(module, kind)
-        layer_opts = {**LLM_SCHEDULE, **opts} if llm and method in ("bqq", AUTO) else dict(opts)
-        plan = LayerPlan(name, kind, shape, method, bits, _group_shape(model, name, shape, group_size), layer_opts,
-                         shared_with=tied, channel_groups=CNN_CHANNEL_GROUPS and _is_paper(group_size)
-                         and isinstance(module, nn.modules.conv._ConvNd))
-        grouped_by_user = False
-        for pattern, settings in overrides.items():
-            if matches_any(name, (pattern,)):
-                matched.add(pattern)
-                plan = _apply(plan, settings)
-                grouped_by_user |= "group_size" in settings
-        if plan.method == AUTO and isinstance(module, nn.modules.conv._ConvNd) and shape[1] <= FEW_INPUTS:
-            plan = replace(plan, method="uq", opts={}, patch_rule=True,  # the patch-embedding rule
-                           group_shape=plan.group_shape if grouped_by_user else (1, shape[1]))
-        plans.append(plan)
-    unused = sorted(set(overrides) - matched)
+        plans.append(_plan(model, name, module, kind, base, config, matched, tied))
+    unused = sorted(set(config.overrides) - matched)
     if unused:
         raise ValueError(f"overrides {unused} match no quantizable layer")
     if not plans:
         raise ValueError("no linear or convolution layer matches include/exclude; nothing to quantize "
                          f"(left FP: {dict(list(skipped.items())[:5])})")
     return plans, skipped
+
+
+def _plan(model: nn.Module, name: str, module: nn.Module, kind: LayerKind, base: LayerConfig,
+          config: QuantizeConfig, matched: set[str], tied: tuple[str, ...]) -> LayerPlan:
+    """One layer's plan: ``base`` under the overrides that match ``name`` (recorded in ``matched``)."""
+    shape = matrix_shape(module, kind)
+    try:
+        layer, patterns = config.layer_config(name, base)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"layer {name!r}: {exc}") from exc
+    matched.update(patterns)
+    grouped_by_user = any(config.overrides[p].group_size is not KEEP for p in patterns)
+    conv = isinstance(module, nn.modules.conv._ConvNd)
+    plan = LayerPlan(name, kind, shape, layer.method, layer.bits,
+                     _group_shape(model, name, shape, layer.group_size), dict(layer.options), shared_with=tied,
+                     channel_groups=CNN_CHANNEL_GROUPS and conv and _is_paper(layer.group_size))
+    if plan.method == AUTO and conv and shape[1] <= FEW_INPUTS:
+        plan = replace(plan, method="uq", opts={}, patch_rule=True,  # the patch-embedding rule
+                       group_shape=plan.group_shape if grouped_by_user else (1, shape[1]))
+    return plan
 
 
 def _is_paper(group_size) -> bool:
@@ -218,14 +216,3 @@ def _group_shape(model: nn.Module, name: str, shape: tuple[int, int], group_size
         return parse_group_shape(LLM_GROUP, shape)
     width = model_width(model)
     return parse_group_shape(width if width is not None else FALLBACK_GROUP, shape)
-
-
-def _apply(plan: LayerPlan, settings: Mapping[str, Any]) -> LayerPlan:
-    changes = {k: v for k, v in settings.items() if k in _SETTING_KEYS and k != "group_size"}
-    if "group_size" in settings:
-        changes["group_shape"] = parse_group_shape(settings["group_size"], plan.shape)  # "paper" is global only
-        changes["channel_groups"] = False  # the user's grouping holds for every method
-    opts = {**plan.opts, **{k: v for k, v in settings.items() if k not in _SETTING_KEYS}}
-    if "method" in changes and changes["method"] != plan.method:
-        opts = {k: v for k, v in settings.items() if k not in _SETTING_KEYS}  # options are per method
-    return replace(plan, opts=opts, **changes)

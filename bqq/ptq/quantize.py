@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import copy
 import logging
-import os
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,19 +16,21 @@ from torch import nn
 
 from ..api import method_config
 from ..common import dtype_name, progress_bar, replace_module
+from ..config import AUTO, RUN_FIELDS, QuantizeConfig, RunConfig
 from ..grouping import GroupGrid
 from ..methods import get_method
 from ..methods.bqq import BQQConfig
 from ..quantized import QuantizedMatrix
 from ..solver.devices import solver_device
 from ..solver.hessian_math import channel_scale, damped, lower_cholesky, prepare_hessian, solve_with_factor
+from . import families
 from .blocks import BlockStack, block_pass, capture_inputs, chain_check, find_stack, without_cache
 from .calibrate import Calibration, calibrate, tunable_parameters
 from .fold import fold_batchnorm
 from .hessian import collect_cross_moments, collect_hessians, first_batch, input_stages, run_model
 from .layers import CONV2D, LINEAR, LINEAR_T, weight_matrix
 from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight
-from .plan import AUTO, PAPER_GROUPS, LayerPlan, plan_layers
+from .plan import LayerPlan, plan_layers
 from .report import coverage_report, format_coverage, format_report, layer_report, record_left_fp
 from .runner import GroupJob, layer_seed, run_jobs
 
@@ -42,46 +42,25 @@ CALIBRATED_CANDIDATES = ("gptq",)
 log = logging.getLogger("bqq")
 
 
-def quantize(
-    model: nn.Module,
-    bits: float = 2,
-    *,
-    method: str = AUTO,
-    group_size: int | Sequence[int] | str | None = PAPER_GROUPS,
-    include: str | Sequence[str] | None = None,
-    exclude: str | Sequence[str] | None = None,
-    calibration: Calibration | Iterable[Any] | None = None,
-    workers: int | cf.Executor | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    progress: bool | None = None,
-    device: str | torch.device | None = None,
-    fold_bn: bool = True,
-    **opts: Any,
-) -> nn.Module:
+def quantize(model: nn.Module, config: QuantizeConfig | float | None = None, *,
+             calibration: Calibration | Iterable[Any] | None = None, run: RunConfig | None = None,
+             **shorthand: Any) -> nn.Module:
     """Quantize ``model``'s weights in place (weight-only PTQ) and return it.
 
-    Every linear and convolution layer whose name passes ``include``/``exclude`` (fnmatch patterns) gets
-    one grouped :class:`~bqq.quantized.QuantizedMatrix` as its weight and computes what its module computed
-    with it (:mod:`bqq.ptq.layers`: plain ``nn.Linear`` / ``nn.Conv2d`` and ``transformers``' ``Conv1D`` become
+    Every linear and convolution layer that ``config`` selects gets one grouped
+    :class:`~bqq.quantized.QuantizedMatrix` as its weight and computes what its module computed with it
+    (:mod:`bqq.ptq.layers`: plain ``nn.Linear`` / ``nn.Conv2d`` and ``transformers``' ``Conv1D`` become
     :class:`QuantizedLinear` / :class:`QuantizedConv2d`; any other keeps its module and ``forward`` with a
     :class:`~bqq.ptq.modules.QuantizedWeight`); biases, norms, tokens, embeddings and by default tied
     weights and a language model's output embedding stay in floating point, each reported with its reason
     (:func:`bqq.ptq.report.coverage_report`). Layer ``name``'s weight equals
     ``bqq.compress(W, bits, method=..., group_size=..., seed=bqq.ptq.runner.layer_seed(seed, name))``.
+    The config is kept as ``model.bqq_config`` and saved with the model.
 
     Args:
-        bits, method, **opts: as in :func:`bqq.compress`, for every layer (``opts`` are fields of the
-            method's config, e.g. ``rank_scale=1.5`` or ``sweeps=600`` for BQQ).
-        method: a registered method, or ``"auto"`` (default): per layer, whichever of BQQ (``bits``
-            stacks), UQ and BCQ (``bits``-bit codes) has the lowest relative weight error, so no layer
-            is worse than the first-order codes BQQ is compared with; ``opts`` go to BQQ. Under
-            ``"auto"`` convolutions with at most 64 inputs per output (small patch embeddings) get
-            channel-wise UQ, the paper's rule (:data:`bqq.ptq.plan.FEW_INPUTS`); ``overrides`` win.
-        group_size: as in :func:`bqq.compress` (None: one group per layer), or ``"paper"`` (default):
-            ``embed_dim`` squares, 100×96 for the classifier head, 384×384 without ``embed_dim``.
-        overrides: fnmatch pattern -> settings for the layers it matches, e.g. ``{"head": {"bits": 4}}``.
+        config: a :class:`bqq.QuantizeConfig` (what to do per layer: method, bits, groups, options,
+            overrides by pattern, include/exclude, BatchNorm folding, seed); a number is ``bits``; None
+            builds it from ``shorthand``.
         calibration: None for data-free PTQ; a DataLoader of calibration batches (or a
             :class:`Calibration` for its settings): each layer is then solved under its output error
             over its calibration inputs (BQQ and GPTQ; ``"auto"`` adds GPTQ to its candidates and
@@ -89,30 +68,29 @@ def quantize(
             the FP model's outputs from the inputs the already-quantized layers give it
             (``Calibration.inputs``); with ``Calibration(epochs=k)`` biases and norms are then tuned for
             k epochs (c-BQQ).
-        workers: None (this process: data-free groups side by side on one thread per core, each
-            single-threaded; calibrated ones one at a time), 1 (this process, one group at a time on all
-            cores), a number of local processes, or a ``concurrent.futures.Executor``. With processes or an
-            executor a calibrated BQQ layer spreads its groups too: its column blocks are solved in order in
-            this process, the groups of each block on the workers, with the same codes.
-        cache_dir: persist each finished group; a rerun with the same arguments resumes.
-        seed: every layer's seed derives from it and the layer name.
-        progress: tqdm bar over groups (None: only on a terminal).
-        device: where the BQQ solver runs (as in :func:`bqq.compress`): None (default) means the device of
-            the model's weights, so a model on a GPU is quantized there; ``"cpu"`` / ``"cuda"`` choose. On
-            a GPU all BQQ groups of one shape, across all layers, are solved together stack by stack in
-            batches bounded by free GPU memory; ``cache_dir`` and resume work as on the CPU. Calibrated
-            (output-aware) BQQ and the other methods run on the CPU.
-        fold_bn: first fold every inference-time BatchNorm into the convolution it follows
-            (:func:`bqq.ptq.fold.fold_batchnorm`), so each layer is quantized as the network uses it. The
-            pairs are found by one forward on the first calibration batch, or on a random input of a
-            timm model's ``pretrained_cfg["input_size"]``; without either, a warning says how to fold.
+        run: a :class:`bqq.RunConfig` (workers, cache_dir, progress, device): where and how fast, never
+            what. With processes or an executor as workers a calibrated BQQ layer spreads its groups
+            too (its column blocks in order here, the groups of each block on the workers, same codes).
+            On a GPU all BQQ groups of one shape, across all layers, are solved together.
+        **shorthand: the keyword form: the arguments of :meth:`bqq.QuantizeConfig.from_kwargs` (``bits``,
+            ``method``, ``group_size``, ``include``, ``exclude``, ``overrides``, ``seed``, ``fold_bn`` and
+            method options such as ``rank_scale=1.5``) and the fields of :class:`bqq.RunConfig`; they
+            build the same objects.
+
+    Under ``"auto"`` (the default method) a layer gets whichever of BQQ (``bits`` stacks), UQ and BCQ
+    (``bits``-bit codes) has the lowest relative error, and convolutions with at most
+    :data:`bqq.ptq.plan.FEW_INPUTS` inputs per output (small patch embeddings) get channel-wise UQ, the
+    paper's rule; overrides win. With ``fold_bn`` every inference-time BatchNorm is first folded into the
+    convolution it follows (:func:`bqq.ptq.fold_batchnorm`), found by one forward on the first
+    calibration batch or on a random input of a timm model's ``pretrained_cfg["input_size"]``; without
+    either, a warning says how to fold.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    config, run = resolve_configs(config, run, shorthand)
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration(calibration)
-    plans, left_fp = plan_layers(model, bits=bits, method=method, group_size=group_size, include=include,
-                                 exclude=exclude, overrides=overrides, opts=opts)
+    plans, left_fp = plan_layers(model, config)
     aware = calibration is not None and calibration.output_aware
     for plan in plans:
         _validate(plan, aware)
@@ -120,24 +98,46 @@ def quantize(
     if tune and not tunable_parameters(model):
         raise ValueError("Calibration(epochs > 0) tunes biases and normalization parameters, and this model has "
                          "none; set epochs=0")
-    if fold_bn:
+    if config.fold_bn:
         _fold_batchnorms(model, calibration)
     teacher = copy.deepcopy(model) if tune else None
-    if device is None:
-        device = next((p.device for p in model.parameters()), None)
-    run = {"workers": workers, "cache_dir": cache_dir, "progress": progress, "device": solver_device(device)}
+    device = run.device if run.device is not None else next((p.device for p in model.parameters()), None)
+    jobs = {"workers": run.workers, "cache_dir": run.cache_dir, "progress": run.progress,
+            "device": solver_device(device)}
     if not aware:
-        _quantize_layers(model, plans, {}, seed, run)
+        _quantize_layers(model, plans, {}, config.seed, jobs)
     else:
-        teacher = _calibrated_pass(model, plans, calibration, teacher, seed, run, progress)
+        teacher = _calibrated_pass(model, plans, calibration, teacher, config.seed, jobs, run.progress)
     if tune:
-        calibrate(model, teacher, calibration, progress=progress)
+        calibrate(model, teacher, calibration, progress=run.progress)
     record_left_fp(model, left_fp)
+    model.bqq_config = config
     _log_coverage(model)
-    from ..hf import attach  # lazy: bqq.hf reads bqq.ptq
-
-    attach(model)  # a transformers model's save_pretrained then writes the packed weights
+    families.finish(model)  # e.g. bqq.hf: a transformers model's save_pretrained then writes the packed weights
     return model
+
+
+def resolve_configs(config: QuantizeConfig | float | None, run: RunConfig | None, shorthand: dict[str, Any]
+                    ) -> tuple[QuantizeConfig, RunConfig]:
+    """The two config objects of a :func:`quantize` call, from objects or the keyword form (not both)."""
+    run_kwargs = {k: shorthand.pop(k) for k in RUN_FIELDS if k in shorthand}
+    if run is None:
+        run = RunConfig(**run_kwargs)
+    elif not isinstance(run, RunConfig):
+        raise TypeError(f"run must be a bqq.RunConfig, got {type(run).__name__}")
+    elif run_kwargs:
+        raise TypeError(f"pass run=RunConfig(...) or the keywords {sorted(run_kwargs)}, not both")
+    if isinstance(config, QuantizeConfig):
+        if shorthand:
+            raise TypeError(f"pass a QuantizeConfig or the keywords {sorted(shorthand)}, not both")
+        return config, run
+    if config is not None:
+        if "bits" in shorthand:
+            raise TypeError("bits given twice (as the second argument and as bits=)")
+        if isinstance(config, bool) or not isinstance(config, (int, float)):
+            raise TypeError(f"config must be a bqq.QuantizeConfig or a number of bits, got {type(config).__name__}")
+        shorthand["bits"] = config
+    return QuantizeConfig.from_kwargs(**shorthand), run
 
 
 def _calibrated_pass(model: nn.Module, plans: list[LayerPlan], calibration: Calibration, teacher: nn.Module | None,

@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from ..common import replace_module
+from ..config import QuantizeConfig
 from ..format import FormatError
 from ..grouping import GroupGrid
 from ..io import Bundle, load_bundle, save_bundle
 from ..methods import get_method
 from ..quantized import QuantizedMatrix
 from ..version import __version__
+from . import families
 from .layers import CONV2D, LINEAR, LINEAR_T, WEIGHT, LayerKind, layer_kind
 from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight, quantized_layers, quantized_weight
 from .plan import classifier_name
@@ -55,8 +57,6 @@ def model_config(model: nn.Module, *, model_name: str | None = None
     """The quantized weights of ``model`` by layer name and the model config that describes them (layer
     kinds, shapes, convolution geometry, methods, bits, what stayed FP and why, versions): what
     :func:`save_quantized` writes and :func:`restore_layers` reads. ValueError if nothing is quantized."""
-    from ..hf import hf_model_info  # lazy: bqq.hf imports this module
-
     layers = dict(quantized_layers(model))
     if not layers:
         raise ValueError("the model has no quantized layers; call bqq.quantize(model) first")
@@ -92,9 +92,10 @@ def model_config(model: nn.Module, *, model_name: str | None = None
         "coverage": {k: coverage[k] for k in ("total_params", "quantized_params", "quantized_fraction",
                                               "layer_fraction", "bits_per_weight", "model_bits_per_param")},
     }
-    hf = hf_model_info(model)
-    if hf is not None:
-        config["hf"] = hf
+    quantize_config = getattr(model, "bqq_config", None)
+    if isinstance(quantize_config, QuantizeConfig):
+        config["quantize_config"] = quantize_config.to_dict()
+    config.update(families.describe(model))  # e.g. "hf": what rebuilds a transformers model
     return objects, config
 
 
@@ -111,18 +112,14 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None) -> n
         if model is not None:
             raise TypeError(f"{path} is a directory (a save_pretrained checkpoint), which loads without a model: "
                             "call bqq.load_quantized(path)")
-        from ..hf import from_pretrained
-
-        return from_pretrained(path)
+        return families.load_directory(path)
     bundle = load_bundle(path)
     config = _read_config(bundle, path)
     if model is None:
-        if not isinstance(config.get("hf"), dict):
+        model = families.build(config, path)
+        if model is None:
             raise TypeError(f"{path}: saved from a {config.get('model_name')}, not a Hugging Face model, so the "
                             "architecture is not recorded: pass a model of it, bqq.load_quantized(path, model)")
-        from ..hf import build_model
-
-        model = build_model(config["hf"], path)
     weights, used = {}, set()
     for name, layer in config["layers"].items():
         weights[name], keys = _layer_weight(bundle, name, layer, config["format_version"], path)
@@ -137,10 +134,20 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None) -> n
     except RuntimeError as exc:
         raise ValueError(f"{path}: the model's other tensors do not match the file: {exc}") from exc
     record_left_fp(model, config.get("left_fp") or {})
-    from ..hf import attach
-
-    attach(model)  # a transformers model saves again with save_pretrained
+    restore_quantize_config(model, config.get("quantize_config"), path)
+    families.finish(model)  # e.g. a transformers model saves again with save_pretrained
     return model
+
+
+def restore_quantize_config(model: nn.Module, saved: Any, path: Any) -> None:
+    """Set ``model.bqq_config`` from a saved config's ``quantize_config`` (absent in files written before
+    configs were saved: then nothing is set); FormatError if it does not read."""
+    if saved is None:
+        return
+    try:
+        model.bqq_config = QuantizeConfig.from_dict(saved)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: invalid quantize_config ({exc})") from exc
 
 
 def restore_layers(model: nn.Module, layers: dict[str, dict[str, Any]], weights: dict[str, QuantizedMatrix],

@@ -236,9 +236,9 @@ def test_registers_when_the_registry_is_imported(tmp_path, monkeypatch):
     has executed, once, and the hook leaves sys.meta_path."""
     (tmp_path / "bqq_test_registry.py").write_text("EXECUTED = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(bqq.hf, "_REGISTRY", "bqq_test_registry")
+    monkeypatch.setattr(bqq.hf.registry, "_REGISTRY", "bqq_test_registry")
     calls = []
-    monkeypatch.setattr(bqq.hf, "register", lambda: calls.append(sys.modules["bqq_test_registry"].EXECUTED))
+    monkeypatch.setattr(bqq.hf.registry, "register", lambda: calls.append(sys.modules["bqq_test_registry"].EXECUTED))
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     monkeypatch.delitem(sys.modules, "bqq_test_registry", raising=False)
     bqq.hf.register_with_transformers()
