@@ -388,9 +388,9 @@ def select(solved: dict[str, QuantizedMatrix], w: np.ndarray, hessian: np.ndarra
     BQQ's objective caps them (:func:`bqq.solver.hessian_math.clipped_channels`, ``BQQConfig.channel_clip``).
 
     Why capped: under a raw H one "massive" input channel can dominate the measure and rank candidates
-    backwards. MiniLM layer 0's FFN output (one channel 636x the median): a BQQ fit of that channel at
-    the cost of all others scored 0.19 and broke the model (embedding cosine 0.66), GPTQ scored 0.97
-    and kept it (0.994)."""
+    backwards: in MiniLM's first FFN output layer (one input channel hundreds of times the median), a BQQ
+    fit of that channel at the cost of all others scored best under the raw H and broke the model, while
+    the GPTQ candidate kept it (``benchmarks/ptq_transformer.py`` runs that model)."""
     scale = None if hessian is None else channel_scale(hessian, BQQConfig.channel_clip)
     errors = {name: relative_error(w, q, hessian, scale) for name, q in solved.items()}
     best = min(errors, key=errors.get)
@@ -418,8 +418,8 @@ def relative_error(w: np.ndarray, q: QuantizedMatrix, hessian: np.ndarray | None
 
 def _weighted_norm(x: np.ndarray, hessian: np.ndarray) -> float:
     """sqrt(tr(X H Xᵀ)) for X (m, n), H (n, n): the O(m n²) product in float32 on every core (a measurement,
-    not a solve: float32's ~1e-6 relative error is far below any difference the selection acts on; this
-    was 13 % of a Llama-2-7B block's GPTQ pass in float64), summed in float64."""
+    not a solve: float32's rounding is far below any difference the selection acts on, and in float64 this
+    product was a sizeable part of an LLM block's GPTQ pass, ``benchmarks/llm_scale.py``), summed in float64."""
     x32 = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     product = x32 @ torch.from_numpy(np.ascontiguousarray(hessian, np.float32))
     return float(np.sqrt(max(float((product.double() * x32.double()).sum()), 0.0)))
