@@ -7,9 +7,10 @@
     bqq.quantize(model, config, run=bqq.RunConfig(workers=4, cache_dir="cache"))
 
 :class:`QuantizeConfig` decides the result (the same config and seed give the same codes) and is saved with
-the model in its versioned form (:meth:`QuantizeConfig.to_dict`); :class:`RunConfig` only decides where and
-how fast the work runs. The keyword form ``bqq.quantize(model, bits=2, overrides={"head": {"bits": 4}})``
-is shorthand for :meth:`QuantizeConfig.from_kwargs` and :meth:`RunConfig` with the same names.
+the model in its versioned form (:meth:`QuantizeConfig.to_dict`); :class:`RunConfig` decides where and how
+fast the work runs (only its ``device`` moves codes, at rounding level: CPU and GPU arithmetic differ).
+The keyword form ``bqq.quantize(model, bits=2, overrides={"head": {"bits": 4}})`` is shorthand for
+:meth:`QuantizeConfig.from_kwargs` and :class:`RunConfig` with the same names.
 """
 
 from __future__ import annotations
@@ -245,7 +246,8 @@ class QuantizeConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How :func:`bqq.quantize` runs; it never changes the codes.
+    """How :func:`bqq.quantize` runs: workers, cache and progress never change the codes; the device
+    changes them at rounding level (CPU and GPU codes differ, with the same error on average).
 
     workers: None (this process: data-free groups side by side, one thread per core), 1 (one group at a
         time on all cores), a number of local processes, or a ``concurrent.futures.Executor`` (e.g. Dask's).
