@@ -3,8 +3,10 @@ non-timm transformer of the model-PTQ tests, random grouped BQQ matrices, the re
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,3 +62,54 @@ def random_weight(m: int, n: int, group: tuple[int, int], stacks: int, seed: int
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def gaussian(shape: tuple[int, int], seed: int = 1) -> np.ndarray:
+    """A standardized Gaussian matrix."""
+    w = np.random.default_rng(seed).standard_normal(shape)
+    return (w - w.mean()) / w.std()
+
+
+def mse(q, w: np.ndarray) -> float:
+    """Mean squared error of a QuantizedMatrix against the matrix it compressed."""
+    return float(((q.dequantize().double().numpy() - w) ** 2).mean())
+
+
+def assert_same(q1, q2) -> None:
+    """Two QuantizedMatrix objects are bit-identical: every stored field (names, dtypes, shapes, bytes) and
+    the rebuilt matrix."""
+    f1, f2 = q1.fields(), q2.fields()
+    assert f1.keys() == f2.keys()
+    for name in f1:
+        assert f1[name].dtype == f2[name].dtype, name
+        assert f1[name].shape == f2[name].shape, name
+        assert np.array_equal(f1[name], f2[name]), name
+    assert torch.equal(q1.dequantize(), q2.dequantize())
+
+
+def rebuild(q, info_changes: dict | None = None, **changes: np.ndarray):
+    """``q`` rebuilt by ``from_fields`` as it would come back from a file, with some fields or info replaced
+    (content validation behind the checksum)."""
+    fields = {**{k: v.copy() for k, v in q.fields().items()}, **changes}
+    info = {**json.loads(json.dumps(q.info())), **(info_changes or {})}
+    return type(q).from_fields(info, q.grid, fields)
+
+
+def anisotropic_inputs(n: int, rows: int, seed: int) -> np.ndarray:
+    """(rows, n) correlated inputs with a few outlier channels, like real activations."""
+    rng = np.random.default_rng(seed)
+    mix = np.eye(n) + 0.3 * rng.standard_normal((n, n))
+    scale = np.ones(n)
+    scale[rng.choice(n, 4, replace=False)] = 6.0
+    return rng.standard_normal((rows, n)) @ mix * scale
+
+
+def output_error(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray) -> float:
+    e = w - w_hat
+    return float(np.trace(e @ h @ e.T))
+
+
+def model_outputs(model, x):
+    """``model(x)`` without autograd."""
+    with torch.no_grad():
+        return model(x)

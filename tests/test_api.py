@@ -96,3 +96,21 @@ def test_input_is_not_modified():
     before = w.clone()
     bqq.compress(w, bits=2, sweeps=50)
     assert torch.equal(w, before)
+
+
+# --- hessians ----------------------------------------------------------------------------------------
+
+def test_bad_hessians_are_refused():
+    w = np.random.default_rng(0).standard_normal((6, 8))
+    with pytest.raises(ValueError, match=r"hessian must be \(8, 8\)"):
+        bqq.compress(w, 1, hessian=np.eye(7))
+    with pytest.raises(ValueError, match=r"hessian.*NaN"):
+        bqq.compress(w, 1, hessian=np.full((8, 8), np.nan))
+    with pytest.raises(ValueError, match="no positive diagonal"):
+        bqq.compress(w, 1, hessian=np.zeros((8, 8)))
+    with pytest.raises(TypeError, match="does not use a hessian"):
+        bqq.compress(w, 2, method="bcq", hessian=np.eye(8))
+    with pytest.raises(ValueError, match="damping"):
+        bqq.compress(w, 1, hessian=np.eye(8), damping=-1)
+    with pytest.raises(ValueError, match="damping"):
+        bqq.compress(w, 2, method="gptq", hessian=np.eye(8), damping=0)

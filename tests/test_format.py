@@ -1,13 +1,20 @@
-"""Packed-binary format (v2; v1 files in tests/test_format_v1.py): bit packing, file round trips, bad files."""
+"""The packed-binary format (bqq.format): bit packing, the header, damaged and forged files, and v1 files that still
+load and rebuild exactly what that code rebuilt (re-saved as v2 they round-trip unchanged). Every method's round
+trip: tests/methods/test_contract.py; bqq.save / bqq.load themselves: test_io.py."""
 
 import json
 import struct
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
 
 import bqq
 from bqq import format as fmt
+from bqq.format import read_file
+from tests.helpers import FIXTURES
 
 FAST = {"sweeps": 100}
 
@@ -163,35 +170,58 @@ def test_forged_inconsistent_tensors_are_rejected(saved, edit):
         bqq.load(saved)
 
 
-def test_non_bqq_files_are_rejected(tmp_path):
-    from safetensors.numpy import save_file
+# --- format v1: files written by bqq at commit 056cae1 (tests/fixtures/v1/make_fixtures.py) still load
 
-    plain = tmp_path / "plain.safetensors"
-    save_file({"w": np.zeros((2, 2), np.float32)}, plain)
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"\x80\x04\x95" + b"not a safetensors file" * 10)  # a pickle-like prefix
-    for path in (plain, junk):
-        with pytest.raises(bqq.FormatError):
-            bqq.load(path)
-    with pytest.raises(FileNotFoundError):
-        bqq.load(tmp_path / "missing.safetensors")
+V1 = FIXTURES / "v1"
 
 
-def test_failed_save_leaves_the_existing_file_intact(saved, monkeypatch):
-    before = saved.read_bytes()
-
-    def explode(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("safetensors.numpy.save_file", explode)
-    with pytest.raises(OSError, match="disk full"):
-        bqq.save(_quantized("uq"), saved)
-    assert saved.read_bytes() == before
-    assert [p.name for p in saved.parent.iterdir()] == [saved.name]  # no temporary left behind
+@pytest.fixture(scope="module")
+def expected():
+    return load_file(V1 / "expected.safetensors")
 
 
-def test_save_rejects_non_quantized_objects(tmp_path):
-    with pytest.raises(TypeError):
-        bqq.save(np.zeros(3), tmp_path / "x.safetensors")
-    with pytest.raises(TypeError):
-        bqq.save({}, tmp_path / "x.safetensors")
+def v1_model() -> nn.Module:
+    """The architecture the v1 model file was saved from (random weights: load fills them)."""
+    return nn.Sequential(nn.Conv2d(1, 8, 4, stride=4), nn.Flatten(), nn.Linear(8 * 4 * 4, 20), nn.GELU(),
+                         nn.Linear(20, 5))
+
+
+@pytest.mark.parametrize("method", ["bqq", "uq", "bcq", "svd"])
+def test_v1_matrix_files_load_and_dequantize_identically(tmp_path, expected, method):
+    path = V1 / f"matrix_{method}.safetensors"
+    assert read_file(path)[2]["format_version"] == "1"
+    q = bqq.load(path)
+    assert q.method == method and torch.equal(q.dequantize(), expected[f"matrix_{method}"])
+    bqq.save(q, tmp_path / "v2.safetensors")
+    assert read_file(tmp_path / "v2.safetensors")[2]["format_version"] == "2"
+    assert torch.equal(bqq.load(tmp_path / "v2.safetensors").dequantize(), expected[f"matrix_{method}"])
+
+
+def test_v1_mapping_file_loads(expected):
+    objects = bqq.load(V1 / "matrix_mapping.safetensors")
+    assert sorted(objects) == ["bcq", "bqq", "svd", "uq"]
+    for name, q in objects.items():
+        assert torch.equal(q.dequantize(), expected[f"matrix_{name}"])
+
+
+def test_v1_model_file_loads_with_one_grouped_weight_per_layer(tmp_path, expected):
+    model = bqq.load_quantized(V1 / "model.safetensors", v1_model())
+    layers = dict(bqq.ptq.quantized_layers(model))
+    assert sorted(layers) == ["0", "2", "4"]
+    assert len(layers["2"].qweight.grid) == 3 * 2  # 20x128 in 8x64 groups (balanced: 7+7+6 rows)
+    assert layers["4"].qweight.method == "uq" and layers["2"].qweight.method == "bqq"
+    with torch.no_grad():
+        default = model(expected["model_input"])  # the register tables at a few tokens: 16-bit rounding
+        for layer in layers.values():
+            layer.backend = "numba-exact"  # the kernel that computed the expected output
+        out = model(expected["model_input"])
+    # Same codes; the CPU kernel's float32 sums follow the machine's SIMD width, so another machine's
+    # output may differ in the last bits (seen: 1.5e-8); on one machine it is exact (the v2 round trip below).
+    torch.testing.assert_close(out, expected["model_output"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(default, out, rtol=1e-3, atol=1e-4)
+    bqq.save_quantized(model, tmp_path / "v2.safetensors")
+    _, manifest, _ = read_file(tmp_path / "v2.safetensors")
+    assert sorted(manifest["objects"]) == ["0.weight", "2.weight", "4.weight"]
+    again = bqq.load_quantized(tmp_path / "v2.safetensors", v1_model())
+    with torch.no_grad():
+        assert torch.equal(again(expected["model_input"]), default)

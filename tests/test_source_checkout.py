@@ -1,6 +1,8 @@
 """A source checkout imports without `pip install` (`PYTHONPATH=. python -c "import bqq"`): the `kernels/`
 folder is found under its installed name `bqq_kernels`, as on a GPU machine that runs the tree as copied."""
 
+from __future__ import annotations
+
 import shutil
 import subprocess
 import sys
@@ -32,3 +34,28 @@ def test_a_checkout_that_was_never_installed_imports(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+# --- the kernels package is bqq_kernels --------------------------------------------------------------
+
+def test_a_foreign_top_level_kernels_package_does_not_matter(tmp_path):
+    """The PyPI distribution `kernels` is often installed beside transformers; ours is `bqq_kernels`."""
+    fake = tmp_path / "site" / "kernels"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('this is the foreign kernels package')\n")
+    script = textwrap.dedent("""
+        import sys
+        import torch
+        from torch import nn
+        import bqq
+        model = nn.Sequential(nn.Linear(16, 8))
+        bqq.quantize(model, bits=1, method="bqq", sweeps=20, progress=False)
+        assert model[0].uses_kernel()
+        out = model(torch.randn(3, 16))
+        assert out.shape == (3, 8) and "kernels" not in sys.modules
+        print("ok")
+    """)
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

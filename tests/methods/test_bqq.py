@@ -1,5 +1,7 @@
 """BQQ method: accounting, quality, determinism, extend, grouping."""
 
+from __future__ import annotations
+
 import itertools
 
 import numba
@@ -8,8 +10,13 @@ import pytest
 import torch
 
 import bqq
+import bqq_kernels
 from bqq.methods.bqq import BQQConfig, auto_sweeps, inner_dim
-from bqq.solver import StackSettings, refit_scalars
+from bqq.solver import (
+    StackSettings,
+    refit_scalars,
+)
+from tests.helpers import anisotropic_inputs, output_error
 
 FAST = {"sweeps": 150}
 
@@ -240,3 +247,70 @@ def test_groups_solved_together_get_the_codes_they_get_alone():
     for g, matrix in enumerate(groups):
         alone = BQQMatrix.quantize_many([matrix], 2, [7], [g], config, None)[0]
         assert np.array_equal(alone._dequantize64(), together[g]._dequantize64())
+
+
+# --- the kernel of a grouped matrix ------------------------------------------------------------------
+
+def test_compressed_grouped_matrix_runs_through_the_kernel():
+    w = np.random.default_rng(0).standard_normal((70, 45)).astype(np.float32)
+    q = bqq.compress(w, bits=2, group_size=(32, 20), sweeps=40)
+    x = torch.randn(5, 45, generator=torch.Generator().manual_seed(0))
+    out = bqq_kernels.bqq_linear(x, q.kernel_layout(), backend="numba-exact")
+    torch.testing.assert_close(out, x @ q.dequantize().T, rtol=1e-5, atol=1e-5)
+    table = bqq_kernels.bqq_linear(x, q.kernel_layout(), backend="numba-table")
+    torch.testing.assert_close(table, out, rtol=1e-3, atol=1e-3)
+
+
+# --- under a hessian (output-aware) ------------------------------------------------------------------
+
+def test_compress_with_a_hessian_lowers_the_output_error_and_is_deterministic():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((20, 30))
+    x = anisotropic_inputs(30, 400, 7)
+    h = x.T @ x
+    free = bqq.compress(w, 2, sweeps=80, seed=3)
+    aware = bqq.compress(w, 2, sweeps=80, seed=3, hessian=h)
+    again = bqq.compress(w, 2, sweeps=80, seed=3, hessian=torch.from_numpy(h))
+    errors = [output_error(w, q.dequantize().double().numpy(), h) for q in (free, aware)]
+    assert errors[1] < errors[0]
+    assert all(np.array_equal(a, b) for a, b in zip(aware.y, again.y, strict=True))
+    assert np.array_equal(aware.scales, again.scales)
+    # Continuing under H refits every scalar under H: the output error does not rise.
+    before = output_error(w, aware.dequantize().double().numpy(), h)
+    aware.extend(1, hessian=h)
+    assert output_error(w, aware.dequantize().double().numpy(), h) <= before
+
+
+def test_column_groups_under_h_carry_their_errors():
+    # Inputs with a strong component shared by all channels: the column groups' errors interact through
+    # H's off-diagonal blocks. Solving the blocks in order with the error carried forward must beat
+    # solving each block under its own diagonal block of H alone.
+    rng = np.random.default_rng(3)
+    n = 48
+    x = rng.standard_normal((600, n)) + 2.0 * rng.standard_normal((600, 3)) @ rng.standard_normal((3, n))
+    h = x.T @ x
+    w = rng.standard_normal((16, n))
+    carried = bqq.compress(w, 2, group_size=(16, 16), seed=1, hessian=h, sweeps=120, damping=0.01)
+    apart = np.concatenate([bqq.compress(w[:, c:c + 16], 2, seed=1, hessian=h[c:c + 16, c:c + 16], sweeps=120,
+                                         damping=0.01).dequantize().double().numpy() for c in range(0, n, 16)], 1)
+    assert output_error(w, carried.dequantize().double().numpy(), h) < 0.8 * output_error(w, apart, h)
+
+
+def test_output_aware_codes_do_not_depend_on_the_thread_count():
+    """Many groups per column block: with 2 threads each takes a share of the groups through every sweep;
+    with 1 the same sweeps run in turn. The codes must be the same."""
+    import numba
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 16))
+    x = anisotropic_inputs(16, 200, 3)
+    h = x.T @ x
+    before = numba.get_num_threads()
+    solved = []
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            solved.append(bqq.compress(w, 2, group_size=(8, 16), hessian=h, sweeps=30, seed=1))
+    finally:
+        numba.set_num_threads(before)
+    assert len(solved[0].grid) == 8
+    assert torch.equal(solved[0].dequantize(), solved[1].dequantize())

@@ -24,9 +24,9 @@ from bqq.grouping import GroupGrid
 from bqq.methods import bits_meanings, get_method
 from bqq.methods.svdq import rank_for_budget
 from bqq.methods.vq import centroids_for_budget
-from bqq.ptq import QuantizedConv2d, QuantizedLinear
+from bqq.ptq import QuantizedConv2d, QuantizedLinear, quantized_layers
 from bqq.quantized import QuantizedMatrix
-from tests.helpers import rel_err
+from tests.helpers import assert_same, gaussian, mse, rel_err, tiny
 
 
 def _bqq_bits(bits, m, n, opts):
@@ -72,6 +72,7 @@ class Spec:
     kernel: bool = False  # QuantizedMatrix.kernel_layout() is a packed layout for bqq_kernels.bqq_linear
     extend: bool = False  # QuantizedMatrix.extend(extra_bits) adds stacks to a compressed matrix
     small_bits: float = 2  # bits for the small groups (a dozen rows and columns) of the tests below
+    model_bits: float | None = None  # bits for the layers of tests.helpers.tiny (None: small_bits)
 
     def bits(self, b: float) -> float:
         """The `bits` argument for a nominal width b: truncated SVD needs its budget in 32-bit factors
@@ -88,7 +89,7 @@ SPECS = {
     "svd": Spec(_svd_bits, (0.85, 0.92), budget=True, small_bits=12),
     "svdq": Spec(_svdq_bits, (0.60, 0.69), budget=True, small_bits=6,
                  variants={"factor_bits4": ({"factor_bits": 4}, (0.36, 0.44))}),
-    "vq": Spec(_vq_bits, (0.85, 0.95), budget=True, small_bits=4,
+    "vq": Spec(_vq_bits, (0.85, 0.95), budget=True, small_bits=4, model_bits=8,  # the 5x24 head: 6.4
                variants={"centroid_bits4": ({"centroid_bits": 4}, (0.40, 0.50)),
                          "centroid_bits8": ({"centroid_bits": 8}, (0.65, 0.75))}),
     "lvq": Spec(_lvq_bits, (0.07, 0.10), small_bits=1, variants={"scale_bits2": ({"scale_bits": 2}, (0.05, 0.09))}),
@@ -106,28 +107,8 @@ def spec(method: str) -> Spec:
     return SPECS[method]
 
 
-def gaussian(shape: tuple[int, int], seed: int = 1) -> np.ndarray:
-    w = np.random.default_rng(seed).standard_normal(shape)
-    return (w - w.mean()) / w.std()
-
-
-def mse(q: QuantizedMatrix, w: np.ndarray) -> float:
-    return float(((q.dequantize().double().numpy() - w) ** 2).mean())
-
-
 def compress(method: str, w, bits: float, opts: dict | None = None, **kwargs) -> QuantizedMatrix:
     return bqq.compress(w, bits=bits, method=method, **{**spec(method).fast, **(opts or {})}, **kwargs)
-
-
-def assert_same(q1: QuantizedMatrix, q2: QuantizedMatrix) -> None:
-    """Bit-identical: every stored field (names, dtypes, bytes) and the rebuilt matrix."""
-    f1, f2 = q1.fields(), q2.fields()
-    assert f1.keys() == f2.keys()
-    for name in f1:
-        assert f1[name].dtype == f2[name].dtype, name
-        assert f1[name].shape == f2[name].shape, name
-        assert np.array_equal(f1[name], f2[name]), name
-    assert torch.equal(q1.dequantize(), q2.dequantize())
 
 
 # --- the registry ----------------------------------------------------------------------------------
@@ -271,6 +252,26 @@ def test_a_flipped_byte_fails_the_checksum(tmp_path, method, opts, band):
     path.write_bytes(bytes(data))
     with pytest.raises(bqq.FormatError, match="checksum"):
         bqq.load(path)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_quantized_model_round_trips_exactly(tmp_path, method):
+    """A model whose layers all use the method: save_quantized / load_quantized into fresh weights."""
+    images = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    bits = spec(method).model_bits or spec(method).small_bits
+    q = bqq.quantize(tiny(), bits=bits, method=method, progress=False, **spec(method).fast)
+    assert {layer.method for _, layer in quantized_layers(q)} == {method}
+    with torch.no_grad():
+        out = q(images)
+    config_path = bqq.save_quantized(q, tmp_path / "model.safetensors", model_name="tiny")
+    assert config_path.exists() and '"model_name": "tiny"' in config_path.read_text()
+    fresh = tiny(seed=123)  # different random weights: everything must come from the file
+    restored = bqq.load_quantized(tmp_path / "model.safetensors", fresh)
+    with torch.no_grad():
+        assert torch.equal(restored(images), out)
+    assert isinstance(restored.patch, QuantizedConv2d)
+    for name, layer in quantized_layers(restored):
+        assert_same(layer.qweight, dict(quantized_layers(q))[name].qweight)
 
 
 # --- determinism and groups ------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Any module: quantized layers compute what their module computed, tied weights, coverage, BN folding,
 calibration on architectures with their own norms."""
 
-import warnings
 
 import pytest
 import torch
@@ -10,10 +9,10 @@ from torch import nn
 
 import bqq
 from bqq.ptq.calibrate import is_norm, tunable_parameters
-from bqq.ptq.fold import fold_batchnorm
 from bqq.ptq.layers import LINEAR, LINEAR_T, WEIGHT, layer_kind
 from bqq.ptq.modules import QuantizedWeight, quantized_weight
 from bqq.ptq.report import coverage_report
+from tests.ptq.common import SamePadConv, relative
 
 FAST = {"sweeps": 60}
 
@@ -23,17 +22,6 @@ def _transformers():
     from bqq.compat import import_transformers
 
     return import_transformers()
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-class SamePadConv(nn.Conv2d):
-    """A subclass with its own forward: TF "SAME" padding, asymmetric at stride 2 (as timm's Conv2dSame)."""
-
-    def forward(self, x):
-        return F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class ScaledLinear(nn.Linear):
@@ -175,68 +163,6 @@ def test_c_bqq_with_nothing_to_tune_fails_before_any_work(monkeypatch):
     monkeypatch.setattr(sys.modules["bqq.ptq.quantize"], "run_jobs", lambda *a, **k: pytest.fail("solved first"))
     with pytest.raises(ValueError, match="set epochs=0"):
         bqq.quantize(model, bits=2, calibration=bqq.Calibration([torch.randn(4, 8)], epochs=1), progress=False)
-
-
-def _trained_like_bn(model: nn.Module) -> nn.Module:
-    """Running statistics and affine parameters far from the init's identity, as after training."""
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(0.5 * torch.randn(m.num_features, generator=gen))
-            m.running_var.copy_(0.1 + 3 * torch.rand(m.num_features, generator=gen))
-            m.weight.data.copy_(0.2 + 2 * torch.rand(m.num_features, generator=gen))
-            m.bias.data.copy_(0.3 * torch.randn(m.num_features, generator=gen))
-    return model.eval()
-
-
-class ConvBN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = SamePadConv(16, 16, 3, stride=2), nn.BatchNorm2d(16)
-        self.std = StandardizedConv(16, 8, 1)
-        self.bn3 = nn.BatchNorm2d(8)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        x = F.relu(self.bn2(self.conv2(x)), inplace=True)
-        return self.bn3(self.std(x))
-
-
-class StandardizedConv(nn.Conv2d):
-    """Standardizes its weight in forward (timm's StdConv2d): a per-channel scale folded in cancels."""
-
-    def forward(self, x):
-        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / self.weight.std((1, 2, 3), keepdim=True)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding)
-
-
-def test_batchnorm_folds_into_the_convolution_before_it():
-    model = _trained_like_bn(ConvBN())
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        ref = model(x)
-    pairs = fold_batchnorm(model, lambda m: m(x))
-    assert pairs == [("conv1", "bn1"), ("conv2", "bn2")]  # the standardizing conv failed the check: restored
-    assert torch.allclose(model.bn1.running_mean, torch.zeros(16)) and model.conv1.bias is not None
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
-
-
-def test_quantize_folds_batchnorm_with_calibration_data_and_warns_without_an_input():
-    model = _trained_like_bn(ConvBN())
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        ref = model(x)
-    bqq.quantize(model, bits=8, method="uq", calibration=bqq.Calibration([x], inputs="float"), progress=False)
-    assert torch.equal(model.bn1.weight.detach(), torch.ones(16))
-    with torch.no_grad():
-        assert relative(model(x), ref) < 2e-2
-    with pytest.warns(UserWarning, match="could not fold BatchNorm"):
-        bqq.quantize(_trained_like_bn(ConvBN()), bits=8, method="uq", progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        bqq.quantize(_trained_like_bn(ConvBN()), bits=8, method="uq", progress=False, fold_bn=False)
 
 
 class RawProjection(nn.Module):

@@ -1,6 +1,8 @@
 """method="auto" (the default of bqq.quantize): never worse than UQ/BCQ by weight error; the paper's
 patch-embedding rule; mixed models save, load and report."""
 
+from __future__ import annotations
+
 import pytest
 import torch
 from torch import nn
@@ -99,3 +101,11 @@ def test_mixed_model_round_trips_exactly_and_reports(tmp_path, capsys):
 def test_auto_needs_bits_all_candidates_accept():
     with pytest.raises(ValueError, match="needs an integer bits"):
         bqq.quantize(patchnet(), bits=2.5, progress=False)
+
+
+# --- group sizes -------------------------------------------------------------------------------------
+
+def test_group_size_none_means_one_group_per_layer():
+    model = nn.Sequential(nn.Linear(40, 30))
+    bqq.quantize(model, bits=2, method="uq", group_size=None, progress=False)
+    assert len(model[0].qweight.grid) == 1 and model[0].qweight.group_shape == (30, 40)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bqq.ptq.quantize import CORRECTION_DAMPING, corrected_target, correction_moments, relative_error
+from bqq.solver import column_blocks
 from bqq.solver.hessian_math import (
     channel_scale,
     clipped_channels,
@@ -13,6 +14,7 @@ from bqq.solver.hessian_math import (
     solve_positive_definite,
     upper_inverse_factor,
 )
+from tests.helpers import anisotropic_inputs, output_error
 
 
 def _spd(n: int, seed: int = 0) -> np.ndarray:
@@ -109,3 +111,25 @@ def test_corrected_target_is_the_formula_on_raw_sums() -> None:
     h = prepare_hessian(raw_h)
     got = corrected_target(w, *correction_moments(h, raw_c.copy(), mean_diag))
     np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-9)
+
+
+# --- column blocks -----------------------------------------------------------------------------------
+
+def test_column_blocks_split_the_output_error_exactly():
+    rng = np.random.default_rng(2)
+    x = anisotropic_inputs(23, 300, 1)
+    h = prepare_hessian(x.T @ x) + 0.1 * np.eye(23)
+    w, w_hat = rng.standard_normal((5, 23)), rng.standard_normal((5, 23))
+    blocks = column_blocks(h, [7, 9, 7])
+    target, total = w.copy(), 0.0
+    for cs, schur, carry in blocks:
+        error = target[:, cs] - w_hat[:, cs]  # block k's error against its carried target
+        total += np.trace(error @ schur @ error.T)
+        if carry is not None:
+            target[:, cs.stop:] += error @ carry
+    assert total == pytest.approx(output_error(w, w_hat, h), rel=1e-10)
+    # The last block is solved under its own block of H; the first under its Schur complement.
+    np.testing.assert_allclose(blocks[-1][1], h[16:, 16:], atol=1e-10)
+    schur = h[:7, :7] - h[:7, 7:] @ np.linalg.solve(h[7:, 7:], h[7:, :7])
+    np.testing.assert_allclose(blocks[0][1], schur, atol=1e-10)
+    assert column_blocks(h, [23])[0][1] is h

@@ -13,6 +13,10 @@ import numpy as np
 import pytest
 
 import bqq
+from bqq.solver import (
+    refit_scalars,
+)
+from tests.helpers import anisotropic_inputs
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "solver_codes.npz"
 
@@ -65,3 +69,25 @@ def write_fixture() -> None:
 
 if __name__ == "__main__":
     write_fixture()
+
+
+# --- the refit under H -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stacks", [1, 2])
+def test_weighted_refit_equals_a_least_squares_solve(stacks):
+    rng = np.random.default_rng(stacks)
+    m, n, l = 9, 11, 5
+    w = rng.standard_normal((m, n))
+    ys = rng.integers(0, 2, (stacks, m, l))
+    zs = rng.integers(0, 2, (stacks, l, n))
+    x = anisotropic_inputs(n, 200, 3)
+    h = x.T @ x
+    scales, offset = refit_scalars(w, ys, zs, h)
+    # Direct: minimize Σ_x ‖(W - Ŵ) x‖² = ‖(W - Ŵ) Xᵀ‖² as an ordinary least squares over the 3p+1 features.
+    feats = []
+    for y, z in zip(ys, zs, strict=True):
+        feats += [y @ z, np.repeat(y.sum(1, keepdims=True), n, 1), np.repeat(z.sum(0, keepdims=True), m, 0)]
+    feats.append(np.ones((m, n)))
+    design = np.stack([(f @ x.T).ravel() for f in feats], axis=1)
+    coef = np.linalg.lstsq(design, (w @ x.T).ravel(), rcond=None)[0]
+    np.testing.assert_allclose(np.append(scales.ravel(), offset), coef, rtol=1e-7, atol=1e-9)

@@ -1,4 +1,5 @@
-"""The torch backend of the solver (bqq.solver.torch_backend and the Triton sweeps) against the CPU backend.
+"""The torch backend of the solver (bqq.solver.torch_backend) against the CPU backend (the Triton sweeps alone:
+tests/kernels/gpu/test_row_sweep.py, test_coupled_sweep.py).
 
 Without a GPU the Triton kernel runs in Triton's interpreter on CPU tensors (conftest sets
 TRITON_INTERPRET=1), which is slow: shapes here are small. With a GPU the same tests run on CUDA.
@@ -6,9 +7,6 @@ TRITON_INTERPRET=1), which is slow: shapes here are small. With a GPU the same t
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 
 import numpy as np
@@ -20,10 +18,7 @@ pytest.importorskip("triton")
 from bqq import solver
 from bqq.solver import anneal, devices, torch_backend
 from bqq.solver.torch_backend import TorchBackend
-from bqq_kernels.cpu import coupled_row_sweep
-from bqq_kernels.cpu.binary_factorization import gram_blocks as gram
-from bqq_kernels.cpu.binary_factorization import row_phase
-from bqq_kernels.gpu import coupled_sweep, row_sweep
+from bqq_kernels.gpu import row_sweep
 
 if row_sweep.interpreted():
     DEVICE = "cpu"
@@ -38,81 +33,6 @@ SETTINGS = {"t_start": 0.95, "t_end": 0.18, "alpha_scale": 0.9, "polish_rounds":
 def standardized_batch(count: int, m: int, n: int, seed: int = 1) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((count, m, n))
     return (x - x.mean(axis=(1, 2), keepdims=True)) / x.std(axis=(1, 2), keepdims=True)
-
-
-def sweep_inputs(nbatch: int, rows: int, other: int, l: int, hard: bool, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((nbatch, rows, other)).astype(np.float32)
-    u = rng.uniform(-1, 1, (nbatch, rows, l)).astype(np.float32)
-    v = rng.uniform(-1, 1, (nbatch, other, l)).astype(np.float32)
-    if hard:
-        u, v = np.where(u >= 0, 1, -1).astype(np.float32), np.where(v >= 0, 1, -1).astype(np.float32)
-    alpha = np.full(nbatch, 1.0 / np.sqrt(l), np.float32)
-    inv_temp = np.linspace(0.05, 3.0, nbatch).astype(np.float32)  # up to saturation (|f/T| > 4.97)
-    return x, v, u, gram(np.ascontiguousarray(v.transpose(0, 2, 1))), alpha, inv_temp
-
-
-@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-@pytest.mark.parametrize(("shape", "launch"), [
-    ((3, 37, 29, 11), None),  # uneven rows, l = 11: one program per problem, one block
-    ((2, 45, 70, 40), {"block_rows": 16, "block_cols": 16, "num_warps": 1, "unroll": 2}),  # 3 row blocks, 16+16+8
-])
-def test_kernel_matches_numba_sweep(shape, launch, hard):
-    x, v, u, g, alpha, inv_temp = sweep_inputs(*shape, hard=hard)
-    h = np.matmul(x, v)
-    t = lambda a: np.ascontiguousarray(a.transpose(0, 2, 1))  # noqa: E731  (the CPU phase is entry-major)
-    expected_t = t(u)
-    flips_cpu = row_phase(t(x), expected_t, t(v), g, alpha, inv_temp, hard)
-    expected = expected_t.transpose(0, 2, 1)
-    ut = torch.from_numpy(u.transpose(0, 2, 1).copy()).to(DEVICE)
-    ht = torch.from_numpy(h.transpose(0, 2, 1).copy()).to(DEVICE)
-    opts = launch or row_sweep.launch_options(shape[1], shape[3])
-    flips = row_sweep.row_sweep(ht, ut, torch.from_numpy(g).to(DEVICE), torch.from_numpy(alpha).to(DEVICE),
-                                torch.from_numpy(inv_temp).to(DEVICE), hard, **opts)
-    got = ut.cpu().numpy().transpose(0, 2, 1)
-    assert np.abs(got - expected).max() <= 1e-5
-    if hard:  # (the CPU row phase counts sign changes in hard sweeps only)
-        assert int(flips) == flips_cpu
-        assert np.array_equal(np.abs(got), np.ones_like(got))
-
-
-def test_kernel_rejects_bad_input():
-    ut = torch.zeros(1, 4, 8, device=DEVICE)
-    with pytest.raises(ValueError, match="shapes do not match"):
-        row_sweep.row_sweep(ut, ut, torch.zeros(1, 3, 3, device=DEVICE), torch.ones(1, device=DEVICE),
-                            torch.ones(1, device=DEVICE), False)
-    with pytest.raises(ValueError, match="power of two"):
-        row_sweep.row_sweep(ut, ut, torch.zeros(1, 4, 4, device=DEVICE), torch.ones(1, device=DEVICE),
-                            torch.ones(1, device=DEVICE), False, block_rows=24)
-
-
-@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_coupled_kernel_matches_numba_sweep(hard):
-    rng = np.random.default_rng(2)
-    nbatch, m, n, l = 2, 9, 11, 6
-    _, _, u, _, alpha, inv_temp = sweep_inputs(nbatch, m, n, l, hard)
-    v = rng.uniform(-1, 1, (nbatch, n, l)).astype(np.float32)
-    if hard:
-        v = np.where(v >= 0, 1, -1).astype(np.float32)
-    xh = rng.standard_normal((n, 3 * n))
-    hm = np.repeat((xh @ xh.T / (3 * n)).astype(np.float32)[None], nbatch, axis=0)
-    p = rng.standard_normal((nbatch, n, l)).astype(np.float32)
-    k = gram(np.ascontiguousarray(u.transpose(0, 2, 1)))
-    expected = v.copy()
-    flips_cpu = coupled_row_sweep(p, np.matmul(expected, k), expected, k, hm, alpha, inv_temp, hard)
-    dev = {name: torch.from_numpy(a).to(DEVICE) for name, a in
-           {"k": k, "h": hm, "alpha": alpha, "inv": inv_temp}.items()}
-    vt = torch.from_numpy(v.transpose(0, 2, 1).copy()).to(DEVICE)
-    qt = torch.bmm(dev["k"], vt)
-    pt = torch.from_numpy(p.transpose(0, 2, 1).copy()).to(DEVICE)
-    flips = coupled_sweep.coupled_row_sweep(pt, qt, vt, dev["k"], dev["h"], dev["alpha"], dev["inv"], hard)
-    got = vt.cpu().numpy().transpose(0, 2, 1)
-    assert np.abs(got - expected).max() <= 1e-4
-    assert int(flips) == flips_cpu
-    torch.testing.assert_close(qt, torch.bmm(dev["k"], vt), rtol=1e-4, atol=1e-4)  # q kept equal to K Vᵀ
-    shared = coupled_sweep.coupled_row_sweep(pt, torch.bmm(dev["k"], vt), vt.clone(), dev["k"],
-                                             dev["h"][:1].expand(nbatch, n, n), dev["alpha"], dev["inv"], hard)
-    assert shared is not None  # a broadcast H (stride 0) is accepted
 
 
 def mse_after_refit(x: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -250,48 +170,3 @@ def test_missing_triton_names_the_package(monkeypatch):
         devices.resolve_device(None)
 
 
-def test_kernel_compiles_for_hopper_without_spills():
-    """The interpreter skips Triton's lowering: compile the kernel for sm_90 (ptxas from the Triton wheel)
-    in a process without TRITON_INTERPRET, and check the default launch keeps everything in registers."""
-    from triton.backends import backends
-
-    if "nvidia" not in backends:
-        pytest.skip("this Triton has no NVIDIA backend")
-    code = "import json; from bqq_kernels.gpu.row_sweep import compile_report; print(json.dumps(compile_report()))"
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [row["hard"] for row in rows] == [False, True]
-    if "reg" not in rows[0]:
-        pytest.skip("no cuobjdump to read the machine code")
-    for row in rows:
-        assert row["stack"] == 0 and row["LDL"] == row["STL"] == 0, row
-        assert row["SHFL"] == 0 and row["LDS"] == 0 and row["shared_bytes"] == 0, row  # rows stay in their threads
-
-
-def test_coupled_kernel_compiles_for_hopper():
-    """The coupled sweep lowers for sm_90 (Triton's lowering and ptxas, no GPU needed), soft and hard, with a
-    small and a large inner dimension."""
-    from triton.backends import backends
-
-    if "nvidia" not in backends:
-        pytest.skip("this Triton has no NVIDIA backend")
-    code = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from bqq_kernels.gpu.coupled_sweep import _coupled_sweep_kernel as kernel
-kinds = dict.fromkeys(["p_ptr", "q_ptr", "v_ptr", "k_ptr", "h_ptr", "alpha_ptr", "beta_ptr"], "*fp32")
-kinds |= {"flips_ptr": "*i32", "n": "i32", "l": "i32", "h_stride": "i64"}
-for hard in (False, True):
-    for block_l, block_o in ((64, 64), (256, 16)):
-        consts = {"HARD": hard, "BLOCK_L": block_l, "BLOCK_O": block_o}
-        sig = {k: "constexpr" if k in consts else kinds[k] for k in kernel.arg_names}
-        triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 4, "enable_fp_fusion": True})
-print("compiled")
-"""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]

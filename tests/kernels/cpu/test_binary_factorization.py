@@ -1,10 +1,13 @@
 """The CPU solver's blocked row phase against an entry-by-entry Gauss-Seidel pass, and its thread splits."""
 
+
 import numba
 import numpy as np
 import pytest
 
 import bqq
+from bqq_kernels.cpu import coupled_row_sweep
+from bqq_kernels.cpu import gram_blocks as gram
 from bqq_kernels.cpu.binary_factorization import BLOCK, ROW_CHUNK, gram_blocks, row_phase
 
 
@@ -71,3 +74,49 @@ def test_row_chunks_over_threads_give_the_codes_of_one_thread(shape):
     a, b = results
     assert all(np.array_equal(p, q) for p, q in zip(a.y + a.z, b.y + b.z, strict=True))
     assert np.array_equal(a.scales, b.scales) and np.array_equal(a.offset, b.offset)
+
+
+# --- the coupled (output-aware) row sweep ------------------------------------------------------------
+
+def test_coupled_sweep_with_identity_weight_is_the_row_sweep():
+    rng = np.random.default_rng(0)
+    b, n, m, l = 2, 13, 10, 7
+    x = rng.standard_normal((b, m, n)).astype(np.float32)
+    u = rng.uniform(-1, 1, (b, m, l)).astype(np.float32)
+    v1 = rng.uniform(-1, 1, (b, n, l)).astype(np.float32)
+    v2 = v1.copy()
+    k = gram(np.ascontiguousarray(u.transpose(0, 2, 1)))
+    alpha = np.full(b, 0.3, np.float32)
+    beta = np.full(b, 2.0, np.float32)
+    p = np.matmul(x.transpose(0, 2, 1), u)
+    for hard in (False, True):
+        v1t = np.ascontiguousarray(v1.transpose(0, 2, 1))  # the row phase's entry-major factors
+        flips1 = row_phase(x, v1t, np.ascontiguousarray(u.transpose(0, 2, 1)), k, alpha, beta, hard)
+        v1 = v1t.transpose(0, 2, 1)
+        eye = np.repeat(np.eye(n, dtype=np.float32)[None], b, axis=0)
+        flips2 = coupled_row_sweep(p, np.matmul(v2, k), v2, k, eye, alpha, beta, hard)
+        np.testing.assert_allclose(v1, v2, atol=1e-6)
+        if hard:  # (the row phase counts sign changes in hard sweeps only)
+            assert flips1 == flips2
+
+
+def test_coupled_sweep_lowers_the_weighted_energy_when_hard():
+    rng = np.random.default_rng(1)
+    n, m, l = 12, 8, 5
+    xh = rng.standard_normal((n, 40))
+    hm = (xh @ xh.T / 40).astype(np.float32)[None]
+    x = rng.standard_normal((1, m, n)).astype(np.float32)
+    u = np.sign(rng.standard_normal((1, m, l))).astype(np.float32)
+    v = np.sign(rng.standard_normal((1, n, l))).astype(np.float32)
+    alpha = np.array([0.4], np.float32)
+
+    def energy(v):
+        e = x[0] - alpha[0] * u[0] @ v[0].T
+        return float(np.trace(e @ hm[0] @ e.T))
+
+    before = energy(v)
+    k = gram(np.ascontiguousarray(u[0].T)[None])
+    p = np.matmul(np.matmul(x, hm).transpose(0, 2, 1), u)
+    coupled_row_sweep(p, np.matmul(v, k), v, k, hm, alpha, np.zeros(1, np.float32), True)
+    assert energy(v) < before
+    assert set(np.unique(v)) <= {-1.0, 1.0}
