@@ -38,8 +38,8 @@ step environment 60 "$python" -c "import torch, triton, bqq, bqq_kernels; \
 assert torch.cuda.is_available(), 'no CUDA device is visible'; \
 print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0), bqq_kernels.__file__)"
 [ "$failed" -eq 0 ] || { echo "gpu_check: no usable CUDA setup (see $log)"; exit 1; }
-step cuda_tests 150 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu_kernels.py \
-    tests/test_gpu_plane_kernels.py tests/test_kernel_op.py tests/test_solver_gpu.py tests/test_device_solve.py
+step cuda_tests 150 "$python" -m pytest -q -p no:cacheprovider tests/kernels/gpu \
+    tests/kernels/test_ops.py tests/solver/test_torch_backend.py tests/solver/test_devices.py
 step kernels 150 "$python" -m benchmarks.kernels --device cuda --out "$out"
 step solver 60 "$python" benchmarks/solver.py --device cuda --skip-llm --json "$out/solver_cuda.json"
 step ptq_timing 60 "$python" -m benchmarks.ptq_timing --device cuda --out "$out"

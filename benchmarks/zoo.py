@@ -1,4 +1,4 @@
-"""The model zoo of ``tests/test_zoo.py`` (timm and transformers architectures, random init, small inputs) and
+"""The model zoo of ``tests/ptq/test_zoo.py`` (timm and transformers architectures, random init, small inputs) and
 the 8-bit UQ relative output error of each with ``bqq.quantize``'s defaults.
 
     python -m benchmarks.zoo [--bits 8] [--method uq]
@@ -65,7 +65,7 @@ def hf_model(config_name: str, model_name: str, **config) -> Callable[[], tuple[
 
 DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
            "num_key_value_heads": 2, "max_position_embeddings": 32}
-# name -> (builder, bound on the 8-bit UQ relative output error that tests/test_zoo.py asserts)
+# name -> (builder, bound on the 8-bit UQ relative output error that tests/ptq/test_zoo.py asserts)
 ZOO = {
     "deit_tiny": (timm_model("deit_tiny_patch16_224", 32, img_size=32, patch_size=8, depth=2), 0.03),
     "vit_hybrid_stdconv": (timm_model("vit_tiny_r_s16_p8_224", 64, img_size=64), 0.04),

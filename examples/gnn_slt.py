@@ -87,7 +87,7 @@ QUICK_WIDTHS = {"sbm": (32, 32, 1), "karate": (16, 16, 1), "fashion-knn": (32, 3
 
 def load_graph(name: str, quick: bool) -> gnn.Graph:
     if name == "sbm":
-        if quick:  # the small SBM of tests/test_gnn.py
+        if quick:  # the small SBM of tests/gnn/test_train.py
             return gnn.sbm_graph(num_nodes=700, num_classes=4, num_edges=1400, num_features=120, topic_words=15,
                                  signal=0.08, split=(20, 150, None))
         return gnn.sbm_graph()

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent  # the repository root
 FIXTURES = TESTS / "fixtures"
+TINY_LLAMA = ROOT / "benchmarks" / "models" / "tiny-llama"  # the committed tiny Llama of the LLM benchmark
 
 FAST = {"sweeps": 60}  # BQQ solver settings that keep model-PTQ tests quick
 
@@ -113,3 +115,11 @@ def model_outputs(model, x):
     """``model(x)`` without autograd."""
     with torch.no_grad():
         return model(x)
+
+
+def transformers_module():
+    """``transformers``, or a skip without it (the [hf] extra; CI installs it)."""
+    pytest.importorskip("transformers")
+    from bqq.compat import import_transformers
+
+    return import_transformers()

@@ -1,4 +1,5 @@
-"""bqq.compress input validation: bad input raises a clear error naming the problem."""
+"""bqq.compress (bqq.api) input validation: bad input (matrices, bits, options, hessians) raises a clear error naming
+the problem."""
 
 import math
 

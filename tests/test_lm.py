@@ -1,27 +1,18 @@
 """bqq.lm: perplexity, calibration windows and token streams with the GPTQ-lineage conventions, and the
-committed tiny Llama (benchmarks/models/tiny-llama) that the LLM benchmark quantizes."""
+committed tiny Llama (benchmarks/models/tiny-llama) that the LLM benchmark quantizes (the benchmark itself:
+tests/benchmarks/test_ptq_llm.py)."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from bqq.lm import calibration_batches, load_tokens, perplexity
-
-TINY = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "tiny-llama"
-
-
-def transformers_module():
-    pytest.importorskip("transformers")  # the [hf] extra; CI installs it
-    from bqq.compat import import_transformers
-
-    return import_transformers()
+from tests.helpers import TINY_LLAMA, transformers_module
 
 
 def small_llama(vocab: int = 61, seed: int = 0):
@@ -140,18 +131,18 @@ def test_wikitext2_fails_fast_and_clearly_offline():
 
 def test_committed_tiny_llama_loads_offline_and_beats_random_init():
     transformers = transformers_module()
-    if not (TINY / "model.safetensors").exists():
-        pytest.fail(f"{TINY} is missing: python -m benchmarks.train_tiny_llama writes it")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(TINY)
-    model = transformers.AutoModelForCausalLM.from_pretrained(TINY).eval()
+    if not (TINY_LLAMA / "model.safetensors").exists():
+        pytest.fail(f"{TINY_LLAMA} is missing: python -m benchmarks.train_tiny_llama writes it")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(TINY_LLAMA)
+    model = transformers.AutoModelForCausalLM.from_pretrained(TINY_LLAMA).eval()
     config = model.config
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert config.num_key_value_heads < config.num_attention_heads  # GQA
     assert config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
-    text = (TINY / "test.txt").read_text(encoding="utf-8")
+    text = (TINY_LLAMA / "test.txt").read_text(encoding="utf-8")
     assert tokenizer.decode(tokenizer(text[:500]).input_ids) == text[:500]  # byte-level BPE: lossless
     seqlen = config.max_position_embeddings
-    tokens = load_tokens(TINY / "test.txt", tokenizer)[:, :4 * seqlen]  # a slice of the held-out text
+    tokens = load_tokens(TINY_LLAMA / "test.txt", tokenizer)[:, :4 * seqlen]  # a slice of the held-out text
     trained = perplexity(model, tokens, seqlen=seqlen, progress=False)
     torch.manual_seed(0)
     untrained = perplexity(transformers.LlamaForCausalLM(config).eval(), tokens, seqlen=seqlen, progress=False)
@@ -159,93 +150,3 @@ def test_committed_tiny_llama_loads_offline_and_beats_random_init():
     assert trained < untrained / 10, (trained, untrained)
 
 
-def test_llm_benchmark_measures_rows_and_keeps_earlier_ones(tmp_path):
-    """benchmarks/ptq_llm.py end to end on the committed tiny Llama (short windows, few samples): rows merge
-    across runs, the noise row perturbs only the block weights, bits/weight counts the group scalars."""
-    transformers_module()
-    from benchmarks import ptq_llm
-
-    text = tmp_path / "test_slice.txt"  # a slice of the held-out text keeps the perplexity passes short
-    text.write_text((TINY / "test.txt").read_text()[:8000])
-    small = ["--seqlen", "64", "--nsamples", "2", "--text", str(text), "--out", str(tmp_path)]
-    ptq_llm.main(["--bits", "4", "--rows", "fp", "noise", "rtn", *small])
-    ptq_llm.main(["--bits", "4", "--rows", "gptq", *small])
-    result = json.loads((tmp_path / "ptq_llm.json").read_text())
-    by = {(r["row"], r["bits"]): r for r in result["rows"]}
-    assert set(by) == {("fp", None), ("noise", None), ("rtn", 4), ("gptq", 4)}
-    fp = by["fp", None]["perplexity"]
-    assert by["noise", None]["perplexity"] > fp  # 50 % noise on every block weight must cost something
-    for row in ("rtn", "gptq"):
-        assert by[row, 4]["bits_per_weight"] == pytest.approx(4.5)  # 4-bit codes + two FP32 scalars per 128
-        assert by[row, 4]["chosen"] == {"uq" if row == "rtn" else "gptq": 28}
-        assert by[row, 4]["ratio"] == pytest.approx(by[row, 4]["perplexity"] / fp)
-    assert len(result["commands"]) == 2
-    assert "| 4 | GPTQ | yes | 1x128 |" in (tmp_path / "ptq_llm.md").read_text()
-
-    ptq_llm.main(["--bits", "4", "--rows", "fp", "--seed", "1", *small])  # other settings: a new table
-    assert [r["row"] for r in json.loads((tmp_path / "ptq_llm.json").read_text())["rows"]] == ["fp"]
-    (moved,) = tmp_path.glob("ptq_llm.*.json")  # ... and the earlier one is kept beside it, not overwritten
-    assert json.loads(moved.read_text()) == result
-    assert moved.with_suffix(".md").exists()
-
-
-def test_llms_get_the_llm_grouping_and_schedule_unless_the_user_sets_them():
-    from bqq.config import QuantizeConfig
-    from bqq.ptq.plan import LLM_GROUP, LLM_SCHEDULE, is_llm, plan_layers
-
-    tr = transformers_module()
-    config = tr.LlamaConfig(hidden_size=320, intermediate_size=640, num_hidden_layers=1, num_attention_heads=4,
-                            num_key_value_heads=2, vocab_size=64)
-    llm = tr.LlamaForCausalLM(config)
-    encoder = tr.BertModel(tr.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                         num_attention_heads=2, vocab_size=64))
-    assert is_llm(llm) and not is_llm(encoder)
-    def plan_layers_of(model, method, **options):
-        return plan_layers(model, QuantizeConfig.from_kwargs(2, method=method, **options))
-
-    plans, _ = plan_layers_of(llm, "bqq")
-    by_name = {p.name: p for p in plans}
-    assert by_name["model.layers.0.mlp.up_proj"].group_shape == LLM_GROUP  # 640x320 in 256x256 tiles (balanced)
-    assert all(p.opts == LLM_SCHEDULE for p in plans)
-    plans, _ = plan_layers_of(llm, "bqq", sweep_budget=1e5)
-    assert plans[0].opts == {**LLM_SCHEDULE, "sweep_budget": 1e5}  # the user's option wins
-    plans, _ = plan_layers_of(llm, "uq")
-    assert plans[0].opts == {}  # the schedule is BQQ's
-    plans, _ = plan_layers_of(encoder, "bqq")
-    assert all(p.group_shape == (64, 64) and p.opts == {} for p in plans if p.shape == (64, 64))
-    wide = torch.nn.Sequential(torch.nn.Linear(1024, 1024))
-    wide.embed_dim = 1024  # a model at least LLM_MIN_WIDTH wide
-    plans, _ = plan_layers_of(wide, "bqq")
-    assert is_llm(wide) and plans[0].group_shape == LLM_GROUP
-
-
-def test_llm_scale_check_counts_forwards_and_memory(tmp_path):
-    """benchmarks/llm_scale.py on a toy Llama: the embedding runs at most twice per batch, each solved block
-    at most its stages + 2 times (its FP copy likewise), a block after the last solved one only in the opening
-    forward."""
-    transformers_module()
-    from benchmarks import llm_scale
-
-    doc = llm_scale.main(["--shape", "toy", "--blocks", "2", "--nsamples", "2", "--seqlen", "16",
-                          "--out", str(tmp_path)])
-    runs = doc["runs_per_batch"]
-    stages = 4  # q/k/v, o, gate/up, down
-    assert runs["embedding"] <= 2
-    for name in ("block 0", "block 1", "block 0 FP copy", "block 1 FP copy"):  # corrected: an FP copy each
-        assert 1 < runs[name] <= stages + 2, (name, runs)
-    assert runs["block 2"] * 2 == 1  # not solved: it ran once in all, in the opening forward (first batch)
-    assert doc["blocks_solved"] == 2 and len(doc["per_block_s"]) == 2
-    # a toy's own memory is within the RSS noise (CI measured peak == runtime), so only sanity here
-    assert doc["peak_rss_bytes"] > doc["model_bytes"] and math.isfinite(doc["memory_ratio"])
-    assert "| peak / (model + activations) |" in (tmp_path / "llm_scale_toy_gptq-calibrated.md").read_text()
-
-
-def test_llm_scale_times_data_free_bqq(tmp_path):
-    transformers_module()
-    from benchmarks import llm_scale
-
-    doc = llm_scale.main(["--shape", "toy", "--method", "bqq", "--data-free", "--blocks", "1", "--out", str(tmp_path)])
-    assert doc["method"] == "bqq" and doc["bits"] == 2 and not doc["calibrated"]
-    assert doc["blocks_solved"] == 1 and doc["per_block_s"] == [] and doc["median_block_s"] == doc["quantize_s"]
-    assert doc["projected_model_s"] == doc["median_block_s"] * 3 and doc["groups"]
-    assert "BQQ 2-bit, data-free" in (tmp_path / "llm_scale_toy_bqq-data-free.md").read_text()

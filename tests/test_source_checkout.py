@@ -1,5 +1,6 @@
 """A source checkout imports without `pip install` (`PYTHONPATH=. python -c "import bqq"`): the `kernels/`
-folder is found under its installed name `bqq_kernels`, as on a GPU machine that runs the tree as copied."""
+folder is found under its installed name `bqq_kernels`, as on a GPU machine that runs the tree as copied; a
+foreign top-level `kernels` package does not matter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Kernels: x·Ŵᵀ from packed BQQ factors (numba CPU, Triton GPU / interpreter) against the dense reference."""
+"""bqq_kernels.bqq_linear (kernels/dispatch.py): x·Ŵᵀ from packed BQQ factors on every backend (numba CPU, Triton GPU /
+interpreter) against the dense reference, gradients, input dtypes, dispatch errors."""
 
 import importlib.util
 import os
@@ -17,7 +18,7 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 # The default CPU backend runs the register-table kernel for a few tokens: its 16-bit tables round
-# (tests/test_table_kernels.py bounds that error); "numba-exact" and the Triton kernels are exact up to
+# (tests/kernels/cpu/test_table_matmul.py bounds that error); "numba-exact" and the Triton kernels are exact up to
 # float32 summation order.
 TABLE_TOLERANCE = 5e-4
 EXACT_TOLERANCE = 1e-5

@@ -1,4 +1,5 @@
-"""BQQ method: accounting, quality, determinism, extend, grouping."""
+"""BQQ method ("bqq", bqq.methods.bqq): accounting, quality, determinism, extend, grouping, the output-aware solve
+under a hessian (what every method keeps: test_contract.py)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ from bqq.ptq.runner import layer_seed
 from bqq.solver import clipped_channels, prepare_hessian
 from tests.helpers import FAST, model_outputs, tiny
 
-# --- the calibrated model pass ----------------------------------------------------------------------
 BASIS = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(7))
 
 

@@ -1,5 +1,5 @@
-"""Any module: quantized layers compute what their module computed, tied weights, coverage, BN folding,
-calibration on architectures with their own norms."""
+"""bqq.ptq.layers, any module: quantized layers compute what their module computed, tied weights, coverage,
+calibration on architectures with their own norms (BN folding: test_fold.py)."""
 
 
 import pytest

@@ -1,5 +1,5 @@
-"""method="auto" (the default of bqq.quantize): never worse than UQ/BCQ by weight error; the paper's
-patch-embedding rule; mixed models save, load and report."""
+"""bqq.ptq.plan: method="auto" (the default of bqq.quantize) is never worse than UQ/BCQ by weight error; the paper's
+patch-embedding rule; mixed models save, load and report; group sizes; the LLM grouping and schedule."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import bqq
 from bqq.cli import main as cli
 from bqq.ptq import format_report, layer_report, quantized_layers
 from bqq.ptq.plan import FEW_INPUTS
+from tests.helpers import transformers_module
 
 FAST = {"sweeps": 60}
 
@@ -109,3 +110,35 @@ def test_group_size_none_means_one_group_per_layer():
     model = nn.Sequential(nn.Linear(40, 30))
     bqq.quantize(model, bits=2, method="uq", group_size=None, progress=False)
     assert len(model[0].qweight.grid) == 1 and model[0].qweight.group_shape == (30, 40)
+
+
+# --- the LLM grouping and schedule -------------------------------------------------------------------
+
+def test_llms_get_the_llm_grouping_and_schedule_unless_the_user_sets_them():
+    from bqq.config import QuantizeConfig
+    from bqq.ptq.plan import LLM_GROUP, LLM_SCHEDULE, is_llm, plan_layers
+
+    tr = transformers_module()
+    config = tr.LlamaConfig(hidden_size=320, intermediate_size=640, num_hidden_layers=1, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=64)
+    llm = tr.LlamaForCausalLM(config)
+    encoder = tr.BertModel(tr.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=64))
+    assert is_llm(llm) and not is_llm(encoder)
+    def plan_layers_of(model, method, **options):
+        return plan_layers(model, QuantizeConfig.from_kwargs(2, method=method, **options))
+
+    plans, _ = plan_layers_of(llm, "bqq")
+    by_name = {p.name: p for p in plans}
+    assert by_name["model.layers.0.mlp.up_proj"].group_shape == LLM_GROUP  # 640x320 in 256x256 tiles (balanced)
+    assert all(p.opts == LLM_SCHEDULE for p in plans)
+    plans, _ = plan_layers_of(llm, "bqq", sweep_budget=1e5)
+    assert plans[0].opts == {**LLM_SCHEDULE, "sweep_budget": 1e5}  # the user's option wins
+    plans, _ = plan_layers_of(llm, "uq")
+    assert plans[0].opts == {}  # the schedule is BQQ's
+    plans, _ = plan_layers_of(encoder, "bqq")
+    assert all(p.group_shape == (64, 64) and p.opts == {} for p in plans if p.shape == (64, 64))
+    wide = torch.nn.Sequential(torch.nn.Linear(1024, 1024))
+    wide.embed_dim = 1024  # a model at least LLM_MIN_WIDTH wide
+    plans, _ = plan_layers_of(wide, "bqq")
+    assert is_llm(wide) and plans[0].group_shape == LLM_GROUP

@@ -1,4 +1,6 @@
-"""Model PTQ: bqq.quantize on non-timm and timm models, save/load, resume, executors, calibration."""
+"""bqq.quantize (bqq.ptq.quantize) on a non-timm model: what is replaced and kept, include/exclude/overrides, bad
+arguments, dtypes, a layer equal to compress of its weight. (Files: test_serialize.py; executors and the cache:
+test_runner.py; calibration: test_calibrate.py.)"""
 
 from __future__ import annotations
 

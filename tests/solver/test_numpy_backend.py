@@ -1,8 +1,9 @@
-"""The CPU solver's codes, bit for bit, against saved ones: refactoring must not change a single bit.
+"""The CPU backend of the solver (bqq.solver.numpy_backend): its codes, bit for bit, against saved ones (refactoring
+must not change a single bit), and its refit under H.
 
 The fixture was last written by the blocked row phase (GEMMs plus 64-wide bands, entry-major factors); before
 that, by the code before the solver package (commit 433e1a8). A change that alters CPU codes on purpose (a
-faster sweep, another schedule) regenerates it with ``python tests/solver/test_numpy_backend.py`` and says so
+faster sweep, another schedule) regenerates it with ``python -m tests.solver.test_numpy_backend`` and says so
 in its commit, with the MSE table showing no loss. (Bits are for this CPU's instruction set: BLAS and the
 fused multiply-adds of the sweep may round differently on another.)
 """
@@ -13,9 +14,7 @@ import numpy as np
 import pytest
 
 import bqq
-from bqq.solver import (
-    refit_scalars,
-)
+from bqq.solver import refit_scalars
 from tests.helpers import anisotropic_inputs
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "solver_codes.npz"
@@ -67,10 +66,6 @@ def write_fixture() -> None:
     np.savez_compressed(FIXTURE, **arrays)
 
 
-if __name__ == "__main__":
-    write_fixture()
-
-
 # --- the refit under H -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stacks", [1, 2])
@@ -91,3 +86,7 @@ def test_weighted_refit_equals_a_least_squares_solve(stacks):
     design = np.stack([(f @ x.T).ravel() for f in feats], axis=1)
     coef = np.linalg.lstsq(design, (w @ x.T).ravel(), rcond=None)[0]
     np.testing.assert_allclose(np.append(scales.ravel(), offset), coef, rtol=1e-7, atol=1e-9)
+
+
+if __name__ == "__main__":
+    write_fixture()

@@ -1,4 +1,5 @@
-"""The CPU solver's blocked row phase against an entry-by-entry Gauss-Seidel pass, and its thread splits."""
+"""The CPU solver's sweeps (kernels/cpu/binary_factorization.py): the blocked row phase against an entry-by-entry
+Gauss-Seidel pass, its thread splits, and the coupled (output-aware) row sweep."""
 
 
 import numba

@@ -1,7 +1,7 @@
 """The bit-plane kernels of the first-order codes (UQ, GPTQ, BCQ) on the CPU: each equals the dense
 rebuild of the quantized matrix, for every bit width, uneven grids, odd widths and any token count.
-That layers of every method use their kernel: tests/test_kernels.py; the Triton twin:
-tests/test_gpu_plane_kernels.py."""
+That layers of every method use their kernel: tests/methods/test_contract.py; the Triton twin:
+tests/kernels/gpu/test_plane_matmul.py."""
 
 import numba
 import numpy as np
