@@ -73,6 +73,7 @@ class Spec:
     extend: bool = False  # QuantizedMatrix.extend(extra_bits) adds stacks to a compressed matrix
     small_bits: float = 2  # bits for the small groups (a dozen rows and columns) of the tests below
     model_bits: float | None = None  # bits for the layers of tests.helpers.tiny (None: small_bits)
+    falls_groups: int | None = 48  # group_size of test_error_falls_with_bits (None: one group)
 
     def bits(self, b: float) -> float:
         """The `bits` argument for a nominal width b: truncated SVD needs its budget in 32-bit factors
@@ -86,13 +87,14 @@ SPECS = {
     "gptq": Spec(_uq_bits, (0.115, 0.125), kernel=True),  # without H: round to nearest on UQ's grid
     "bcq": Spec(_bcq_bits, (0.115, 0.14), kernel=True),
     # Rank 4 of a 128x128 Gaussian keeps ~4·(2√128)²/128² ≈ 1/8 of the energy.
-    "svd": Spec(_svd_bits, (0.85, 0.92), budget=True, small_bits=12),
-    "svdq": Spec(_svdq_bits, (0.60, 0.69), budget=True, small_bits=6,
+    "svd": Spec(_svd_bits, (0.85, 0.92), budget=True, small_bits=12, falls_groups=None),  # 1 bit in 48x48: rank 0
+    "svdq": Spec(_svdq_bits, (0.60, 0.69), budget=True, small_bits=6, falls_groups=None,
                  variants={"factor_bits4": ({"factor_bits": 4}, (0.36, 0.44))}),
-    "vq": Spec(_vq_bits, (0.85, 0.95), budget=True, small_bits=4, model_bits=8,  # the 5x24 head: 6.4
+    "vq": Spec(_vq_bits, (0.85, 0.95), budget=True, small_bits=4, model_bits=8, falls_groups=None,  # head 5x24: 6.4
                variants={"centroid_bits4": ({"centroid_bits": 4}, (0.40, 0.50)),
                          "centroid_bits8": ({"centroid_bits": 8}, (0.65, 0.75))}),
-    "lvq": Spec(_lvq_bits, (0.07, 0.10), small_bits=1, variants={"scale_bits2": ({"scale_bits": 2}, (0.05, 0.09))}),
+    "lvq": Spec(_lvq_bits, (0.07, 0.10), small_bits=1, falls_groups=None,
+                variants={"scale_bits2": ({"scale_bits": 2}, (0.05, 0.09))}),
 }
 
 METHODS = bqq.available_methods()
@@ -168,8 +170,7 @@ def test_error_sits_in_the_measured_band(method, opts, band):
 @pytest.mark.parametrize(("method", "opts", "band"), CASES)
 def test_error_falls_with_bits(method, opts, band):
     w = gaussian((96, 80), seed=2)
-    group_size = None if spec(method).group_bits is _svd_bits else 48  # SVD: 1 bit in 48x48 groups is rank 0
-    errors = [mse(compress(method, w, b, opts, group_size=group_size), w) for b in (1, 2, 3, 4)]
+    errors = [mse(compress(method, w, b, opts, group_size=spec(method).falls_groups), w) for b in (1, 2, 3, 4)]
     assert all(a > b for a, b in itertools.pairwise(errors)), errors
 
 
