@@ -1,4 +1,4 @@
-"""A BQQ solve on a quiet CPU and beside one competing 2-thread BQQ process (issue 23, item 4).
+"""A BQQ solve on a quiet CPU and beside one competing 2-thread BQQ process.
 
     python -m benchmarks.busy_cpu [--repeats 5] [--sweeps 300] [--out benchmarks/results/busy_cpu]
     python -m benchmarks.busy_cpu --workload vit_tiny [--variants fixed] [--repeats 1] [--out DIR/busy_vit]
@@ -159,7 +159,7 @@ def write(result: dict, out: Path, args: argparse.Namespace) -> None:
     result = {"env": env} | result
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     s = result["summary"]
-    lines = ["# BQQ solve on a busy CPU (issue 23, item 4)", "",
+    lines = ["# BQQ solve on a busy CPU", "",
              "`python -m benchmarks.busy_cpu " + " ".join(sys.argv[1:]) + "`", "",
              f"Timed: {WORKLOADS[args.workload].format(sweeps=args.sweeps)}, "
              f"each in a fresh process; medians of {args.repeats} interleaved rounds. busy = beside one "

@@ -69,7 +69,7 @@ LLM_SHAPES = {  # Hugging Face LlamaConfig fields
 }
 LLM_ROWS = ["fp32", "bf16", "torch-int4", "bqq-2*", "uq-2", "uq-3"]
 PARTS = ["layers", "overhead", "sweep", "accuracy", "generate", "deit"]
-# Issue 32's targets (ratios to dense fp32 / to the torch int4 kernel, this machine, medians)
+# The decode targets (ratios to dense fp32 / to the torch int4 kernel, this machine, medians)
 TARGETS = {"one_token_dense": 0.15, "one_token_int4": 0.5, "eight_tokens_dense": 0.3, "small_layer": 0.6,
            "prefill_dense": 1.0, "tiny_fp32": 3.0, "tiny_int4": 1.5, "llama7b_fp32": 4.0, "deit_batch1": 0.8,
            "perplexity": 1e-3, "layer_error": 2e-3}
@@ -451,7 +451,7 @@ def markdown(data: dict) -> str:
                          f"{r['uq_s'] / r['fp32_s']:.2f}× | {r['bcq_s'] / r['fp32_s']:.2f}× | "
                          f"{r['auto_s'] / r['fp32_s']:.2f}× |")
         lines += [""]
-    lines += ["## Targets (issue 32)", ""] + [f"- {line}" for line in check_targets(data)]
+    lines += ["## Targets", ""] + [f"- {line}" for line in check_targets(data)]
     return "\n".join(lines) + "\n"
 
 

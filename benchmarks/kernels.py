@@ -8,10 +8,10 @@ dispatch, as a model's does) on a 2* BQQ layer (two stacks, 384×384 groups as i
 setting, random bits: the kernel's work does not depend on their values) against
 ``torch.nn.functional.linear`` with an fp32 weight of the same shape, for weights 384×384, 1536×384
 (fc1), 384×1536 (fc2) and 4096×4096, on 1, 8, 197 and 64×197 tokens. Each case alternates the two calls
-and reports medians and the ratio bqq / dense (< 1: the packed kernel is faster). Targets (issue 7):
+and reports medians and the ratio bqq / dense (< 1: the packed kernel is faster). Targets:
 faster than dense at 1 token, within 2× of dense at 197 tokens.
 
-First-order codes (issue 21): UQ, GPTQ and BCQ layers run one bit-plane kernel (``bqq::plane_linear``),
+First-order codes: UQ, GPTQ and BCQ layers run one bit-plane kernel (``bqq::plane_linear``),
 whose cost depends on the shape, groups and bit width only; random codes at 2, 3, 4 and 8 bits on the
 same shapes (384-groups) and token counts, and 4096×4096 in GPTQ's 128-column groups, against dense
 fp32. Targets: at 2 bits, <= 1.0× dense at 1 token and <= 1.5× at 197 tokens.
@@ -24,7 +24,7 @@ pure BQQ (UQ and BCQ models bound every mix ``auto`` can pick).
 
 Outputs ``kernels.md`` and ``kernels.json`` (versions, thread counts, every timing) in ``--out``.
 
-CUDA (issue 15): medians of ``triton.testing.do_bench`` (CUDA events around back-to-back calls; eager,
+CUDA: medians of ``triton.testing.do_bench`` (CUDA events around back-to-back calls; eager,
 so Python and launch costs count where the GPU would wait for them) and of
 ``triton.testing.do_bench_cudagraph`` (graph replay: GPU time alone). 2* layers with random bits on
 the issue's shapes and groups (384×384, 1536×384, 384×1536 in 384-groups; 4096×4096, 11008×4096 in
@@ -286,7 +286,7 @@ def model_rows(batches, repeats: int) -> list[dict]:
     return rows
 
 
-# Issue 21's CPU targets for 2-bit first-order layers: ratio to dense fp32 by token count
+# CPU targets for 2-bit first-order layers: ratio to dense fp32 by token count
 FIRST_ORDER_TARGETS = {1: 1.0, 197: 1.5}
 
 
@@ -328,7 +328,7 @@ def markdown(layers: list[dict], models: list[dict], env: dict, dispatch: list[d
     return "\n".join(lines) + "\n"
 
 
-# --- CUDA (issue 15) ------------------------------------------------------------------------------------
+# --- CUDA ------------------------------------------------------------------------------------------------
 
 # (weight shape, square group, token counts): the issue's table, plus 16 and 197 tokens for every shape
 CUDA_CASES = [((384, 384), 384, (1, 16, 197)), ((1536, 384), 384, (1, 16, 197, 2048)),
@@ -339,7 +339,7 @@ SWEEP_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 197, 512, 2048)  # every path, fp16
 CUDA_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEIT_SHAPES = ("384x384", "1536x384", "384x1536")
 LARGE_SHAPES = ("4096x4096", "11008x4096")
-# The paper authors' CUDA extension, µs, as measured in issue 15 (one H200, torch 2.11, triton 3.6); not rerun.
+# The paper authors' CUDA extension, µs, measured once on one H200 (torch 2.11, triton 3.6); not rerun here.
 OFFICIAL_US = {("384x384", 1): 25.1, ("384x384", 197): 16.1, ("1536x384", 1): 25.4, ("1536x384", 2048): 36.6,
                ("384x1536", 1): 25.7, ("4096x4096", 1): 23.6, ("4096x4096", 16): 282.4, ("4096x4096", 197): 289.6,
                ("4096x4096", 2048): 360.2, ("11008x4096", 1): 29.4, ("11008x4096", 2048): 962.1}
@@ -515,7 +515,7 @@ def cuda_plane_rows(cases, device: str, eager: Timer) -> list[dict]:
 
 
 def layer_targets(row: dict) -> list[tuple[str, bool]]:
-    """Issue 15's targets that apply to a layer row, each with whether this run met it."""
+    """The GPU targets that apply to a layer row, each with whether this run met it."""
     t, shape, ratio, us = row["tokens"], row["shape"], row["ratio_fp16"], row["bqq_fp16_s"] * 1e6
     targets = []
     if t == 1 and shape in LARGE_SHAPES:
@@ -582,7 +582,7 @@ def cuda_markdown(layers: list[dict], sweep: list[dict], models: list[dict], env
                   "| weight (group) | bits | tokens | planes | fp16 | ratio | target | met |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in planes:
-            target = r["tokens"] == 1 and r["shape"] == "4096x4096"  # issue 21: decode <= fp16 cuBLAS
+            target = r["tokens"] == 1 and r["shape"] == "4096x4096"  # target: decode <= fp16 cuBLAS
             met = "" if not target else ("yes" if r["ratio_fp16"] <= 1.0 else "no")
             lines.append(f"| {r['shape']} ({r['group']}) | {r['bits']} | {r['tokens']} | {_us(r['planes_fp16_s'])} | "
                          f"{_us(r['dense_fp16_s'])} | {r['ratio_fp16']:.2f} | {'<= 1.0' if target else ''} | {met} |")

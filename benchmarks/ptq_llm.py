@@ -55,7 +55,7 @@ is printed per row.
 Results go to ``OUT/ptq_llm.{md,json}`` after every row; rows of an earlier run with the same settings (model,
 texts, seqlen, nsamples, seed, BQQ groups, sweeps) stay unless measured again, so a grid can be filled in by parts;
 a table written with other settings is moved aside (``ptq_llm.<hash>.json``/``.md``), never overwritten.
-Targets (issue 22): data-aware BQQ perplexity ≤ 1.05× FP at 4*, ≤ 1.15× at 3*, ≤ 1.6× at 2*, and below GPTQ
+Targets: data-aware BQQ perplexity ≤ 1.05× FP at 4*, ≤ 1.15× at 3*, ≤ 1.6× at 2*, and below GPTQ
 g128 at 2 and 3 bits.
 """
 

@@ -282,8 +282,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # --- GPU solver (bqq.solver_torch) ------------------------------------------------------------------
-OFFICIAL_GPU_DEIT = (63.0, 0.324)  # official batched solver, 146 groups of 384², 50k steps, one H200 (issue 14)
-GPU_TARGETS = {"deit": (2.0, 0.3237), "4096x4096": 5.0, "llm_minutes": 15.0}  # H200-class targets (issue 14)
+OFFICIAL_GPU_DEIT = (63.0, 0.324)  # official batched solver, 146 groups of 384², 50k steps, one H200
+GPU_TARGETS = {"deit": (2.0, 0.3237), "4096x4096": 5.0, "llm_minutes": 15.0}  # H200-class targets
 LLAMA2_7B_LAYER = [((4096, 4096), 4), ((11008, 4096), 3)]  # (shape, count) per decoder layer; 32 layers
 LLAMA2_7B_LAYERS = 32
 TUNE_LAUNCHES = [  # (block_rows, block_cols, num_warps, unroll) for --tune; the first is the default

@@ -25,7 +25,7 @@ from pathlib import Path
 ISSUE_23_BASELINE = "b8245e04fe26487f6c5e8f6ab03c82c538cb8f1c"  # main before "One BQQ solver package"
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ((384, 384), (128, 128))
-SPEEDUP_TARGET = 2.0  # issue 23: 384² one stack at least 2x faster than the baseline, at MSE <= 0.3237
+SPEEDUP_TARGET = 2.0  # target: 384² one stack at least 2x faster than the baseline, at MSE <= 0.3237
 
 # Run in a subprocess: argv = tree, m, n, repeats. Prints one JSON line.
 _TIMER = r"""

@@ -30,7 +30,7 @@ def test_fashion_checkpoint_is_accurate_and_survives_4_bit_bqq(fashion, tmp_path
 
 
 def test_default_2_bit_does_not_collapse_on_a_4x4_patch_vit(fashion):
-    """The model of issue 12's kind: BQQ on its 64x16 patch embedding (and UQ/BCQ per tensor) collapse the
+    """A ViT with a small patch embedding: BQQ on its 64x16 patch embedding (and UQ/BCQ per tensor) collapse the
     model; the default (auto, with the channel-wise patch rule) keeps it."""
     x, y = fashion
     spec = fm.MODELS["patch4"]
