@@ -222,8 +222,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _print_selection(config: dict) -> None:
-    """What bqq.quantize measured per layer of a saved model (relative weight errors, candidates)."""
+    """The QuantizeConfig of a saved model and what bqq.quantize measured per layer (relative errors, candidates)."""
     print(f"  model {config.get('model_name')} (model config v{config.get('format_version')}):")
+    if config.get("quantize_config") is not None:
+        print(f"    quantize_config: {json.dumps(config['quantize_config'], sort_keys=True)}")
     for name, layer in config.get("layers", {}).items():
         selection = layer.get("selection") or {}
         error = selection.get("rel_error")

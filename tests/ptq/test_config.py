@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import bqq
+from bqq.cli import main as cli
 from bqq.config import KEEP, LayerConfig, LayerOverride, QuantizeConfig, RunConfig
 from bqq.ptq import quantized_layers
 from tests.helpers import FAST, assert_same, tiny
@@ -150,10 +151,13 @@ def test_configs_copy_and_pickle():
         config.seed = 1  # frozen
 
 
-def test_saved_models_record_their_config(tmp_path):
+def test_saved_models_record_their_config(tmp_path, capsys):
     model = bqq.quantize(tiny(), typed_config(), run=RunConfig(progress=False))
     config_path = bqq.save_quantized(model, tmp_path / "m.safetensors")
     assert json.loads(config_path.read_text())["quantize_config"] == typed_config().to_dict()
+    assert cli(["info", str(tmp_path / "m.safetensors")]) == 0
+    printed = capsys.readouterr().out.split("quantize_config: ", 1)[1].splitlines()[0]
+    assert QuantizeConfig.from_dict(json.loads(printed)) == typed_config()
     loaded = bqq.load_quantized(tmp_path / "m.safetensors", tiny(seed=1))
     assert loaded.bqq_config == typed_config()
     x = torch.randn(2, 3, 8, 8)
