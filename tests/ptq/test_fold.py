@@ -72,3 +72,16 @@ def test_quantize_folds_batchnorm_with_calibration_data_and_warns_without_an_inp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bqq.quantize(_trained_like_bn(ConvBN()), bits=8, method="uq", progress=False, fold_bn=False)
+
+
+def test_the_warning_names_a_function_that_exists():
+    """The no-input warning tells users to call bqq.ptq.fold_batchnorm themselves: it is exported there, and
+    folding by hand first leaves nothing for quantize to warn about."""
+    with pytest.warns(UserWarning, match=r"bqq\.ptq\.fold_batchnorm\(model, lambda m: m\(example\)\)"):
+        bqq.quantize(_trained_like_bn(ConvBN()), bits=8, method="uq", progress=False)
+    assert bqq.ptq.fold_batchnorm is fold_batchnorm
+    model, x = _trained_like_bn(ConvBN()), torch.randn(1, 3, 16, 16)
+    bqq.ptq.fold_batchnorm(model, lambda m: m(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bqq.quantize(model, bits=8, method="uq", progress=False)
