@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from .api import check_bits
@@ -52,9 +53,10 @@ def _method(value: Any) -> str:
 
 
 def _bits(value: Any) -> float:
+    """``value`` as a Python number (numpy scalars too: the config is saved as JSON)."""
     if isinstance(value, bool) or not is_number(value):
         raise ValueError(f"bits must be a number, got {value!r}")
-    return value
+    return int(value) if isinstance(value, np.integer) else float(value) if isinstance(value, np.floating) else value
 
 
 def _group_size(value: Any) -> GroupSize:

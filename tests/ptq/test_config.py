@@ -143,6 +143,14 @@ def test_from_dict_rejects_what_it_cannot_read(change, match):
         QuantizeConfig.from_dict({**typed_config().to_dict(), **change})
 
 
+def test_numpy_bits_are_saved_as_python_numbers():
+    import numpy as np
+
+    config = QuantizeConfig(LayerConfig("uq", np.int64(3)), {"head": LayerOverride(bits=np.float32(4))})
+    assert type(config.layer.bits) is int and type(config.overrides["head"].bits) is float
+    assert QuantizeConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
 def test_configs_copy_and_pickle():
     config = QuantizeConfig(overrides={"head": LayerOverride(bits=4)})
     for twin in (copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
