@@ -18,14 +18,9 @@ pytest.importorskip("triton")
 from bqq import solver
 from bqq.solver import anneal, devices, torch_backend
 from bqq.solver.torch_backend import TorchBackend
-from bqq_kernels.gpu import row_sweep
+from tests.kernels.gpu.common import triton_test_device
 
-if row_sweep.interpreted():
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("Triton kernels are compiled but there is no CUDA device", allow_module_level=True)
+DEVICE = triton_test_device()
 
 SETTINGS = {"t_start": 0.95, "t_end": 0.18, "alpha_scale": 0.9, "polish_rounds": 50}
 

@@ -13,16 +13,13 @@ import bqq
 import bqq_kernels as kernels
 from bqq.methods.uniform import UQMatrix
 from bqq.ptq.modules import KEEP_DENSE_MAX_ELEMENTS, quantized_weight
+from tests.helpers import rel_err
 
 FIRST_ORDER = ("uq", "gptq", "bcq")
 # (shape, group shape): an uneven grid with odd widths, one row per group (convolutions' channel groups),
 # GPTQ-style groups of 128 columns with a short last group, and one group
 GRIDS = [((37, 53), (10, 16)), ((24, 75), (1, 75)), ((9, 300), (1, 128)), ((16, 40), None)]
 TOKENS = (1, 7, 8, 16, 33)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref).norm() / ref.norm())
 
 
 def compress(method: str, bits: int, shape, group_size, seed: int = 0):

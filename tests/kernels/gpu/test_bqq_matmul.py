@@ -12,13 +12,15 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import bqq_kernels as kernels
 from bqq_kernels import dispatch
+from tests.helpers import rel_err
+from tests.kernels.common import random_layout
+from tests.kernels.gpu.common import RecordedLaunch, refuse_host_read
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -46,27 +48,6 @@ def devices() -> list[str]:
     if importlib.util.find_spec("triton") is None:
         return []
     return ["cuda"] if HAS_CUDA else (["cpu"] if gpu().interpreted() else [])
-
-
-def random_layout(row_sizes, col_sizes, stacks: int, seed: int = 0) -> kernels.BQQLayout:
-    """Random bits and scalars on the grid given by the part sizes; every group gets its own rank."""
-    rng = np.random.default_rng(seed)
-
-    def packed(*shape):
-        return np.packbits(rng.integers(0, 2, shape, dtype=np.uint8), axis=-1, bitorder="little")
-
-    groups = []
-    for m in row_sizes:
-        for n in col_sizes:
-            rank = int(rng.integers(1, min(m, n) + 1))
-            scales = (rng.standard_normal((stacks, 3)) * [1.0, 0.3, 0.3]).astype(np.float32)
-            groups.append(kernels.BQQGroupFactors(packed(stacks, m, rank), packed(stacks, rank, n), scales,
-                                                  float(rng.standard_normal())))
-    return kernels.build_layout(groups, row_sizes, col_sizes)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref).norm() / ref.norm())
 
 
 # (row part sizes, column part sizes, stacks, seed, steps per Y program): uneven parts with ranks differing per
@@ -141,20 +122,6 @@ def test_path_policy_and_switch_points(monkeypatch):
         g.bqq_linear_triton(torch.ones(1, layout.shape[1], dtype=torch.float64), layout.tensors, layout.shape[0])
 
 
-class _Launch:
-    """Stands in for a Triton kernel: records each launch's grid and arguments, runs nothing."""
-
-    def __init__(self, calls: list):
-        self.calls = calls
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append((grid, args, kwargs))
-
-
-def _refuse(*args, **kwargs):
-    raise AssertionError("a tensor was read on the host during the forward")
-
-
 def test_forward_reads_no_tensor_on_the_host(monkeypatch):
     """Structural check of the no-sync promise (CUDA graphs, no stalls): from bqq_linear down to the kernel
     launches no tensor value reaches Python. The Triton launches are recorded instead of run (the interpreter
@@ -162,7 +129,7 @@ def test_forward_reads_no_tensor_on_the_host(monkeypatch):
     g, module = gpu(), bqq_matmul()
     calls: list = []
     for name in ("_z_kernel", "_y_kernel", "_sum_kernel", "_rebuild_kernel"):
-        monkeypatch.setattr(module, name, _Launch(calls))
+        monkeypatch.setattr(module, name, RecordedLaunch(calls))
     monkeypatch.setattr(module, "Y_STEPS_PER_PROGRAM", 2)  # 3 splits: the partial-sum launch too
     # the cpu device gets the triton backend for this test, through the same dispatch as CUDA
     monkeypatch.setitem(dispatch._REGISTRY[("linear", "cpu")], "triton", "bqq_kernels.gpu.bqq_matmul:bqq_linear_triton")
@@ -174,7 +141,7 @@ def test_forward_reads_no_tensor_on_the_host(monkeypatch):
     inputs = [torch.randn(t, n).half() for t in (1, 9, 40)]
     choose = module.choose_path
     for name in ("tolist", "item", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__", "__array__"):
-        monkeypatch.setattr(torch.Tensor, name, _refuse)
+        monkeypatch.setattr(torch.Tensor, name, refuse_host_read)
     launches = []
     with torch.no_grad():
         for x in inputs:

@@ -21,6 +21,9 @@ import bqq
 import bqq_kernels as kernels
 from bqq_kernels import dispatch
 from bqq_kernels.reference import dequantize_planes
+from tests.helpers import rel_err
+from tests.kernels.common import random_plane_layout
+from tests.kernels.gpu.common import RecordedLaunch, refuse_host_read
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -57,20 +60,6 @@ def compressed(w: np.ndarray, bits: int, method: str, group: tuple[int, int]
     # the layout holds the same weight (float32 scalars: rounding level)
     assert rel_err(dequantize_planes(layout.tensors, *layout.shape, torch.float64), dense) < 1e-6
     return layout, dense
-
-
-def random_layout(row_sizes, col_sizes, planes: int, seed: int = 0) -> kernels.PlaneLayout:
-    """Random bits, coefficients and offsets on the grid given by the part sizes."""
-    rng = np.random.default_rng(seed)
-    bits = [np.packbits(rng.integers(0, 2, (planes, m, n), dtype=np.uint8), axis=-1, bitorder="little")
-            for m in row_sizes for n in col_sizes]
-    groups = len(row_sizes) * len(col_sizes)
-    return kernels.build_plane_layout((sum(row_sizes), sum(col_sizes)), row_sizes, col_sizes, bits,
-                                      rng.standard_normal((groups, planes)), rng.standard_normal(groups))
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref).norm() / ref.norm())
 
 
 def uses_dot(tokens: int, dtype: torch.dtype, layout: kernels.PlaneLayout) -> bool:
@@ -146,7 +135,7 @@ def test_row_groups(shape, group, method, bits):
 def test_random_planes_with_wide_and_narrow_blocks():
     """build_plane_layout's bits: blocks from 3 to 130 columns (more than one chunk of every path; the offset
     over the pad columns of each chunk must not count), row parts off the row tiles, 5 planes."""
-    layout = random_layout((7, 13), (3, 130, 21), 5)
+    layout = random_plane_layout((7, 13), (3, 130, 21), 5)
     dense = dequantize_planes(layout.tensors, *layout.shape, torch.float64)
     check(layout, dense, (1, 8, 40), dtypes=(torch.float32, torch.bfloat16))
 
@@ -154,7 +143,7 @@ def test_random_planes_with_wide_and_narrow_blocks():
 @needs_kernel
 def test_forced_paths_and_token_tiles():
     """Tensor cores at one token (15 of 16 tile rows masked); CUDA cores at 40 tokens (5 tiles of 8)."""
-    layout = random_layout((20,), (9, 12), 3, seed=1)
+    layout = random_plane_layout((20,), (9, 12), 3, seed=1)
     dense = dequantize_planes(layout.tensors, *layout.shape, torch.float64)
     check(layout, dense, (1,), dtypes=(torch.float32, torch.float16), dot=True)
     check(layout, dense, (40,), dtypes=(torch.float32, torch.float16), dot=False)
@@ -163,7 +152,7 @@ def test_forced_paths_and_token_tiles():
 @needs_kernel
 def test_leading_dimensions_strides_and_determinism():
     device = devices()[0]
-    layout = random_layout((7, 13), (9, 12, 5), 2).to(device)
+    layout = random_plane_layout((7, 13), (9, 12, 5), 2).to(device)
     m, n = layout.shape
     dense = dequantize_planes(layout.tensors, m, n, torch.float64)
     x = torch.randn(2, 3, 2 * n, generator=torch.Generator().manual_seed(5)).to(device)[..., ::2]  # not contiguous
@@ -178,7 +167,7 @@ def test_leading_dimensions_strides_and_determinism():
 @needs_kernel
 def test_empty_input_and_errors():
     device = devices()[0]
-    layout = random_layout((7,), (9,), 2).to(device)
+    layout = random_plane_layout((7,), (9,), 2).to(device)
     run = plane_matmul().plane_linear_triton
     assert run(torch.ones(0, 9, device=device), layout.tensors, 7).shape == (0, 7)
     assert run(torch.ones(2, 0, 9, device=device), layout.tensors, 7).shape == (2, 0, 7)
@@ -225,34 +214,20 @@ def test_bqq_linear_runs_the_triton_backend(monkeypatch):
         assert rel_err(out.reshape(-1, m), ref) < TOLERANCE[dtype]
 
 
-class _Launch:
-    """Stands in for a Triton kernel: records each launch's grid and arguments, runs nothing."""
-
-    def __init__(self, calls: list):
-        self.calls = calls
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append((grid, args, kwargs))
-
-
-def _refuse(*args, **kwargs):
-    raise AssertionError("a tensor was read on the host during the forward")
-
-
 def test_forward_reads_no_tensor_on_the_host(monkeypatch):
     """Structural check of the no-sync promise (CUDA graphs, no stalls): from bqq_linear down to the kernel
     launch no tensor value reaches Python. The launch is recorded instead of run (the interpreter itself
     copies tensors to the host), so this runs without a GPU on CPU tensors."""
     module = plane_matmul()
     calls: list = []
-    monkeypatch.setattr(module, "_plane_kernel", _Launch(calls))
+    monkeypatch.setattr(module, "_plane_kernel", RecordedLaunch(calls))
     _register_triton_on_cpu(monkeypatch)
-    layout = random_layout((7, 13), (9, 12, 5), 3)
+    layout = random_plane_layout((7, 13), (9, 12, 5), 3)
     m, n = layout.shape
     bias = torch.randn(m, dtype=torch.float16)
     inputs = [torch.randn(t, n).half() for t in (1, 9, 40)]
     for name in ("tolist", "item", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__", "__array__"):
-        monkeypatch.setattr(torch.Tensor, name, _refuse)
+        monkeypatch.setattr(torch.Tensor, name, refuse_host_read)
     with torch.no_grad():
         for x in inputs:
             kernels.bqq_linear(x, layout, bias, backend="triton")

@@ -17,14 +17,9 @@ pytest.importorskip("triton")
 
 from bqq_kernels.cpu.binary_factorization import row_phase
 from bqq_kernels.gpu import row_sweep
-from tests.kernels.gpu.common import sweep_inputs
+from tests.kernels.gpu.common import sweep_inputs, triton_test_device
 
-if row_sweep.interpreted():
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("Triton kernels are compiled but there is no CUDA device", allow_module_level=True)
+DEVICE = triton_test_device()
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
