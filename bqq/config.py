@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .api import check_bits
-from .common import as_patterns, check_seed, is_int, is_number, make_config, matches_any
+from .common import as_patterns, check_seed, config_from_dict, is_int, is_number, make_config, matches_any
 from .methods import available_methods, get_method
 
 AUTO = "auto"  # per layer, the candidate with the lowest error (bqq.ptq.quantize.CANDIDATES)
@@ -81,7 +81,7 @@ def _options(method: str, options: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class LayerConfig:
-    """How a layer is quantized.
+    """How a layer is quantized (versioned with :class:`QuantizeConfig`, which holds it).
 
     method: a registered method (``bqq.available_methods()``) or ``"auto"`` (per layer, the lowest error
         among BQQ and the first-order codes at the same bits; with calibration data also GPTQ).
@@ -91,6 +91,8 @@ class LayerConfig:
     options: fields of the method's config dataclass, e.g. ``{"rank_scale": 1.5}`` for BQQ; under
         ``"auto"`` they go to BQQ.
     """
+
+    VERSION: ClassVar[int] = 1  # moves with QuantizeConfig.VERSION
 
     method: str = AUTO
     bits: float = 2
@@ -115,6 +117,8 @@ class LayerOverride:
     """The fields of a :class:`LayerConfig` that differ for the layers a pattern matches; the others
     (:data:`KEEP`) stay. ``options`` add to the inherited ones, unless ``method`` changes: options belong to
     a method, so then only the override's own apply. ``group_size="paper"`` is for the whole model only."""
+
+    VERSION: ClassVar[int] = 1  # moves with QuantizeConfig.VERSION
 
     method: str = KEEP
     bits: float = KEEP
@@ -172,7 +176,7 @@ class QuantizeConfig:
     seed: every layer's seed derives from it and the layer's name.
     """
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 1  # covers the nested LayerConfig and LayerOverride
 
     layer: LayerConfig = field(default_factory=LayerConfig)
     overrides: Mapping[str, LayerOverride] = field(default_factory=dict)
@@ -227,23 +231,12 @@ class QuantizeConfig:
             raise ValueError(f"QuantizeConfig must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("version", None)
-        if not is_int(version) or version < 1:
-            raise ValueError(f"QuantizeConfig version {version!r} is not a positive integer")
-        if version > cls.VERSION:
-            raise ValueError(f"QuantizeConfig version {version} is newer than this bqq reads ({cls.VERSION}); "
-                             "upgrade bqq")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown QuantizeConfig field(s) {unknown}")
-        layer = _from_json(LayerConfig, data.pop("layer", {}))
-        pairs = data.pop("overrides", [])
+        layer, pairs = data.pop("layer", None), data.pop("overrides", [])
+        config = config_from_dict(cls, data, version)  # the version and the top-level fields first
         if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
             raise ValueError(f"QuantizeConfig overrides must be a list of [pattern, override] pairs, got {pairs!r}")
-        overrides = {pattern: _from_json(LayerOverride, o) for pattern, o in pairs}
-        for key in ("include", "exclude"):
-            if key in data:
-                data[key] = as_patterns(data[key], key)
-        return cls(layer, overrides, **data)
+        return replace(config, layer=config.layer if layer is None else config_from_dict(LayerConfig, layer, version),
+                       overrides={p: config_from_dict(LayerOverride, o, version) for p, o in pairs})
 
 
 @dataclass(frozen=True)
@@ -280,12 +273,3 @@ RUN_FIELDS = tuple(f.name for f in fields(RunConfig))
 
 def _json_group(group_size: GroupSize) -> Any:
     return list(group_size) if isinstance(group_size, tuple) else group_size
-
-
-def _from_json(cls: type, data: Any) -> Any:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{cls.__name__} must be a JSON object, got {data!r}")
-    unknown = sorted(set(data) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
-    return cls(**data)

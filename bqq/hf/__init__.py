@@ -37,14 +37,13 @@ from __future__ import annotations
 from ..ptq.families import ModelFamily, register_family
 from .checkpoint import HF_FORMAT, HF_FORMAT_VERSION, PACKED_INFIX, QUANT_METHOD, packed_state, read_checkpoint
 from .models import attach, build_model, from_pretrained, hf_model_info
-from .registry import _RegisterOnImport, is_hf_model, register, register_with_transformers, require_transformers
+from .registry import is_hf_model, register, register_with_transformers, require_transformers
 
 __all__ = [
     "HF_FORMAT",
     "HF_FORMAT_VERSION",
     "PACKED_INFIX",
     "QUANT_METHOD",
-    "_RegisterOnImport",
     "attach",
     "build_model",
     "from_pretrained",

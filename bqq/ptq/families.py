@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -67,6 +66,4 @@ def load_directory(path: str | os.PathLike) -> nn.Module:
     if not loaders:
         raise TypeError(f"{path} is a directory, and no integration that loads checkpoint directories is "
                         "registered (bqq.hf needs transformers)")
-    if not Path(path).is_dir():
-        raise FileNotFoundError(path)
     return loaders[0](path)

@@ -42,7 +42,8 @@ def fold_batchnorm(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[tu
     """
     names = {id(m): n for n, m in model.named_modules()}
     convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed]
-    norms = foldable_norms(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats and m.running_mean is not None]
     if not convs or not norms:
         return []
     produced: dict[int, tuple[nn.Module, torch.Tensor, torch.Tensor]] = {}  # id(output) -> conv, input, output
@@ -130,21 +131,4 @@ def _fold(conv: nn.Module, norm: nn.Module) -> None:
             norm.bias.zero_()
 
 
-def is_folded(norm: nn.modules.batchnorm._BatchNorm) -> bool:
-    """Whether ``norm`` holds the identity statistics :func:`_fold` leaves (already folded: nothing to do)."""
-    with torch.no_grad():
-        return bool((norm.running_mean == 0).all() and (norm.running_var == 1.0 - norm.eps).all()
-                    and (norm.weight is None or (norm.weight == 1).all())
-                    and (norm.bias is None or (norm.bias == 0).all()))
-
-
-def foldable_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The inference-time BatchNorms of ``model`` (with running statistics) that are not folded yet; none once
-    :func:`fold_batchnorm` has run on ``model`` (those it left are not foldable)."""
-    if getattr(model, "bqq_batchnorm_folded", False):
-        return []
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.track_running_stats and m.running_mean is not None and not is_folded(m)]
-
-
-__all__ = ["fold_batchnorm", "foldable_norms"]
+__all__ = ["fold_batchnorm"]

@@ -26,7 +26,7 @@ from ..solver.hessian_math import channel_scale, damped, lower_cholesky, prepare
 from . import families
 from .blocks import BlockStack, block_pass, capture_inputs, chain_check, find_stack, without_cache
 from .calibrate import Calibration, calibrate, tunable_parameters
-from .fold import fold_batchnorm, foldable_norms
+from .fold import fold_batchnorm
 from .hessian import collect_cross_moments, collect_hessians, first_batch, input_stages, run_model
 from .layers import CONV2D, LINEAR, LINEAR_T, weight_matrix
 from .modules import QuantizedConv2d, QuantizedLinear, QuantizedWeight
@@ -213,7 +213,9 @@ def _stage_solver(model: nn.Module, mode: str, seed: int, run: dict[str, Any]):
 
 
 def _fold_batchnorms(model: nn.Module, calibration: Calibration | None) -> None:
-    if not foldable_norms(model):  # none, or folded already (by bqq.ptq.fold_batchnorm or an earlier pass)
+    if getattr(model, "bqq_batchnorm_folded", False):  # bqq.ptq.fold_batchnorm ran: what folds is folded
+        return
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if calibration is not None:

@@ -242,10 +242,10 @@ def test_registers_when_the_registry_is_imported(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     monkeypatch.delitem(sys.modules, "bqq_test_registry", raising=False)
     bqq.hf.register_with_transformers()
-    assert isinstance(sys.meta_path[0], bqq.hf._RegisterOnImport) and not calls
+    assert isinstance(sys.meta_path[0], bqq.hf.registry._RegisterOnImport) and not calls
     import bqq_test_registry  # noqa: F401
 
-    assert calls == [True] and not any(isinstance(f, bqq.hf._RegisterOnImport) for f in sys.meta_path)
+    assert calls == [True] and not any(isinstance(f, bqq.hf.registry._RegisterOnImport) for f in sys.meta_path)
     monkeypatch.delitem(sys.modules, "bqq_test_registry")
 
 
