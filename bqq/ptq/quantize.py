@@ -68,9 +68,10 @@ def quantize(model: nn.Module, config: QuantizeConfig | float | None = None, *,
             the FP model's outputs from the inputs the already-quantized layers give it
             (``Calibration.inputs``); with ``Calibration(epochs=k)`` biases and norms are then tuned for
             k epochs (c-BQQ).
-        run: a :class:`bqq.RunConfig` (workers, cache_dir, progress, device): where and how fast, never
-            what. With processes or an executor as workers a calibrated BQQ layer spreads its groups
-            too (its column blocks in order here, the groups of each block on the workers, same codes).
+        run: a :class:`bqq.RunConfig` (workers, cache_dir, progress, device): where and how fast (only the
+            device moves codes, at rounding level). With processes or an executor as workers a calibrated
+            BQQ layer spreads its groups too (its column blocks in order here, the groups of each block on
+            the workers, same codes).
             On a GPU all BQQ groups of one shape, across all layers, are solved together.
         **shorthand: the keyword form: the arguments of :meth:`bqq.QuantizeConfig.from_kwargs` (``bits``,
             ``method``, ``group_size``, ``include``, ``exclude``, ``overrides``, ``seed``, ``fold_bn`` and
