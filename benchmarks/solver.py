@@ -238,6 +238,9 @@ def print_speed(rows: list[dict]) -> None:
               f"{cells} |")
 
 
+CPU_PARTS = ("grouping", "speed", "quality", "schedule")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per shape (median reported)")
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", nargs="?", const=ISSUE_23_BASELINE, metavar="REF",
                         help="only time one stack against git revision REF (benchmarks/solver_baseline.py)")
     parser.add_argument("--rounds", type=int, default=3, help="--baseline: interleaved rounds per tree")
+    parser.add_argument("--parts", nargs="+", choices=CPU_PARTS, default=list(CPU_PARTS),
+                        help="cpu: which tables to run (default: all; e.g. quality schedule to recheck errors)")
     args = parser.parse_args(argv)
     if args.baseline:
         rows = compare(args.baseline, args.rounds, args.repeats)
@@ -267,18 +272,22 @@ def main(argv: list[str] | None = None) -> None:
            "machine": platform.machine()}
     print("# BQQ solver benchmark")
     print(" ".join(f"{k}={v}" for k, v in env.items()))
-    gemm = dense_gemm_gflops()
-    grouping = grouping_rows(gemm)
-    print_grouping(grouping, gemm)
-    speed = speed_rows(args.repeats)
-    print_speed(speed)
-    quality = quality_rows()
-    print_quality(quality)
-    schedule = schedule_rows()
-    print_schedule(schedule)
+    results: dict = {"env": env}
+    if "grouping" in args.parts:
+        results["gemm_gflops"] = gemm = dense_gemm_gflops()
+        results["grouping"] = grouping_rows(gemm)
+        print_grouping(results["grouping"], gemm)
+    if "speed" in args.parts:
+        results["speed"] = speed_rows(args.repeats)
+        print_speed(results["speed"])
+    if "quality" in args.parts:
+        results["quality"] = quality_rows()
+        print_quality(results["quality"])
+    if "schedule" in args.parts:
+        results["schedule"] = schedule_rows()
+        print_schedule(results["schedule"])
     if args.json:
-        args.json.write_text(json.dumps({"env": env, "gemm_gflops": gemm, "grouping": grouping, "speed": speed,
-                                         "quality": quality, "schedule": schedule}, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 # --- GPU solver (bqq.solver_torch) ------------------------------------------------------------------
